@@ -1,0 +1,391 @@
+"""The ColBERT engine: the only module that imports ragatouille (lazily).
+
+Two index backends, both on ragatouille's ColBERT model:
+
+``exact``
+    Every chunk is encoded once with the checkpoint's document encoder
+    (colbert-ai's ``Checkpoint.docFromText``, as loaded by ragatouille) and
+    the token embeddings are stored (float16). Search is exact MaxSim over
+    all of them. Updates encode only new chunks. Best up to tens of
+    thousands of chunks: it indexes in one encoding pass, where PLAID
+    encodes a k-means sample and then the whole collection again.
+
+``plaid``
+    ragatouille's ``RAGPretrainedModel.index`` (colbert-ai PLAID: k-means
+    centroids and compressed residuals). Compact and fast for large
+    collections; approximate; every update rebuilds it.
+
+``auto`` (the default) picks ``exact`` up to :data:`EXACT_MAX_CHUNKS` chunks,
+``plaid`` above.
+
+Everything crossing this module's boundary is plain Python, numpy or our
+pydantic models; ragatouille/colbert/torch errors become
+:class:`~colbert_modal.errors.EngineError` or
+:class:`~colbert_modal.errors.ModelLoadError` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._hub import resolve_model
+from .errors import ConfigurationError, DependencyMissingError, EngineError, ModelLoadError
+
+__all__ = ["BACKENDS", "EXACT_MAX_CHUNKS", "Engine", "ExactIndex", "PlaidIndex", "choose_backend", "get_engine"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "exact", "plaid")
+#: ``backend="auto"`` switches from exact to PLAID above this many chunks.
+EXACT_MAX_CHUNKS = int(os.environ.get("COLBERT_MODAL_EXACT_MAX_CHUNKS", "10000"))
+
+Hits = list[tuple[int, float]]  # (chunk position in the index, score), best first
+
+
+def choose_backend(backend: str, n_chunks: int) -> str:
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "exact" if n_chunks <= EXACT_MAX_CHUNKS else "plaid"
+    return backend
+
+
+def _prepare_environment() -> None:
+    # colbert-ai imports GitPython, which fails without a git binary unless told to be quiet.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool = False) -> Iterator[None]:
+    """colbert-ai and ragatouille print a lot even at verbose=0; keep it off stdout."""
+    if verbose:
+        yield
+        return
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+        yield
+    noise = buf_out.getvalue() + buf_err.getvalue()
+    if noise.strip():
+        logger.debug("engine output:\n%s", noise[-4000:])
+
+
+def _import_ragatouille() -> Any:
+    _prepare_environment()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the 0.0.10 / PyLate notice, deprecations
+            with _quiet():
+                import ragatouille
+    except ImportError as exc:
+        raise DependencyMissingError(
+            "local mode needs the ColBERT engine: pip install 'colbert-modal[local]' "
+            f"(install torch first to pick CPU wheels), or use mode='remote'. ({exc})"
+        ) from exc
+    return ragatouille
+
+
+class Engine:
+    """A loaded ColBERT checkpoint that can encode, build and open indexes."""
+
+    def __init__(self, model: str | os.PathLike[str], *, verbose: bool = False) -> None:
+        self.model_name = os.fspath(model)
+        self.model_path = resolve_model(model)
+        self.verbose = verbose
+        self._rag: Any = None
+        self._lock = threading.RLock()
+
+    # --- the model -------------------------------------------------------
+
+    @property
+    def rag(self) -> Any:
+        """ragatouille's ``RAGPretrainedModel`` for this checkpoint (loaded once)."""
+        with self._lock:
+            if self._rag is None:
+                self._rag = self._load(index_root=None)
+            return self._rag
+
+    def _load(self, index_root: str | None) -> Any:
+        ragatouille = _import_ragatouille()
+        try:
+            with _quiet(self.verbose), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ragatouille.RAGPretrainedModel.from_pretrained(
+                    self.model_path, index_root=index_root, verbose=1 if self.verbose else 0
+                )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"could not load ColBERT checkpoint {self.model_name!r} from {self.model_path}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    @property
+    def checkpoint(self) -> Any:
+        """colbert-ai's ``Checkpoint`` (the encoders) inside ragatouille's model."""
+        return self.rag.model.inference_ckpt
+
+    @property
+    def dim(self) -> int:
+        return int(self.rag.model.config.dim)
+
+    # --- encoding --------------------------------------------------------
+
+    def encode_documents(self, texts: Sequence[str], *, max_tokens: int, bsize: int = 32) -> tuple[Any, Any]:
+        """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts])."""
+        import numpy as np
+        import torch
+
+        ckpt = self.checkpoint
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float16), np.zeros((0,), dtype=np.int32)
+        with self._lock, _quiet(self.verbose):
+            ckpt.doc_tokenizer.doc_maxlen = max_tokens + 3  # [CLS] [D] ... [SEP]
+            ckpt.colbert_config.doc_maxlen = max_tokens + 3
+            try:
+                with torch.inference_mode():
+                    embs, doclens = ckpt.docFromText(list(texts), bsize=bsize, keep_dims="flatten", to_cpu=True)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise EngineError(f"encoding {len(texts)} passages failed: {exc}") from exc
+        return embs.to(torch.float16).numpy(), np.asarray(doclens, dtype=np.int32)
+
+    def encode_queries(self, queries: Sequence[str]) -> Any:
+        """Query embeddings, float32 [n_queries, query_maxlen, dim]."""
+        import torch
+
+        ckpt = self.checkpoint
+        with self._lock, _quiet(self.verbose):
+            qtok = ckpt.query_tokenizer
+            base = int(self.rag.model.config.query_maxlen)
+            longest = max(len(qtok.tok.tokenize(q)) for q in queries) + 2
+            limit = int(self.rag.model.base_model_max_tokens)
+            qtok.query_maxlen = min(max(base, ((longest + 15) // 16) * 16), limit)
+            try:
+                with torch.inference_mode():
+                    Q = ckpt.queryFromText(list(queries), bsize=64, to_cpu=True)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise EngineError(f"encoding {len(queries)} queries failed: {exc}") from exc
+            finally:
+                qtok.query_maxlen = base
+        return Q.float()
+
+    # --- indexes ---------------------------------------------------------
+
+    def build_plaid(self, texts: Sequence[str], ids: Sequence[str], dest: Path, *, max_tokens: int) -> None:
+        """Build a PLAID index of ``texts`` under ``dest`` with ragatouille."""
+        dest.mkdir(parents=True, exist_ok=True)
+        rag = self._load(index_root=str(dest))
+        try:
+            with _quiet(self.verbose), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                path = rag.index(
+                    collection=list(texts),
+                    document_ids=list(ids),
+                    index_name="plaid",
+                    overwrite_index="force_silent_overwrite",
+                    max_document_length=max_tokens + 3,
+                    split_documents=False,
+                    use_faiss=len(texts) >= 5000,
+                )
+        except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
+            raise EngineError(f"PLAID index build failed: {type(exc).__name__}: {exc}") from exc
+        (dest / "plaid_path").write_text(os.path.relpath(path, dest), encoding="utf-8")
+
+    def build_exact(
+        self, texts: Sequence[str], dest: Path, *, max_tokens: int, reuse: tuple[Any, Any, list[int]] | None = None,
+        progress: Any = None,
+    ) -> None:
+        """Encode ``texts`` (except those reused) and store an exact index in ``dest``.
+
+        ``reuse`` is (embeddings, doclens, mapping): ``mapping[i]`` is the row
+        of text ``i`` in the previous index, or -1 to encode it.
+        """
+        import numpy as np
+
+        dest.mkdir(parents=True, exist_ok=True)
+        n = len(texts)
+        mapping = reuse[2] if reuse else [-1] * n
+        todo = [i for i in range(n) if mapping[i] < 0]
+        new_embs: list[Any] = []
+        new_lens: list[Any] = []
+        step = 256
+        for start in range(0, len(todo), step):
+            batch = todo[start : start + step]
+            e, d = self.encode_documents([texts[i] for i in batch], max_tokens=max_tokens)
+            new_embs.append(e)
+            new_lens.append(d)
+            if progress is not None:
+                progress(len(batch))
+        enc_embs = np.concatenate(new_embs) if new_embs else np.zeros((0, self.dim), np.float16)
+        enc_lens = np.concatenate(new_lens) if new_lens else np.zeros((0,), np.int32)
+        enc_offsets = np.concatenate([[0], np.cumsum(enc_lens)]).astype(np.int64)
+        if reuse:
+            old_embs, old_lens = reuse[0], reuse[1]
+            old_offsets = np.concatenate([[0], np.cumsum(old_lens)]).astype(np.int64)
+        pieces: list[Any] = []
+        lens = np.zeros((n,), dtype=np.int32)
+        j = 0
+        for i in range(n):
+            if mapping[i] >= 0:
+                r = mapping[i]
+                pieces.append(old_embs[old_offsets[r] : old_offsets[r + 1]])
+                lens[i] = old_lens[r]
+            else:
+                pieces.append(enc_embs[enc_offsets[j] : enc_offsets[j + 1]])
+                lens[i] = enc_lens[j]
+                j += 1
+        embs = np.concatenate(pieces) if pieces else np.zeros((0, self.dim), np.float16)
+        np.save(dest / "embeddings.npy", embs.astype(np.float16, copy=False))
+        np.save(dest / "doclens.npy", lens)
+        (dest / "exact.json").write_text(json.dumps({"dim": int(embs.shape[1]) if embs.size else self.dim,
+                                                    "chunks": n, "tokens": int(lens.sum())}), encoding="utf-8")
+
+    def open(self, engine_dir: Path, backend: str, texts: Sequence[str]) -> ExactIndex | PlaidIndex:
+        if backend == "exact":
+            return ExactIndex(self, engine_dir)
+        if backend == "plaid":
+            return PlaidIndex(self, engine_dir, texts)
+        raise EngineError(f"unknown index backend {backend!r} on disk")
+
+
+class ExactIndex:
+    """Exact MaxSim over stored token embeddings (padded [chunks, tokens, dim])."""
+
+    backend = "exact"
+    #: Queries scored together in one matrix product.
+    query_block = 16
+
+    def __init__(self, engine: Engine, engine_dir: Path) -> None:
+        import numpy as np
+        import torch
+
+        self.engine = engine
+        try:
+            embs = np.load(engine_dir / "embeddings.npy", mmap_mode="r")
+            self.doclens = np.load(engine_dir / "doclens.npy")
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"exact index in {engine_dir} is unreadable: {exc}") from exc
+        self.embeddings = embs
+        n = len(self.doclens)
+        width = int(self.doclens.max()) if n else 0
+        dim = embs.shape[1] if embs.ndim == 2 else engine.dim
+        D = torch.zeros((n, width, dim), dtype=torch.float32)
+        mask = torch.zeros((n, width), dtype=torch.bool)
+        offsets = np.concatenate([[0], np.cumsum(self.doclens)]).astype(np.int64)
+        flat = torch.from_numpy(np.ascontiguousarray(embs))
+        for i in range(n):
+            length = int(self.doclens[i])
+            D[i, :length] = flat[offsets[i] : offsets[i + 1]].float()
+            mask[i, :length] = True
+        self._D = D
+        self._pad = ~mask  # True where there is no token
+
+    def __len__(self) -> int:
+        return len(self.doclens)
+
+    def reuse_data(self) -> tuple[Any, Any]:
+        return self.embeddings, self.doclens
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        import torch
+
+        n_docs = len(self.doclens)
+        if n_docs == 0:
+            return [[] for _ in queries]
+        Q = self.engine.encode_queries(queries)  # [nq, qlen, dim]
+        k = min(k, n_docs)
+        out: list[Hits] = []
+        with torch.inference_mode():
+            for b in range(0, Q.shape[0], self.query_block):
+                block = Q[b : b + self.query_block]  # [nb, qlen, dim]
+                nb, qlen, dim = block.shape
+                sims = self._D @ block.reshape(nb * qlen, dim).T  # [n, width, nb*qlen]
+                sims.masked_fill_(self._pad[:, :, None], float("-inf"))
+                best = sims.amax(dim=1).reshape(n_docs, nb, qlen)  # [n, nb, qlen]
+                # masked query vectors are all zero and add nothing
+                scores = best.sum(-1).T  # [nb, n]
+                top = torch.topk(scores, k, dim=1)
+                for vals, idx in zip(top.values, top.indices):
+                    out.append([(int(i), float(v)) for v, i in zip(vals, idx)])
+        return out
+
+
+class PlaidIndex:
+    """A PLAID index built by ragatouille, opened with ``from_index``."""
+
+    backend = "plaid"
+
+    def __init__(self, engine: Engine, engine_dir: Path, texts: Sequence[str]) -> None:
+        ragatouille = _import_ragatouille()
+        rel = (engine_dir / "plaid_path").read_text(encoding="utf-8").strip()
+        path = engine_dir / rel
+        self.engine = engine
+        self.n = len(texts)
+        _point_index_at_checkpoint(path, engine.model_path)
+        try:
+            with _quiet(engine.verbose), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.rag = ragatouille.RAGPretrainedModel.from_index(str(path), verbose=0)
+        except (OSError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+            raise EngineError(f"PLAID index {path} could not be opened: {type(exc).__name__}: {exc}") from exc
+        self._pid_of = {doc_id: pid for pid, doc_id in self.rag.model.pid_docid_map.items()}
+        self._ids = [self.rag.model.pid_docid_map[p] for p in range(self.n)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        if self.n == 0:
+            return [[] for _ in queries]
+        k = min(k, self.n)
+        try:
+            with _quiet(self.engine.verbose), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = self.rag.search(list(queries), k=k)
+        except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
+            raise EngineError(f"PLAID search failed: {type(exc).__name__}: {exc}") from exc
+        if len(queries) == 1 and res and isinstance(res[0], dict):
+            res = [res]  # ragatouille flattens single-query results
+        return [[(int(r["passage_id"]), float(r["score"])) for r in hits] for hits in res]
+
+
+def _point_index_at_checkpoint(index_path: Path, model_path: str) -> None:
+    """Rewrite the checkpoint path colbert-ai recorded in the index, if it moved.
+
+    colbert-ai stores the checkpoint's absolute path and reopens from there;
+    an index built in a Modal container (or before a checkpoint moved) would
+    otherwise point nowhere.
+    """
+    meta = index_path / "metadata.json"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    cfg = data.get("config", data)
+    if cfg.get("checkpoint") != model_path:
+        cfg["checkpoint"] = model_path
+        tmp = meta.with_name(f".metadata.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=4), encoding="utf-8")
+        os.replace(tmp, meta)
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(model: str | os.PathLike[str], *, verbose: bool = False) -> Engine:
+    """A process-wide cached :class:`Engine` per model (loading costs seconds)."""
+    key = os.fspath(model)
+    with _ENGINES_LOCK:
+        eng = _ENGINES.get(key)
+        if eng is None:
+            eng = _ENGINES[key] = Engine(model, verbose=verbose)
+        return eng

@@ -1,0 +1,453 @@
+"""Paths in, :class:`~colbert_modal.models.Document` objects out.
+
+PDFs are read page by page with pypdf; ``.txt`` and ``.md`` files are read as
+text, in sections of bounded size so that a huge file never sits in memory as
+one string. Folders are walked recursively.
+
+A file that cannot be used raises a :class:`~colbert_modal.errors.LoadError`
+subclass from :func:`load_file`; :func:`load_paths` collects those per file
+as :class:`~colbert_modal.models.SkippedFile` entries and goes on with the
+rest of the batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import (
+    CorruptFileError,
+    EmptyDocumentError,
+    EncryptedPDFError,
+    FileAccessError,
+    LoadError,
+    NoTextLayerError,
+    UnsupportedFileTypeError,
+)
+from .models import Document, FileWarning, Page, SkippedFile
+
+__all__ = [
+    "PDF_SUFFIXES",
+    "TEXT_SUFFIXES",
+    "LoadResult",
+    "discover",
+    "iter_documents",
+    "load_file",
+    "load_paths",
+]
+
+logger = logging.getLogger(__name__)
+
+PDF_SUFFIXES = frozenset({".pdf"})
+TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown"})
+SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES
+
+#: Text files are split into sections of about this many characters, so that
+#: memory stays bounded however large the file is.
+TEXT_SECTION_CHARS = 1 << 20
+
+Passwords = str | Mapping[str, str] | None
+
+
+@dataclass
+class LoadResult:
+    """Documents that loaded, files that did not, and warnings about the rest."""
+
+    documents: list[Document] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
+
+
+def _skip(path: str | Path, exc: LoadError) -> SkippedFile:
+    return SkippedFile(path=str(path), reason=exc.reason, error=type(exc).__name__)
+
+
+def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[SkippedFile]]:
+    """Expand files and folders (recursively) into the files to load.
+
+    Returns absolute file paths in a stable order, without duplicates, and the
+    paths that cannot be used (missing, symlink loops, unsupported types,
+    folders with nothing to read).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    skipped: list[SkippedFile] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        if p not in seen:
+            seen.add(p)
+            files.append(p)
+
+    for raw in paths:
+        path = Path(os.fspath(raw)).expanduser()
+        path = Path(os.path.abspath(path))
+        try:
+            st = path.stat()
+        except OSError as exc:
+            skipped.append(_skip(path, _access_error(path, exc)))
+            continue
+        if path.is_dir():
+            found = sorted(_walk(path, skipped))
+            if not found:
+                skipped.append(
+                    _skip(path, EmptyDocumentError(path, "folder holds no .pdf, .txt or .md files"))
+                )
+            for f in found:
+                add(f)
+        elif path.suffix.lower() in SUPPORTED_SUFFIXES:
+            add(path)
+        else:
+            skipped.append(_skip(path, _unsupported(path)))
+        del st
+    return files, skipped
+
+
+def _walk(folder: Path, skipped: list[SkippedFile]) -> Iterator[Path]:
+    def onerror(exc: OSError) -> None:
+        skipped.append(_skip(exc.filename or folder, _access_error(Path(exc.filename or folder), exc)))
+
+    # followlinks=False: a symlinked folder (and so a symlink loop) is not entered.
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue  # .DS_Store, editor swap files, ...
+            p = Path(dirpath) / name
+            if p.suffix.lower() not in SUPPORTED_SUFFIXES:
+                skipped.append(_skip(p, _unsupported(p)))
+                continue
+            try:
+                p.stat()
+            except OSError as exc:
+                skipped.append(_skip(p, _access_error(p, exc)))
+                continue
+            yield p
+
+
+def _unsupported(path: Path) -> UnsupportedFileTypeError:
+    kind = f"'{path.suffix}'" if path.suffix else "without an extension"
+    return UnsupportedFileTypeError(
+        path, f"unsupported file type {kind} (reads .pdf, .txt, .md)"
+    )
+
+
+def _access_error(path: Path, exc: OSError) -> FileAccessError:
+    if exc.errno == errno.ENOENT:
+        reason = "no such file or folder"
+    elif exc.errno == errno.ELOOP:
+        reason = "symlink loop"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+    else:
+        reason = exc.strerror or str(exc)
+    err = FileAccessError(path, reason)
+    err.__cause__ = exc
+    return err
+
+
+def _password_for(path: Path, passwords: Passwords) -> str | None:
+    if passwords is None or isinstance(passwords, str):
+        return passwords
+    for key in (str(path), path.name):
+        if key in passwords:
+            return passwords[key]
+    for key, value in passwords.items():
+        try:
+            if Path(key).expanduser().resolve() == path.resolve():
+                return value
+        except OSError:
+            continue
+    return None
+
+
+def load_file(
+    path: str | os.PathLike[str],
+    *,
+    password: str | None = None,
+    warnings: list[FileWarning] | None = None,
+) -> Document:
+    """Load one file. Raises a :class:`~colbert_modal.errors.LoadError` subclass.
+
+    ``warnings`` (if given) receives notes about a file that did load, such as
+    PDF pages without a text layer or a text file that was not UTF-8.
+    """
+    p = Path(os.path.abspath(Path(os.fspath(path)).expanduser()))
+    notes: list[FileWarning] = warnings if warnings is not None else []
+    try:
+        size = p.stat().st_size
+        if p.is_dir():
+            raise FileAccessError(p, "is a folder; pass it to load_paths() or index()")
+    except OSError as exc:
+        if isinstance(exc, LoadError):
+            raise
+        raise _access_error(p, exc) from exc
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise _unsupported(p)
+    if size == 0:
+        raise EmptyDocumentError(p, "empty file (0 bytes)")
+    try:
+        if suffix in PDF_SUFFIXES:
+            return _load_pdf(p, password=password, warnings=notes)
+        return _load_text(p, warnings=notes)
+    except LoadError:
+        raise
+    except OSError as exc:
+        raise _access_error(p, exc) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # an upstream parser failed in a way we did not foresee
+        raise CorruptFileError(p, f"could not be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _CollectHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _quiet_pypdf(path: Path) -> Iterator[None]:
+    """Route pypdf's log records for one file into a single summary line.
+
+    A bare pypdf reader prints hundreds of lines (fontTools notices, xref
+    repairs) for some real PDFs. We keep them off the console and log one
+    summary at DEBUG level on the ``colbert_modal.loaders`` logger.
+    """
+    pypdf_logger = logging.getLogger("pypdf")
+    handler = _CollectHandler()
+    old_propagate = pypdf_logger.propagate
+    pypdf_logger.addHandler(handler)
+    pypdf_logger.propagate = False
+    try:
+        yield
+    finally:
+        pypdf_logger.removeHandler(handler)
+        pypdf_logger.propagate = old_propagate
+        if handler.messages:
+            first = handler.messages[0]
+            if len(first) > 200:
+                first = first[:197] + "..."
+            logger.debug("%s: %d pypdf messages, first: %s", path, len(handler.messages), first)
+
+
+def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) -> Document:
+    with path.open("rb") as fh:
+        head = fh.read(1024)
+    if b"%PDF-" not in head:
+        raise CorruptFileError(path, "not a PDF (no %PDF- header); is it another kind of file renamed .pdf?")
+
+    from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+
+    with _quiet_pypdf(path):
+        try:
+            reader = PdfReader(str(path), strict=False)
+        except (PdfReadError, PdfStreamError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise CorruptFileError(path, f"malformed or truncated PDF ({exc})") from exc
+        if reader.is_encrypted:
+            if not password:
+                raise EncryptedPDFError(
+                    path, "encrypted PDF; pass its password (passwords={'<file>': '...'})"
+                )
+            try:
+                ok = reader.decrypt(password)
+            except (NotImplementedError, PdfReadError) as exc:
+                raise EncryptedPDFError(path, f"cannot decrypt ({exc})") from exc
+            if not ok:
+                raise EncryptedPDFError(path, "wrong password for encrypted PDF")
+        try:
+            n_pages = len(reader.pages)
+        except FileNotDecryptedError as exc:  # pragma: no cover - guarded above
+            raise EncryptedPDFError(path, "encrypted PDF") from exc
+        except (PdfReadError, PdfStreamError, ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
+            raise CorruptFileError(path, f"malformed PDF, its page tree cannot be read ({exc})") from exc
+        if n_pages == 0:
+            raise EmptyDocumentError(path, "PDF has no pages")
+
+        pages: list[Page] = []
+        empty: list[int] = []
+        failed: list[int] = []
+        for number in range(1, n_pages + 1):
+            try:
+                text = reader.pages[number - 1].extract_text() or ""
+            except Exception:  # one damaged page must not lose the others
+                logger.debug("%s: page %d could not be read", path, number, exc_info=True)
+                failed.append(number)
+                continue
+            text = _clean(text)
+            if text.strip():
+                pages.append(Page(number=number, text=text))
+            else:
+                empty.append(number)
+        metadata = _pdf_metadata(reader)
+
+    if not pages:
+        if failed and not empty:
+            raise CorruptFileError(path, f"none of its {n_pages} pages could be read")
+        raise NoTextLayerError(
+            path,
+            f"no text layer on any of its {n_pages} page(s) (scanned images?); run OCR first",
+        )
+    if empty:
+        warnings.append(
+            FileWarning(path=str(path), message=f"no text layer on page(s) {_ranges(empty)}; indexed the other pages")
+        )
+    if failed:
+        warnings.append(
+            FileWarning(path=str(path), message=f"page(s) {_ranges(failed)} could not be read; indexed the other pages")
+        )
+    digest = _hash_file(path)
+    metadata.update({"file_name": path.name, "page_count": n_pages, "type": "pdf"})
+    return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
+
+
+def _pdf_metadata(reader: object) -> dict[str, str]:
+    """Title/author/subject if they can be read; broken metadata is ignored."""
+    out: dict[str, str] = {}
+    try:
+        info = reader.metadata  # type: ignore[attr-defined]
+        if info:
+            for key, name in (("/Title", "title"), ("/Author", "author"), ("/Subject", "subject")):
+                value = info.get(key)
+                if value:
+                    text = str(value).replace("\x00", "").strip()
+                    if text:
+                        out[name] = text
+    except Exception:
+        logger.debug("unreadable PDF metadata ignored", exc_info=True)
+    return out
+
+
+def _clean(text: str) -> str:
+    # NUL bytes and lone surrogates break JSON and tokenizers downstream.
+    text = text.replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    out: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}-{prev}" if start != prev else str(start))
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
+def _detect_encoding(path: Path) -> str:
+    """utf-8 (with or without BOM) when the whole file decodes, else cp1252/latin-1."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as fh:
+        first = fh.read(4)
+        if first.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig"
+        if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "utf-16"
+        fh.seek(0)
+        try:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                if b"\x00" in block:
+                    raise UnicodeDecodeError("utf-8", block, 0, 1, "NUL byte")
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+            return "utf-8"
+        except UnicodeDecodeError:
+            pass
+        fh.seek(0)
+        sample = fh.read(1 << 16)
+    if sample.count(b"\x00") > len(sample) // 100:
+        raise CorruptFileError(path, "binary content, not text (NUL bytes)")
+    try:
+        sample.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _load_text(path: Path, *, warnings: list[FileWarning]) -> Document:
+    encoding = _detect_encoding(path)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        warnings.append(FileWarning(path=str(path), message=f"not UTF-8; decoded as {encoding}"))
+    pages: list[Page] = []
+    for number, text in enumerate(_text_sections(path, encoding), start=1):
+        if text.strip():
+            pages.append(Page(number=number, text=_clean(text)))
+    if not pages:
+        raise EmptyDocumentError(path, "file holds only whitespace")
+    digest = _hash_file(path)
+    kind = "markdown" if path.suffix.lower() in (".md", ".markdown") else "text"
+    metadata = {"file_name": path.name, "type": kind, "encoding": encoding}
+    if len(pages) > 1:
+        metadata["sections"] = len(pages)
+    return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
+
+
+def _text_sections(path: Path, encoding: str, size: int = TEXT_SECTION_CHARS) -> Iterator[str]:
+    """Yield the file in sections of about ``size`` characters, cut at line ends."""
+    with path.open("r", encoding=encoding, errors="replace", newline=None) as fh:
+        buf: list[str] = []
+        n = 0
+        for line in fh:
+            buf.append(line)
+            n += len(line)
+            if n >= size:
+                yield "".join(buf)
+                buf, n = [], 0
+        if buf:
+            yield "".join(buf)
+
+
+def iter_documents(
+    files: Iterable[Path], *, passwords: Passwords = None
+) -> Iterator[Document | SkippedFile | FileWarning]:
+    """Load files one at a time, yielding documents, skips and warnings as they come."""
+    for path in files:
+        notes: list[FileWarning] = []
+        try:
+            doc = load_file(path, password=_password_for(path, passwords), warnings=notes)
+        except LoadError as exc:
+            logger.info("skipped %s", exc)
+            yield _skip(path, exc)
+            continue
+        yield from notes
+        yield doc
+
+
+def load_paths(paths: Iterable[str | os.PathLike[str]], *, passwords: Passwords = None) -> LoadResult:
+    """Load every supported file under ``paths``; failures are collected, not raised."""
+    files, skipped = discover(paths)
+    result = LoadResult(skipped=list(skipped))
+    for item in iter_documents(files, passwords=passwords):
+        if isinstance(item, Document):
+            result.documents.append(item)
+        elif isinstance(item, SkippedFile):
+            result.skipped.append(item)
+        else:
+            result.warnings.append(item)
+    return result

@@ -1,0 +1,162 @@
+"""The records colbert_modal passes around, as pydantic models.
+
+Every model forbids unknown fields, so a typo is an error rather than a
+silent default. All of them pickle and serialise to JSON, which is how they
+travel to and from Modal.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Chunk",
+    "Document",
+    "FileWarning",
+    "IndexInfo",
+    "IndexReport",
+    "Page",
+    "SearchResult",
+    "SearchResults",
+    "SkippedFile",
+]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Page(_Record):
+    """The text of one page (PDF) or one section (text file)."""
+
+    number: int = Field(ge=1, description="1-based page number in the source file.")
+    text: str
+
+
+class Document(_Record):
+    """One loaded file: its pages and where it came from."""
+
+    id: str = Field(description="Content hash of the file (first 16 hex digits of SHA-256).")
+    source: str = Field(description="Absolute path of the file.")
+    content_hash: str = Field(description="Full SHA-256 of the file's bytes.")
+    pages: list[Page]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.pages)
+
+
+class Chunk(_Record):
+    """A passage of at most ``max_tokens`` model tokens, never crossing files."""
+
+    id: str = Field(description="Stable id: '<document id>-<position>'.")
+    document_id: str
+    source: str
+    position: int = Field(ge=0, description="0-based position of the chunk in its file.")
+    pages: list[int] = Field(description="1-based pages the chunk's text comes from.")
+    text: str
+    n_tokens: int = Field(ge=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResult(_Record):
+    """One hit. ``rank`` is 1-based; higher ``score`` is better."""
+
+    rank: int = Field(ge=1)
+    score: float
+    text: str
+    source: str
+    pages: list[int]
+    chunk_id: str
+    document_id: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def page(self) -> int | None:
+        """The first page the passage comes from."""
+        return self.pages[0] if self.pages else None
+
+
+class SearchResults(list):  # list[SearchResult] that renders as a table in notebooks
+    """A plain ``list`` of :class:`SearchResult` that renders as a table in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for r in self:
+            snippet = r.text if len(r.text) <= 240 else r.text[:237] + "..."
+            pages = ",".join(str(p) for p in r.pages)
+            rows.append(
+                f"<tr><td>{r.rank}</td><td>{r.score:.2f}</td>"
+                f"<td>{html.escape(r.source)}</td><td>{pages}</td>"
+                f"<td>{html.escape(snippet)}</td></tr>"
+            )
+        return (
+            "<table><thead><tr><th>rank</th><th>score</th><th>source</th>"
+            "<th>pages</th><th>text</th></tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+
+
+class SkippedFile(_Record):
+    """A file that was not indexed, and why."""
+
+    path: str
+    reason: str
+    error: str = Field(description="Name of the colbert_modal error class, e.g. 'EncryptedPDFError'.")
+
+
+class FileWarning(_Record):
+    """A file that was indexed, with something the user should know."""
+
+    path: str
+    message: str
+
+
+class IndexReport(_Record):
+    """What one call of ``index`` did."""
+
+    index_name: str
+    indexed: list[str] = Field(default_factory=list, description="Files (re)indexed by this call.")
+    unchanged: list[str] = Field(default_factory=list, description="Files already indexed with the same content.")
+    removed: list[str] = Field(default_factory=list, description="Files whose chunks were dropped.")
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    warnings: list[FileWarning] = Field(default_factory=list)
+    chunks_written: int = Field(0, description="Chunks encoded by this call.")
+    chunks_total: int = Field(0, description="Chunks in the index after this call.")
+    documents_total: int = 0
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+
+    @property
+    def changed(self) -> bool:
+        """True when this call changed the index."""
+        return bool(self.indexed or self.removed)
+
+    @property
+    def files_indexed(self) -> list[str]:
+        return self.indexed
+
+    @property
+    def files_skipped(self) -> list[SkippedFile]:
+        return self.skipped
+
+
+class IndexInfo(_Record):
+    """What an index on disk holds and how it was built."""
+
+    name: str
+    path: str
+    model: str
+    max_tokens: int
+    overlap: int
+    backend: str
+    documents: int
+    chunks: int
+    generation: int
+    created_at: str
+    updated_at: str
+    sources: list[str] = Field(default_factory=list)

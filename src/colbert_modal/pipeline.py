@@ -1,0 +1,290 @@
+"""The two halves of an index update, split so each can run where it belongs.
+
+:func:`plan_update` runs on the caller's machine: it finds the files, decides
+what changed against the index's manifest, loads and chunks only those (no
+torch needed). The resulting :class:`UpdatePlan` is plain data (it pickles),
+so it can travel to a Modal container.
+
+:func:`apply_update` runs where the index lives (this process, or a GPU
+container with the index on a Volume): it encodes new chunks, reuses what it
+can, builds the new generation aside and publishes it atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chunking import Chunker
+from .errors import IndexLockedError, NoDocumentsError, SettingsMismatchError
+from .loaders import Passwords, _hash_file, discover, iter_documents
+from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
+from .store import FileEntry, Generation, IndexStore, Manifest, now_iso
+
+__all__ = ["Settings", "UpdatePlan", "apply_update", "check_settings", "plan_deletion", "plan_update"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an index is built with; changing any of it needs a rebuild."""
+
+    model: str
+    max_tokens: int
+    overlap: int
+
+
+def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bool) -> None:
+    if manifest is None or rebuild:
+        return
+    diffs = [
+        f"{key}: index has {getattr(manifest, key)!r}, asked for {getattr(settings, key)!r}"
+        for key in ("model", "max_tokens", "overlap")
+        if getattr(manifest, key) != getattr(settings, key)
+    ]
+    if diffs:
+        raise SettingsMismatchError(
+            f"index {manifest.name!r} was built with other settings ({'; '.join(diffs)}). "
+            "Pass rebuild=True (CLI: --rebuild) to re-index everything with the new settings, "
+            "or use another index name."
+        )
+
+
+@dataclass
+class UpdatePlan:
+    """What one ``index``/``delete`` call wants to change. Plain data; pickles."""
+
+    name: str
+    settings: Settings
+    base_generation: int  # the generation this plan was computed against (0: none)
+    rebuild: bool = False
+    new_files: dict[str, FileEntry] = field(default_factory=dict)
+    new_chunks: list[Chunk] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    warnings: list[FileWarning] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.new_files or self.remove or self.rebuild)
+
+
+def plan_update(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    name: str,
+    settings: Settings,
+    manifest: Manifest | None,
+    chunker: Chunker | Callable[[], Chunker],
+    passwords: Passwords = None,
+    rebuild: bool = False,
+    keep_missing: bool = False,
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+) -> UpdatePlan:
+    """Decide what changed under ``paths`` and load/chunk just that."""
+    check_settings(manifest, settings, rebuild=rebuild)
+    t0 = time.perf_counter()
+    plan = UpdatePlan(name=name, settings=settings, base_generation=manifest.generation if manifest else 0, rebuild=rebuild)
+    old = dict(manifest.files) if manifest and not rebuild else {}
+    files, skipped = discover(paths)
+    plan.skipped.extend(skipped)
+
+    to_load: list[Path] = []
+    for f in files:
+        key = str(f)
+        entry = old.get(key)
+        if entry is not None:
+            try:
+                st = f.stat()
+            except OSError:
+                to_load.append(f)  # the loader reports the error
+                continue
+            if entry.size == st.st_size and entry.mtime == st.st_mtime:
+                plan.unchanged.append(key)
+                continue
+            if _safe_hash(f) == entry.content_hash:
+                plan.unchanged.append(key)
+                continue
+        to_load.append(f)
+    t1 = time.perf_counter()
+
+    seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
+    documents: list[Document] = []
+    items: Iterable[Any] = iter_documents(to_load, passwords=passwords)
+    if progress is not None:
+        items = progress(items, len(to_load))
+    for item in items:
+        if isinstance(item, SkippedFile):
+            if item.path in old:
+                plan.warnings.append(
+                    FileWarning(path=item.path, message=f"kept the previously indexed version: {item.reason}")
+                )
+                plan.unchanged.append(item.path)
+            plan.skipped.append(item)
+        elif isinstance(item, FileWarning):
+            plan.warnings.append(item)
+        else:
+            dup = seen_hashes.get(item.content_hash)
+            if dup is not None and dup != item.source:
+                plan.skipped.append(
+                    SkippedFile(path=item.source, reason=f"same content as {dup}", error="DuplicateFile")
+                )
+                continue
+            seen_hashes[item.content_hash] = item.source
+            documents.append(item)
+    t2 = time.perf_counter()
+
+    if documents and not isinstance(chunker, Chunker):
+        chunker = chunker()
+    for doc in documents:
+        chunks = list(chunker.chunk(doc))  # type: ignore[union-attr]
+        st = Path(doc.source).stat()
+        plan.new_files[doc.source] = FileEntry(
+            content_hash=doc.content_hash,
+            document_id=doc.id,
+            chunk_ids=[c.id for c in chunks],
+            size=st.st_size,
+            mtime=st.st_mtime,
+        )
+        plan.new_chunks.extend(chunks)
+    t3 = time.perf_counter()
+
+    present = set(plan.unchanged) | set(plan.new_files)
+    if not keep_missing:
+        plan.remove = sorted(p for p in old if p not in present and not os.path.exists(p))
+    plan.timings = {"discover": t1 - t0, "load": t2 - t1, "chunk": t3 - t2}
+    return plan
+
+
+def plan_deletion(
+    paths: Iterable[str | os.PathLike[str]], *, manifest: Manifest, settings: Settings
+) -> UpdatePlan:
+    """A plan that drops the chunks of ``paths`` (files, or folders: everything under them)."""
+    plan = UpdatePlan(name=manifest.name, settings=settings, base_generation=manifest.generation)
+    wanted = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+    remove: set[str] = set()
+    for w in wanted:
+        hits = [p for p in manifest.files if p == w or p.startswith(w.rstrip(os.sep) + os.sep)]
+        if not hits:
+            plan.skipped.append(SkippedFile(path=w, reason="not in the index", error="IndexNotFoundError"))
+        remove.update(hits)
+    plan.remove = sorted(remove)
+    plan.unchanged = sorted(set(manifest.files) - remove)
+    return plan
+
+
+def _safe_hash(path: Path) -> str | None:
+    try:
+        return _hash_file(path)
+    except OSError:
+        return None
+
+
+def apply_update(
+    store: IndexStore,
+    plan: UpdatePlan,
+    *,
+    engine_factory: Callable[[str], Any],
+    backend: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    on_publish: Callable[[Generation], None] | None = None,
+) -> IndexReport:
+    """Carry out ``plan`` on the index in ``store``; call under ``store.lock()``.
+
+    Encodes only the chunks that are new (exact backend), builds the next
+    generation aside and publishes it atomically. A plan with nothing to do
+    does no engine work at all.
+    """
+    from .engine import choose_backend
+
+    t0 = time.perf_counter()
+    prev = store.current() if store.exists() else None
+    prev_gen = prev.manifest.generation if prev else 0
+    if plan.base_generation != prev_gen:
+        raise IndexLockedError(
+            f"index {plan.name!r} changed while this update was prepared "
+            f"(generation {plan.base_generation} -> {prev_gen}); run it again"
+        )
+    check_settings(prev.manifest if prev else None, plan.settings, rebuild=plan.rebuild)
+
+    old_files = dict(prev.manifest.files) if prev and not plan.rebuild else {}
+    keep_paths = [p for p in plan.unchanged if p in old_files and p not in plan.new_files]
+    report_base: dict[str, Any] = {
+        "index_name": plan.name,
+        "indexed": sorted(plan.new_files),
+        "unchanged": sorted(keep_paths),
+        "removed": sorted(p for p in plan.remove if p in old_files),
+        "skipped": plan.skipped,
+        "warnings": plan.warnings,
+    }
+    if plan.is_noop or (not plan.new_files and not report_base["removed"] and prev is not None):
+        total = prev.manifest.n_chunks if prev else 0
+        return IndexReport(
+            **report_base,
+            chunks_written=0,
+            chunks_total=total,
+            documents_total=len(prev.manifest.files) if prev else 0,
+            timings={**plan.timings, "engine": 0.0},
+        )
+
+    # Chunks of the new generation: kept files' chunks in their old order, then new ones.
+    keep_set = set(keep_paths)
+    prev_chunks = prev.chunks() if prev else []
+    kept_chunks = [c for c in prev_chunks if c.source in keep_set]
+    chunks = kept_chunks + list(plan.new_chunks)
+    files = {p: old_files[p] for p in keep_paths}
+    files.update(plan.new_files)
+    if not chunks and prev is None:
+        report = IndexReport(**report_base, timings=plan.timings)
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
+        raise NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
+
+    chosen = choose_backend(backend, len(chunks))
+    if not chunks:
+        chosen = "exact"  # an empty index: PLAID cannot hold one
+    manifest = Manifest(
+        name=plan.name,
+        model=plan.settings.model,
+        max_tokens=plan.settings.max_tokens,
+        overlap=plan.settings.overlap,
+        backend=chosen,
+        generation=store.next_generation_number(),
+        created_at=prev.manifest.created_at if prev and not plan.rebuild else now_iso(),
+        files=files,
+    )
+    build_dir = store.new_build_dir(manifest.generation)
+    engine = engine_factory(plan.settings.model)
+    texts = [c.text for c in chunks]
+    t1 = time.perf_counter()
+    written = len(chunks)
+    if chosen == "exact":
+        reuse = None
+        if prev is not None and prev.manifest.backend == "exact" and not plan.rebuild and kept_chunks:
+            import numpy as np
+
+            old_rows = {c.id: i for i, c in enumerate(prev_chunks)}
+            mapping = [old_rows[c.id] for c in kept_chunks] + [-1] * len(plan.new_chunks)
+            embs = np.load(prev.engine_dir / "embeddings.npy", mmap_mode="r")
+            lens = np.load(prev.engine_dir / "doclens.npy")
+            reuse = (embs, lens, mapping)
+            written = len(plan.new_chunks)
+        engine.build_exact(texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, progress=progress)
+    else:
+        engine.build_plaid(texts, [c.id for c in chunks], build_dir / "engine", max_tokens=plan.settings.max_tokens)
+    t2 = time.perf_counter()
+    gen = store.publish(build_dir, manifest, chunks)
+    if on_publish is not None:
+        on_publish(gen)
+    t3 = time.perf_counter()
+    return IndexReport(
+        **report_base,
+        chunks_written=written,
+        chunks_total=len(chunks),
+        documents_total=len(files),
+        timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
+    )

@@ -1,0 +1,334 @@
+"""Where indexes live on disk, and how they change without ever breaking.
+
+Layout of one index (``<index_root>/<name>/``)::
+
+    LOCK                     held (flock) by the one process writing this index
+    CURRENT                  names the published generation, e.g. "g000003"
+    generations/g000003/     a complete, immutable index:
+        manifest.json        settings + source path -> content hash -> chunk ids
+        chunks.jsonl         one Chunk per line, in engine (pid) order
+        engine/              what the engine wrote (exact embeddings or PLAID)
+    generations/.g000004-*/  a build in progress (ignored; removed when stale)
+
+A write builds a new generation aside, then publishes it by replacing
+``CURRENT`` atomically (``os.replace``). Readers only ever see a complete
+generation; an interrupted build (exception, Ctrl-C, kill -9) leaves the
+previous one published and searchable. Old generations are removed after a
+publish, except the one just replaced (a reader may still be using it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexStorageError,
+    InvalidIndexNameError,
+)
+from .models import Chunk
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FileEntry",
+    "Generation",
+    "IndexStore",
+    "Manifest",
+    "default_index_root",
+    "validate_index_name",
+]
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_GEN = re.compile(r"^g(\d{6})$")
+
+
+def validate_index_name(name: str) -> str:
+    """Return ``name`` if it is a plain index name, else raise InvalidIndexNameError."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidIndexNameError(
+            f"invalid index name {name!r}: use 1-128 letters, digits, '-' or '_', "
+            "starting with a letter or digit (no '/', '..', spaces or absolute paths)"
+        )
+    return name
+
+
+def default_index_root() -> Path:
+    """``$COLBERT_MODAL_INDEX_ROOT``, else a per-user data directory.
+
+    Linux: ``$XDG_DATA_HOME/colbert-modal`` (``~/.local/share/colbert-modal``);
+    macOS: ``~/Library/Application Support/colbert-modal``;
+    Windows: ``%LOCALAPPDATA%\\colbert-modal``. Never the working directory.
+    """
+    env = os.environ.get("COLBERT_MODAL_INDEX_ROOT")
+    if env:
+        return Path(env).expanduser().absolute()
+    home = Path.home()
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif os.uname().sysname == "Darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return (base / "colbert-modal").absolute()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class FileEntry:
+    """What the index holds of one source file."""
+
+    content_hash: str
+    document_id: str
+    chunk_ids: list[str]
+    size: int = 0
+    mtime: float = 0.0
+
+
+@dataclass
+class Manifest:
+    """Settings an index was built with, and what it holds, file by file."""
+
+    name: str
+    model: str
+    max_tokens: int
+    overlap: int
+    backend: str
+    generation: int = 0
+    created_at: str = field(default_factory=now_iso)
+    updated_at: str = field(default_factory=now_iso)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "overlap": self.overlap,
+            "backend": self.backend,
+            "generation": self.generation,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "files": {p: vars(e) for p, e in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        files = {p: FileEntry(**e) for p, e in data.get("files", {}).items()}
+        keys = ("name", "model", "max_tokens", "overlap", "backend", "generation", "created_at", "updated_at", "format")
+        return cls(files=files, **{k: data[k] for k in keys if k in data})
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(len(e.chunk_ids) for e in self.files.values())
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One published, immutable version of an index."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.path / "engine"
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        with (self.path / "chunks.jsonl").open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield Chunk.model_validate_json(line)
+
+    def chunks(self) -> list[Chunk]:
+        return list(self.iter_chunks())
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class IndexStore:
+    """The on-disk home of one named index."""
+
+    def __init__(self, root: str | os.PathLike[str], name: str) -> None:
+        self.name = validate_index_name(name)
+        self.root = Path(root).expanduser().absolute()
+        self.path = self.root / name
+
+    # --- reading ---------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / "CURRENT").is_file()
+
+    def current(self) -> Generation:
+        """The published generation. Raises IndexNotFoundError if there is none."""
+        try:
+            gen_name = (self.path / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise IndexNotFoundError(
+                f"no index named {self.name!r} under {self.root} (build it with index() first)"
+            ) from None
+        gen_path = self.path / "generations" / gen_name
+        try:
+            data = json.loads((gen_path / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IndexStorageError(f"index {self.name!r} is damaged: {gen_path} unreadable ({exc})") from exc
+        return Generation(gen_path, Manifest.from_json(data))
+
+    def current_generation_name(self) -> str | None:
+        try:
+            return (self.path / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+
+    # --- writing ---------------------------------------------------------
+
+    def _ensure_root(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "generations").mkdir(exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise IndexStorageError(
+                f"index root {self.root} is not writable ({exc.strerror or exc}); "
+                "pass index_root= or set COLBERT_MODAL_INDEX_ROOT"
+            ) from exc
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 0.0) -> Iterator[None]:
+        """Hold this index's write lock. Waits up to ``timeout`` seconds."""
+        self._ensure_root()
+        fh = (self.path / "LOCK").open("a+")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    _flock(fh)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise IndexLockedError(
+                            f"index {self.name!r} is being written by another process "
+                            f"(lock {self.path / 'LOCK'}); try again when it is done"
+                        ) from None
+                    time.sleep(0.1)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            self._remove_stale_builds()
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                _funlock(fh)
+            fh.close()
+
+    def _remove_stale_builds(self) -> None:
+        gens = self.path / "generations"
+        for p in gens.glob(".g*"):  # builds interrupted before publish; we hold the lock
+            shutil.rmtree(p, ignore_errors=True)
+
+    def next_generation_number(self) -> int:
+        nums = [int(m.group(1)) for p in (self.path / "generations").iterdir() if (m := _GEN.match(p.name))]
+        return max(nums, default=0) + 1
+
+    def new_build_dir(self, number: int) -> Path:
+        """A scratch directory for generation ``number``; call under :meth:`lock`."""
+        path = self.path / "generations" / f".g{number:06d}-{os.getpid()}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk]) -> Generation:
+        """Finish a build in ``build_dir`` and make it the current generation."""
+        manifest.updated_at = now_iso()
+        with (build_dir / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk.model_dump_json())
+                fh.write("\n")
+        _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
+        final = self.path / "generations" / f"g{manifest.generation:06d}"
+        previous = self.current_generation_name()
+        os.replace(build_dir, final)
+        _write_text_atomic(self.path / "CURRENT", final.name + "\n")
+        self._prune(keep={final.name, previous})
+        return Generation(final, manifest)
+
+    def _prune(self, keep: set[str | None]) -> None:
+        for p in (self.path / "generations").iterdir():
+            if _GEN.match(p.name) and p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def destroy(self) -> None:
+        """Delete the whole index (takes the lock first)."""
+        if not self.path.exists():
+            raise IndexNotFoundError(f"no index named {self.name!r} under {self.root}")
+        with self.lock():
+            (self.path / "CURRENT").unlink(missing_ok=True)
+            shutil.rmtree(self.path / "generations", ignore_errors=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def list_indexes(root: str | os.PathLike[str]) -> list[str]:
+    """Names of the published indexes under ``root``."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and _NAME.match(p.name))
+
+
+try:  # POSIX
+    import fcntl
+
+    def _flock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _funlock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+except ImportError:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _flock(fh: Any) -> None:
+        fh.seek(0)
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from exc
+
+    def _funlock(fh: Any) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
