@@ -9,7 +9,6 @@ Importing this package is cheap: torch, ragatouille and modal are imported
 only when an index is built or searched.
 """
 
-from __future__ import annotations
 
 from .errors import (
     ColbertModalError,

@@ -3,8 +3,9 @@
 Chunks are measured with the model's own tokenizer (the ``tokenizers``
 library: no torch, no model weights), hold at most ``max_tokens`` tokens,
 overlap their neighbour by ``overlap`` tokens, never cross files, and know the
-pages their text comes from. A chunk boundary prefers the end of a sentence,
-then the end of a word; it never splits a word.
+pages their text comes from. A chunk boundary prefers the end of a sentence or
+page, then the end of a word; it never splits a word. A chunk that ends at a
+page or paragraph break is not overlapped by the next one.
 
 Chunk ids are ``<document id>-<position>``: the same file with the same
 settings gives the same ids.
@@ -14,7 +15,7 @@ settings gives the same ids.
 >>> doc = Document(id="abc", source="/x.txt", content_hash="abc",
 ...                pages=[Page(number=1, text="one two three. four five"), Page(number=2, text="six seven")])
 >>> [(c.text, c.pages) for c in chunker.chunk(doc)]
-[('one two three.', [1]), ('three. four five\\n\\nsix', [1, 2]), ('six seven', [2])]
+[('one two three.', [1]), ('three. four five', [1]), ('six seven', [2])]
 """
 
 from __future__ import annotations
@@ -179,6 +180,9 @@ class Chunker:
             yield lo, hi
             if hi >= n:
                 return
+            if "\n\n" in text[toks[hi - 1].end : toks[hi].start]:
+                lo = hi  # cut at a page or paragraph break: no overlap needed
+                continue
             nxt = max(hi - self.overlap, lo + 1)
             # start the next chunk on a word boundary, never before lo + 1
             while nxt > lo + 1 and not toks[nxt].word_start:
@@ -188,8 +192,12 @@ class Chunker:
             lo = nxt
 
     def _best_end(self, toks: list[_Tok], text: str, lo: int, hi: int) -> int:
-        """Move the end back to a sentence end (last 30%) or a word end."""
+        """Move the end back to a page/paragraph break or a sentence end (both
+        only within the last 30% of the window), else to a word end."""
         floor = lo + max(1, int((hi - lo) * 0.7))
+        for cut in range(hi, floor, -1):
+            if "\n\n" in text[toks[cut - 1].end : toks[cut].start]:
+                return cut
         for cut in range(hi, floor, -1):
             if toks[cut].word_start and _ends_sentence(text, toks[cut - 1].end):
                 return cut

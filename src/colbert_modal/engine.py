@@ -67,13 +67,17 @@ def _prepare_environment() -> None:
 
 @contextlib.contextmanager
 def _quiet(verbose: bool = False) -> Iterator[None]:
-    """colbert-ai and ragatouille print a lot even at verbose=0; keep it off stdout."""
-    if verbose:
-        yield
-        return
-    buf_out, buf_err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-        yield
+    """colbert-ai and ragatouille print a lot even at verbose=0 and warn about
+    things users cannot act on; keep both off the console (logged at DEBUG)."""
+    with warnings.catch_warnings():
+        # upstream chatter: "CUDA is not available ... Disabling autocast", deprecations
+        warnings.simplefilter("ignore")
+        if verbose:
+            yield
+            return
+        buf_out, buf_err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+            yield
     noise = buf_out.getvalue() + buf_err.getvalue()
     if noise.strip():
         logger.debug("engine output:\n%s", noise[-4000:])
@@ -280,7 +284,7 @@ class ExactIndex:
         D = torch.zeros((n, width, dim), dtype=torch.float32)
         mask = torch.zeros((n, width), dtype=torch.bool)
         offsets = np.concatenate([[0], np.cumsum(self.doclens)]).astype(np.int64)
-        flat = torch.from_numpy(np.ascontiguousarray(embs))
+        flat = torch.from_numpy(np.array(embs))  # a writable copy of the memory map
         for i in range(n):
             length = int(self.doclens[i])
             D[i, :length] = flat[offsets[i] : offsets[i + 1]].float()

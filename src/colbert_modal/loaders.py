@@ -381,7 +381,7 @@ def _detect_encoding(path: Path) -> str:
             pass
         fh.seek(0)
         sample = fh.read(1 << 16)
-    if sample.count(b"\x00") > len(sample) // 100:
+    if b"\x00" in sample:
         raise CorruptFileError(path, "binary content, not text (NUL bytes)")
     try:
         sample.decode("cp1252")

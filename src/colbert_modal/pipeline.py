@@ -222,6 +222,10 @@ def apply_update(
         "skipped": plan.skipped,
         "warnings": plan.warnings,
     }
+    if prev is None and not plan.new_chunks:
+        report = IndexReport(**report_base, timings=plan.timings)
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
+        raise NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
     if plan.is_noop or (not plan.new_files and not report_base["removed"] and prev is not None):
         total = prev.manifest.n_chunks if prev else 0
         return IndexReport(
@@ -239,11 +243,6 @@ def apply_update(
     chunks = kept_chunks + list(plan.new_chunks)
     files = {p: old_files[p] for p in keep_paths}
     files.update(plan.new_files)
-    if not chunks and prev is None:
-        report = IndexReport(**report_base, timings=plan.timings)
-        reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
-        raise NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
-
     chosen = choose_backend(backend, len(chunks))
     if not chunks:
         chosen = "exact"  # an empty index: PLAID cannot hold one
