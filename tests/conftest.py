@@ -40,6 +40,13 @@ CORPUS_PAGES = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-remote", action="store_true", default=False,
+        help="run the tests marked 'remote' (they talk to Modal and need credentials)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's Modal token, index root or model settings."""

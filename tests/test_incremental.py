@@ -249,3 +249,12 @@ def test_drop_removes_the_index(indexer: ColbertIndexer, folder: Path) -> None:
     indexer.index([folder / "notes"])
     indexer.drop()
     assert not indexer.store.path.exists()
+
+
+def test_reopening_uses_the_index_chunk_settings(colbert_checkpoint: Path, tmp_path: Path, folder: Path) -> None:
+    built = ColbertIndexer("small", model=colbert_checkpoint, index_root=tmp_path / "r", max_tokens=64, overlap=4)
+    built.index([folder / "notes"])
+    again = ColbertIndexer("small", index_root=tmp_path / "r")
+    assert (again.max_tokens, again.overlap) == (64, 4)
+    assert not again.index([folder / "notes"]).changed  # no SettingsMismatchError
+    assert again.delete([folder / "notes" / "plain.txt"]).removed

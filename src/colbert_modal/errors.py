@@ -133,6 +133,9 @@ class NoDocumentsError(ColbertModalError):
         super().__init__(message)
         self.report = report
 
+    def __reduce__(self):  # keep the report when raised in a Modal container
+        return (type(self), (str(self), self.report))
+
 
 class IndexNotFoundError(ColbertModalError, LookupError):
     """No index of that name exists under the index root."""

@@ -97,7 +97,8 @@ class ColbertIndexer:
         ``"local"`` (default) runs the engine in this process; ``"remote"``
         runs it on Modal with the index on a Volume.
     max_tokens, overlap:
-        Chunk size in model tokens (default 256) and overlap (default 15%).
+        Chunk size in model tokens and overlap. Default: what an existing
+        index was built with, else 256 tokens and 15% overlap.
     backend:
         ``"auto"`` (default), ``"exact"`` or ``"plaid"``; see
         :mod:`colbert_modal.engine`.
@@ -105,6 +106,12 @@ class ColbertIndexer:
         Seconds to wait for another process writing the same index.
     progress:
         Show progress bars (default: only when stderr is a terminal).
+    gpu:
+        Remote mode: the Modal GPU type (default: L4, falling back to A10G, T4).
+    remote_app:
+        Remote mode: ``"ephemeral"`` (default; starts the Modal app for this
+        indexer's session) or ``"deployed"`` (uses ``modal deploy``'s app).
+        Default from ``$COLBERT_MODAL_REMOTE_APP``.
     """
 
     def __init__(
@@ -114,12 +121,13 @@ class ColbertIndexer:
         model: str | os.PathLike[str] | None = None,
         index_root: str | os.PathLike[str] | None = None,
         mode: Mode = "local",
-        max_tokens: int = DEFAULT_MAX_TOKENS,
+        max_tokens: int | None = None,
         overlap: int | None = None,
         backend: str = "auto",
         lock_timeout: float = 0.0,
         progress: bool | None = None,
         gpu: str | None = None,
+        remote_app: Literal["ephemeral", "deployed"] | None = None,
         verbose: bool = False,
     ) -> None:
         self.name = validate_index_name(name)
@@ -129,18 +137,19 @@ class ColbertIndexer:
         self.index_root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
         self.store = IndexStore(self.index_root, self.name)
         self._model_arg = os.fspath(model) if model is not None else None
-        if max_tokens < 8 or max_tokens > 508:
+        if max_tokens is not None and not 8 <= max_tokens <= 508:
             raise ConfigurationError(f"max_tokens must be between 8 and 508, got {max_tokens}")
-        self.max_tokens = max_tokens
-        self.overlap = round(max_tokens * 0.15) if overlap is None else overlap
-        if not 0 <= self.overlap < max_tokens:
-            raise ConfigurationError(f"overlap must be in [0, max_tokens), got {self.overlap}")
+        if overlap is not None and not 0 <= overlap < (max_tokens or DEFAULT_MAX_TOKENS):
+            raise ConfigurationError(f"overlap must be in [0, max_tokens), got {overlap}")
+        self._max_tokens_arg = max_tokens
+        self._overlap_arg = overlap
         if backend not in BACKENDS:
             raise ConfigurationError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         self.lock_timeout = lock_timeout
         self.progress = progress
         self.gpu = gpu
+        self.remote_app = remote_app
         self.verbose = verbose
         self._searcher: tuple[str, Any, list[Any]] | None = None
         self._search_lock = threading.Lock()
@@ -160,12 +169,38 @@ class ColbertIndexer:
             return self.store.current().manifest.model
         return _normalise_model(os.environ.get("COLBERT_MODAL_MODEL") or DEFAULT_MODEL)
 
+    @property
+    def max_tokens(self) -> int:
+        """Chunk size in tokens: as given, else the existing index's, else 256."""
+        return self._chunk_settings(self._manifest_or_none())[0]
+
+    @property
+    def overlap(self) -> int:
+        return self._chunk_settings(self._manifest_or_none())[1]
+
+    def _manifest_or_none(self) -> Manifest | None:
+        return self.store.current().manifest if self.store.exists() else None
+
+    def _chunk_settings(self, manifest: Manifest | None) -> tuple[int, int]:
+        max_tokens = self._max_tokens_arg
+        overlap = self._overlap_arg
+        if max_tokens is None and overlap is None and manifest is not None:
+            return manifest.max_tokens, manifest.overlap
+        if max_tokens is None:
+            max_tokens = manifest.max_tokens if manifest is not None else DEFAULT_MAX_TOKENS
+        if overlap is None:
+            overlap = round(max_tokens * 0.15)
+        if not 0 <= overlap < max_tokens:
+            raise ConfigurationError(f"overlap must be in [0, max_tokens), got {overlap}")
+        return max_tokens, overlap
+
     def _settings(self, manifest: Manifest | None, rebuild: bool) -> Settings:
+        max_tokens, overlap = self._chunk_settings(None if rebuild else manifest)
         model = self._model_arg
         if model is None and manifest is not None and not rebuild:
-            return Settings(manifest.model, self.max_tokens, self.overlap)
+            return Settings(manifest.model, max_tokens, overlap)
         model = _normalise_model(model or os.environ.get("COLBERT_MODAL_MODEL") or DEFAULT_MODEL)
-        return Settings(model, self.max_tokens, self.overlap)
+        return Settings(model, max_tokens, overlap)
 
     def _chunker(self, settings: Settings) -> Callable[[], Chunker]:
         return lambda: Chunker(load_tokenizer(settings.model), max_tokens=settings.max_tokens, overlap=settings.overlap)

@@ -1,0 +1,678 @@
+"""``colbert-modal``: a thin click layer over :class:`~colbert_modal.ColbertIndexer`.
+
+Every command builds a :class:`ColbertIndexer`, calls one of its methods and
+renders the result: readable text for a terminal, ``--json`` (the pydantic
+models' ``model_dump``) for scripts. Library errors
+(:class:`~colbert_modal.ColbertModalError`) become a one-line ``Error: ...``
+on stderr and an exit code that says what kind of failure it was; see
+``EXIT_CODES``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .chunking import DEFAULT_MAX_TOKENS
+from .errors import (
+    ColbertModalError,
+    ConfigurationError,
+    DependencyMissingError,
+    IndexLockedError,
+    IndexNotFoundError,
+    ModalCredentialsError,
+    NoDocumentsError,
+    RemoteError,
+    RemoteUnavailableError,
+)
+from .indexer import ColbertIndexer
+from .models import IndexInfo, IndexReport, SearchResult, SkippedFile
+from .store import default_index_root, list_indexes
+
+__all__ = ["EXIT_CODES", "cli", "format_pages", "main", "make_snippet", "parse_passwords"]
+
+#: Exit status of each kind of failure (most specific class first).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_NO_DOCUMENTS = 4
+EXIT_LOCKED = 5
+EXIT_REMOTE = 6
+
+EXIT_CODES: list[tuple[type[ColbertModalError], int]] = [
+    (IndexNotFoundError, EXIT_NOT_FOUND),
+    (ConfigurationError, EXIT_USAGE),
+    (NoDocumentsError, EXIT_NO_DOCUMENTS),
+    (IndexLockedError, EXIT_LOCKED),
+    (RemoteError, EXIT_REMOTE),
+]
+
+EPILOG = """\b
+Exit codes:
+  0  success
+  1  error (engine, model, storage, Ctrl-C, ...)
+  2  usage: bad option, argument, index name or setting
+  3  no index of that name
+  4  nothing could be indexed (every file skipped)
+  5  the index is being written by another process
+  6  Modal: no credentials, app not deployed, remote failure
+"""
+
+SUB_EPILOG = "Exit codes: see `colbert-modal --help`."
+
+logger = logging.getLogger("colbert_modal")
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class CliError(click.ClickException):
+    """A library error as a one-line ``Error: ...`` and its exit code."""
+
+    def __init__(self, exc: ColbertModalError) -> None:
+        message = _cli_words(str(exc)) or type(exc).__name__
+        if isinstance(exc, IndexNotFoundError):
+            message = message.replace("index() first", "`colbert-modal index` first")
+        super().__init__(message)
+        self.exit_code = exit_code_for(exc)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status the CLI uses for ``exc``."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_ERROR
+
+
+class _Group(click.Group):
+    """Turns library errors raised by any subcommand into :class:`CliError`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ColbertModalError as exc:
+            raise CliError(exc) from exc
+
+
+# --- logging and options ------------------------------------------------------
+
+
+class _ClickHandler(logging.Handler):
+    """Log records to whatever stderr is now (CliRunner swaps it per call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(ctx: click.Context, verbose: int) -> None:
+    """Send the library's log records to stderr for this command only."""
+    handler = _ClickHandler(logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    if verbose > 0:
+        logger.setLevel(handler.level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+    ctx.call_on_close(restore)
+
+
+@dataclass
+class _State:
+    verbose: int = 0
+
+
+def _state() -> _State:
+    ctx = click.get_current_context()
+    obj = ctx.find_object(_State)
+    return obj if obj is not None else _State()
+
+
+def _progress() -> bool:
+    """Progress bars only when a person watches stderr."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _indexer(name: str, *, index_root: Path | None, remote: bool = False, **kwargs: Any) -> ColbertIndexer:
+    return ColbertIndexer(
+        name,
+        index_root=index_root,
+        mode="remote" if remote else "local",
+        progress=_progress(),
+        verbose=_state().verbose >= 2,
+        **kwargs,
+    )
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _cli_words(text: str) -> str:
+    """The library's Python-API hints, in CLI words."""
+    return " ".join(text.split()).replace("passwords={'<file>': '...'}", "--password FILE.pdf=PW")
+
+
+def _skip_line(skipped: SkippedFile) -> str:
+    return f"Skipped {skipped.path}: {_cli_words(skipped.reason)} [{skipped.error}]"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def index_root_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--index-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder that holds the indexes. Default: $COLBERT_MODAL_INDEX_ROOT, "
+        "else a per-user data folder.",
+    )(fn)
+
+
+def remote_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--remote", is_flag=True, help="Run on Modal (index on a Modal Volume) instead of in this process."
+    )(fn)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+# --- pure helpers (tested directly) --------------------------------------------
+
+
+def parse_passwords(values: Sequence[str]) -> str | Mapping[str, str] | None:
+    """``--password`` values to what :meth:`ColbertIndexer.index` takes.
+
+    ``FILE.pdf=PW`` gives the password of one PDF (by path or by file name);
+    any other value is the password for every other encrypted PDF (so a
+    password may itself contain ``=``).
+
+    >>> parse_passwords([]) is None
+    True
+    >>> parse_passwords(["s3cret"])
+    's3cret'
+    >>> pw = parse_passwords(["a.pdf=x=y", "common"])
+    >>> pw["/any/folder/a.pdf"], pw["/other/b.pdf"]
+    ('x=y', 'common')
+    """
+    by_file: dict[str, str] = {}
+    default: str | None = None
+    for value in values:
+        key, sep, password = value.partition("=")
+        if sep and key.lower().endswith(".pdf"):
+            by_file[key] = password
+        elif default is not None:
+            raise click.UsageError("give at most one --password without FILE.pdf= (the password for all other PDFs)")
+        else:
+            default = value
+    if not by_file:
+        return default
+    return _Passwords(by_file, default)
+
+
+class _Passwords(Mapping[str, str]):
+    """Passwords by file (path or bare name), with a fallback for every other PDF."""
+
+    def __init__(self, by_file: dict[str, str], default: str | None) -> None:
+        self._by_file = by_file
+        self._default = default
+
+    def _lookup(self, key: str) -> str | None:
+        if key in self._by_file:
+            return self._by_file[key]
+        path = Path(key)
+        for given, password in self._by_file.items():
+            if given == path.name:
+                return password
+            try:
+                if Path(given).expanduser().resolve() == path.expanduser().resolve():
+                    return password
+            except OSError:
+                continue
+        return self._default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._lookup(key) is not None
+
+    def __getitem__(self, key: str) -> str:
+        password = self._lookup(key) if isinstance(key, str) else None
+        if password is None:
+            raise KeyError(key)
+        return password
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_file)
+
+    def __len__(self) -> int:
+        return len(self._by_file)
+
+
+_STOPWORDS = frozenset(
+    "a an and are as at be by for from how in is it of on or that the this to was what when where which who why with".split()
+)
+
+
+def query_terms(query: str) -> list[str]:
+    """The words of ``query`` worth highlighting (lowercase, no stopwords, no duplicates).
+
+    >>> query_terms("What is late interaction in ColBERT?")
+    ['late', 'interaction', 'colbert']
+    """
+    terms: list[str] = []
+    for word in re.findall(r"\w+", query.lower()):
+        if len(word) > 1 and word not in _STOPWORDS and word not in terms:
+            terms.append(word)
+    return terms
+
+
+def make_snippet(
+    text: str, query: str, *, width: int = 200, highlight: Callable[[str], str] | None = None
+) -> str:
+    """About ``width`` characters of ``text`` around the first query word, query words highlighted.
+
+    Whitespace is collapsed; ``...`` marks cut ends; ``highlight`` wraps every
+    word that starts with a query word (the CLI passes bold ``click.style``).
+
+    >>> make_snippet("one two three four", "three", highlight=lambda w: f"[{w}]")
+    'one two [three] four'
+    >>> make_snippet("a " * 100 + "needle" + " b" * 100, "needle", width=20)
+    '... a a needle b b b ...'
+    """
+    flat = " ".join(text.split())
+    terms = query_terms(query)
+    pattern = (
+        re.compile(r"\b(?:" + "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)) + r")\w*", re.I)
+        if terms
+        else None
+    )
+    match = pattern.search(flat) if pattern is not None else None
+    if len(flat) <= width:
+        start, end = 0, len(flat)
+    else:
+        anchor = match.start() if match else 0
+        start = max(0, anchor - width // 3)
+        end = min(len(flat), start + width)
+        start = max(0, end - width)
+        if start > 0:  # do not cut a word in half
+            space = flat.find(" ", start, anchor if match else end)
+            start = space + 1 if space != -1 else start
+        if end < len(flat):
+            space = flat.rfind(" ", max(start, (match.end() if match else start)), end)
+            end = space if space != -1 else end
+    window = flat[start:end]
+    if pattern is not None and highlight is not None:
+        window = pattern.sub(lambda m: highlight(m.group(0)), window)
+    return ("... " if start > 0 else "") + window + (" ..." if end < len(flat) else "")
+
+
+def format_pages(pages: Sequence[int]) -> str:
+    """``[3]`` -> ``'page 3'``, ``[1, 2, 3, 5]`` -> ``'pages 1-3, 5'``.
+
+    >>> format_pages([1, 2, 3, 5])
+    'pages 1-3, 5'
+    """
+    if not pages:
+        return ""
+    nums = sorted(set(pages))
+    runs: list[str] = []
+    first = prev = nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        runs.append(str(first) if first == prev else f"{first}-{prev}")
+        if n is not None:
+            first = prev = n
+    return ("page " if len(nums) == 1 else "pages ") + ", ".join(runs)
+
+
+# --- the commands -------------------------------------------------------------
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="colbert-modal")
+@click.option("-v", "--verbose", count=True, help="Show what the library logs (-vv: debug, and the engine's own output).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """ColBERT search over your own PDFs and notes, in-process or on Modal GPUs.
+
+    \b
+    Index a folder, then search it:
+      colbert-modal index ./papers --name papers
+      colbert-modal search "late interaction retrieval" --name papers
+
+    Indexes live under --index-root (default $COLBERT_MODAL_INDEX_ROOT, else a
+    per-user data folder). Add --remote to build and search on Modal instead
+    (run `colbert-modal deploy` once first).
+    """
+    ctx.obj = _State(verbose=verbose)
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
+    _setup_logging(ctx, verbose)
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-n", "--name", required=True, help="Name of the index (letters, digits, '-', '_').")
+@click.option("--model", help="Hugging Face model id or local checkpoint folder. Default: the index's model, "
+              "else $COLBERT_MODAL_MODEL, else colbert-ir/colbertv2.0.")
+@click.option("--max-tokens", type=int, default=None,
+              help=f"Chunk size in model tokens (8-508). Default: the index's, else {DEFAULT_MAX_TOKENS}.")
+@click.option("--overlap", type=int, default=None, help="Tokens shared by neighbouring chunks. Default: 15% of --max-tokens.")
+@click.option("--password", "passwords", multiple=True, metavar="[FILE.pdf=]PW",
+              help="Password of encrypted PDFs: FILE.pdf=PW for one file (path or name), "
+              "or PW for all others. Repeatable.")
+@click.option("--rebuild", is_flag=True, help="Re-index every file, e.g. after changing --model or --max-tokens.")
+@click.option("--keep-missing", is_flag=True, help="Keep the chunks of indexed files that no longer exist.")
+@index_root_option
+@remote_option
+@json_option
+def index(
+    paths: tuple[Path, ...],
+    name: str,
+    model: str | None,
+    max_tokens: int | None,
+    overlap: int | None,
+    passwords: tuple[str, ...],
+    rebuild: bool,
+    keep_missing: bool,
+    index_root: Path | None,
+    remote: bool,
+    as_json: bool,
+) -> None:
+    """Index PDFs, text and Markdown files (folders recursively).
+
+    Re-running on the same paths indexes only new and changed files, and
+    drops files that are gone (unless --keep-missing). Files that cannot be
+    read are skipped with the reason; the rest is indexed.
+    """
+    password_arg = parse_passwords(passwords)
+    indexer = _indexer(name, index_root=index_root, remote=remote, model=model, max_tokens=max_tokens, overlap=overlap)
+    started = time.perf_counter()
+    try:
+        report = indexer.index(
+            [os.fspath(p) for p in paths], passwords=password_arg, rebuild=rebuild, keep_missing=keep_missing
+        )
+    except NoDocumentsError as exc:
+        if isinstance(exc.report, IndexReport):
+            if as_json:
+                _echo_json(exc.report.model_dump(mode="json"))
+            else:
+                for skipped in exc.report.skipped:
+                    click.echo(_skip_line(skipped), err=True)
+        raise
+    finally:
+        indexer.close()
+    if as_json:
+        _echo_json(report.model_dump(mode="json"))
+        return
+    _print_report(report, where=str(indexer.store.path) if not remote else "Modal", seconds=time.perf_counter() - started)
+
+
+def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str = "Indexed") -> None:
+    verbose = _state().verbose
+    click.echo(
+        f"{verb} {_plural(len(report.indexed), 'file')} into {report.index_name!r} ({where}): "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, {len(report.skipped)} skipped."
+    )
+    if verbose:
+        for path in report.indexed:
+            click.echo(f"Indexed {path}")
+    for path in report.removed:
+        click.echo(f"Removed {path}")
+    for skipped in report.skipped:
+        click.echo(_skip_line(skipped))
+    for warning in report.warnings:
+        click.echo(f"Warning {warning.path}: {warning.message}")
+    click.echo(
+        f"Chunks: {report.chunks_written} written, {report.chunks_total} in the index "
+        f"({_plural(report.documents_total, 'file')})."
+    )
+    click.echo(f"Done in {seconds:.1f} s.")
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("query")
+@click.option("-n", "--name", required=True, help="Name of the index to search.")
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many passages to return.")
+@click.option("--width", type=click.IntRange(min=40), default=200, show_default=True,
+              help="Characters of each passage to show (text output).")
+@index_root_option
+@remote_option
+@json_option
+def search(query: str, name: str, k: int, width: int, index_root: Path | None, remote: bool, as_json: bool) -> None:
+    """Search an index: the best passages for QUERY, best first.
+
+    Prints rank, score, file, page(s) and a snippet around the first query
+    word (query words in bold on a terminal; -v adds the full path). --json
+    prints the full results.
+    """
+    with _indexer(name, index_root=index_root, remote=remote) as indexer:
+        results = indexer.search(query, k=k)
+    if as_json:
+        _echo_json([r.model_dump(mode="json") for r in results])
+        return
+    if not results:
+        click.echo("No results.", err=True)
+        return
+    verbose = _state().verbose
+    for i, result in enumerate(results):
+        if i:
+            click.echo()
+        _print_result(result, query, width=width, full_path=verbose > 0)
+
+
+def _print_result(result: SearchResult, query: str, *, width: int, full_path: bool) -> None:
+    pages = format_pages(result.pages)
+    head = f"{result.rank}. {click.style(Path(result.source).name, bold=True)}"
+    if pages:
+        head += f"  {pages}"
+    head += click.style(f"  score {result.score:.2f}", dim=True)
+    click.echo(head)
+    if full_path:
+        click.echo("   " + click.style(result.source, dim=True))
+    snippet = make_snippet(result.text, query, width=width, highlight=lambda w: click.style(w, bold=True))
+    click.echo("   " + snippet)
+
+
+@cli.command("list", epilog=SUB_EPILOG)
+@index_root_option
+@json_option
+def list_(index_root: Path | None, as_json: bool) -> None:
+    """List the indexes under the index root, with their size and model."""
+    root = (index_root.expanduser().absolute() if index_root is not None else default_index_root())
+    infos: list[IndexInfo] = []
+    for name in list_indexes(root):
+        try:
+            infos.append(ColbertIndexer(name, index_root=root).info.local())
+        except ColbertModalError as exc:
+            click.echo(f"Warning {name}: {' '.join(str(exc).split())}", err=True)
+    if as_json:
+        _echo_json([i.model_dump(mode="json") for i in infos])
+        return
+    if not infos:
+        click.echo(f"No indexes under {root}.", err=True)
+        return
+    rows = [("NAME", "FILES", "CHUNKS", "UPDATED", "MODEL")] + [
+        (i.name, str(i.documents), str(i.chunks), i.updated_at, i.model) for i in infos
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        click.echo(
+            f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}".rstrip()
+        )
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("name")
+@index_root_option
+@remote_option
+@json_option
+def info(name: str, index_root: Path | None, remote: bool, as_json: bool) -> None:
+    """Show what index NAME holds and how it was built."""
+    with _indexer(name, index_root=index_root, remote=remote) as indexer:
+        data = indexer.info()
+    if as_json:
+        _echo_json(data.model_dump(mode="json"))
+        return
+    rows = [
+        ("name", data.name),
+        ("path", data.path),
+        ("model", data.model),
+        ("chunking", f"{data.max_tokens} tokens, overlap {data.overlap}"),
+        ("backend", data.backend),
+        ("files", str(data.documents)),
+        ("chunks", str(data.chunks)),
+        ("generation", str(data.generation)),
+        ("created", data.created_at),
+        ("updated", data.updated_at),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':<12}{value}")
+    if data.sources:
+        click.echo("sources:")
+        for source in data.sources:
+            click.echo(f"  {source}")
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("name")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting a whole index.")
+@index_root_option
+@remote_option
+@json_option
+def delete(
+    name: str, paths: tuple[Path, ...], yes: bool, index_root: Path | None, remote: bool, as_json: bool
+) -> None:
+    """Delete index NAME, or only the files PATHS from it.
+
+    \b
+    colbert-modal delete papers              delete the whole index (asks first)
+    colbert-modal delete papers old.pdf dir/ drop these files' chunks
+    """
+    if not paths:
+        if remote:
+            raise click.UsageError("--remote deletes files from an index; give the PATHS to delete")
+        indexer = _indexer(name, index_root=index_root)
+        data = indexer.info()  # IndexNotFoundError before asking
+        if not yes:
+            click.confirm(
+                f"Delete index {name!r} at {data.path} ({_plural(data.documents, 'file')}, "
+                f"{_plural(data.chunks, 'chunk')})?",
+                abort=True,
+                err=True,
+            )
+        indexer.drop()
+        if as_json:
+            _echo_json({"deleted": name, "path": data.path})
+        else:
+            click.echo(f"Deleted index {name!r} ({data.path}).")
+        return
+    started = time.perf_counter()
+    with _indexer(name, index_root=index_root, remote=remote) as indexer:
+        report = indexer.delete([os.fspath(p) for p in paths])
+    if as_json:
+        _echo_json(report.model_dump(mode="json"))
+        return
+    click.echo(
+        f"Removed {_plural(len(report.removed), 'file')} from {name!r}; "
+        f"{_plural(report.documents_total, 'file')} and {_plural(report.chunks_total, 'chunk')} left."
+    )
+    for path in report.removed:
+        click.echo(f"Removed {path}")
+    for skipped in report.skipped:
+        click.echo(f"Not in the index: {skipped.path}")
+    click.echo(f"Done in {time.perf_counter() - started:.1f} s.")
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("name")
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
+              help="Replace a local index of the same name.")
+@index_root_option
+def pull(name: str, overwrite: bool, index_root: Path | None) -> None:
+    """Copy index NAME from Modal to the index root (to search it locally)."""
+    with _indexer(name, index_root=index_root, remote=True) as indexer:
+        path = indexer.pull(overwrite=overwrite)
+    click.echo(f"Pulled {name!r} to {path}.")
+
+
+@cli.command(epilog=SUB_EPILOG)
+@click.argument("name")
+@index_root_option
+def push(name: str, index_root: Path | None) -> None:
+    """Copy the local index NAME to Modal (to search it with --remote)."""
+    with _indexer(name, index_root=index_root, remote=True) as indexer:
+        indexer.push()
+    click.echo(f"Pushed {name!r} to Modal.")
+
+
+MODAL_APP_MODULE = "colbert_modal.modal_app"
+
+
+@cli.command(epilog=SUB_EPILOG)
+def deploy() -> None:
+    """Deploy the Modal app that --remote, pull and push use.
+
+    Runs `modal deploy -m colbert_modal.modal_app`. Needs Modal credentials
+    (`modal setup`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET); set
+    MODAL_ENVIRONMENT to deploy into another environment.
+    """
+    _require_modal_credentials()
+    import importlib.util
+
+    if importlib.util.find_spec(MODAL_APP_MODULE) is None:
+        raise RemoteUnavailableError(f"this installation has no Modal app ({MODAL_APP_MODULE} is missing)")
+    command = [sys.executable, "-m", "modal", "deploy", "-m", MODAL_APP_MODULE]
+    logger.info("running %s", " ".join(command))
+    code = subprocess.call(command)
+    if code:
+        raise RemoteError(f"`modal deploy` failed with exit code {code} (see its output above)")
+
+
+def _require_modal_credentials() -> None:
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return
+    try:
+        from modal.config import config
+    except ImportError as exc:  # pragma: no cover - modal is a core dependency
+        raise DependencyMissingError("modal is not installed: pip install colbert-modal") from exc
+    if not (config.get("token_id") and config.get("token_secret")):
+        raise ModalCredentialsError(
+            "no Modal credentials: run `modal setup`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
+        )
+
+
+def main(args: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``colbert-modal`` script."""
+    cli.main(args=list(args) if args is not None else None, prog_name="colbert-modal")
+    raise SystemExit(EXIT_OK)  # pragma: no cover - cli.main always exits

@@ -1,0 +1,250 @@
+"""The Modal app of remote mode: image, Volume and the GPU code.
+
+The only module of colbert_modal that imports modal at top level. It is kept
+thin: every body calls the server half of :mod:`colbert_modal.remote`, which
+uses the same pipeline and engine code as local mode.
+
+Deploy it (for ``COLBERT_MODAL_REMOTE_APP=deployed``) with::
+
+    modal deploy -m colbert_modal.modal_app
+
+Configuration read when this module is imported (so: at ``modal deploy`` time
+for deployed apps, in your process for ephemeral ones):
+
+``COLBERT_MODAL_GPU``
+    GPU for indexing (and search), e.g. ``A100`` or a fallback list
+    ``L4,A10G``; ``cpu`` for none. Default: :data:`DEFAULT_GPUS`.
+``COLBERT_MODAL_SEARCH_GPU``
+    GPU for the search containers if it should differ (``cpu`` for none).
+``COLBERT_MODAL_MODELS``
+    Hub models baked into the image, ``repo@revision`` comma-separated.
+    Default: ``colbert-ir/colbertv2.0`` at a pinned revision.
+
+No torch or ragatouille import happens here: they exist only in the image
+(``with image.imports()``).
+"""
+
+# No `from __future__ import annotations` here: Modal's decorators read the
+# real annotation objects of modal.parameter() fields.
+import os
+
+import modal
+
+from colbert_modal import remote
+from colbert_modal.errors import IndexNotFoundError
+
+MINUTES = 60  # seconds
+
+APP_NAME = remote.APP_NAME
+VOLUME_NAME = remote.VOLUME_NAME
+VOLUME_PATH = remote.VOLUME_MOUNT
+MODELS_DIR = "/models"
+TORCH_EXTENSIONS_DIR = "/root/torch_extensions"
+
+DEFAULT_MODEL = "colbert-ir/colbertv2.0"
+DEFAULT_MODEL_REVISION = "c1e84128e85ef755c096a95bdb06b47793b13acf"
+#: Cheap GPUs with 16-24 GB that fit ColBERT (BERT-base) encoding at the
+#: engine's batch size (32 passages of <= 512 tokens); Modal takes the first
+#: one available.
+DEFAULT_GPUS = ["L4", "A10G", "T4"]
+#: Compute capabilities the CUDA extensions are compiled for at build time:
+#: T4 7.5, A100 8.0, A10G 8.6, L4/L40S 8.9, H100 9.0 (+PTX for newer cards).
+CUDA_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def _gpu_setting(value, default):
+    """``"A100"`` -> ``"A100"``; ``"L4,A10G"`` -> a fallback list; ``"cpu"`` -> None."""
+    value = (value or "").strip()
+    if not value:
+        return default
+    if value.lower() in ("cpu", "none"):
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names[0] if len(names) == 1 else names
+
+
+def _model_specs(value):
+    """``"repo@rev,repo2@rev2"`` -> ``[("repo", "rev"), ...]`` (revision required)."""
+    specs = []
+    for item in (value or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        repo, sep, revision = item.partition("@")
+        if not sep or not revision:
+            raise ValueError(f"COLBERT_MODAL_MODELS: pin a revision, e.g. {repo}@<commit sha>; got {item!r}")
+        specs.append((repo, revision))
+    return specs or [(DEFAULT_MODEL, DEFAULT_MODEL_REVISION)]
+
+
+GPU = _gpu_setting(os.environ.get("COLBERT_MODAL_GPU"), DEFAULT_GPUS)
+SEARCH_GPU = _gpu_setting(os.environ.get("COLBERT_MODAL_SEARCH_GPU"), GPU)
+MODELS = _model_specs(os.environ.get("COLBERT_MODAL_MODELS"))
+
+app = modal.App(APP_NAME)
+volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+
+
+def download_models(specs):
+    """Image build step: fetch each ``(repo, revision)`` to ``/models/<repo>``."""
+    from huggingface_hub import snapshot_download
+
+    for repo, revision in specs:
+        snapshot_download(
+            repo,
+            revision=revision,
+            local_dir=f"{MODELS_DIR}/{repo}",
+            ignore_patterns=["*.h5", "*.onnx", "*.msgpack", "*.ot", "*.tflite", "onnx/*"],
+        )
+
+
+def compile_extensions(model):
+    """Image build step: load the model, build and search a tiny index (compiles colbert-ai's extensions)."""
+    print("warm-up hits:", remote.warm_up(model))
+
+
+# The base is NVIDIA's CUDA *devel* image: colbert-ai compiles its CUDA
+# extensions with torch.utils.cpp_extension, which needs nvcc and the CUDA
+# headers (the runtime images and debian_slim have neither). CUDA 12.8 matches
+# the torch 2.8.0 wheel (cu128; nvcc's major version must match torch's), and
+# Modal's GPU drivers run CUDA 12.x.
+image = (
+    modal.Image.from_registry("nvidia/cuda:12.8.1-devel-ubuntu22.04", add_python="3.11")
+    .entrypoint([])  # silence the CUDA image's banner
+    .apt_install("git", "build-essential")
+    .uv_pip_install(
+        # The same pins as pyproject's `local` extra (plus an exact torch with CUDA 12.8).
+        "torch==2.8.0",
+        "ragatouille==0.0.9.post2",
+        "transformers>=4.57,<4.58",
+        "sentence-transformers<6",
+        "langchain>=0.3,<0.4",
+        "datasets<5",
+        "huggingface-hub>=0.24,<1",
+        "psutil",
+        "safetensors",
+        "ninja",
+        # The client half of colbert_modal (imported by this module).
+        "modal>=1.6,<1.7",
+        "pypdf>=5,<8",
+        "pydantic>=2.7,<3",
+        "tokenizers>=0.20,<0.23",
+        "click>=8.1,<9",
+        "tqdm>=4.66",
+    )
+    .env(
+        {
+            "COLBERT_MODAL_MODELS_DIR": MODELS_DIR,
+            "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS_DIR,
+            "TORCH_CUDA_ARCH_LIST": CUDA_ARCH_LIST,
+            "GIT_PYTHON_REFRESH": "quiet",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        }
+    )
+    # Weights are baked into the image at a pinned revision: they are ~0.4 GB,
+    # change only with the pin, and the next step needs them anyway. (A
+    # weights Volume pays off for multi-GB models or ones swapped without a
+    # rebuild.)
+    .run_function(download_models, args=(MODELS,))
+    # Compile the CUDA variants (on a GPU) and the CPU variants of
+    # colbert-ai's extensions once, at build time.
+    .run_function(compile_extensions, args=(DEFAULT_MODEL,), gpu=DEFAULT_GPUS[0])
+    .run_function(compile_extensions, args=(DEFAULT_MODEL,))
+    # Last, so that editing colbert_modal does not rebuild the layers above.
+    .add_local_python_source("colbert_modal")
+)
+
+
+def _reload_volume():
+    if not modal.is_local():  # pragma: no cover - inside a Modal container
+        volume.reload()
+
+
+def _commit_volume():
+    if not modal.is_local():  # pragma: no cover - inside a Modal container
+        volume.commit()
+
+
+@app.function(image=image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+def manifest(index_name: str):
+    """The published manifest of ``index_name`` as JSON, or None (for planning on the client)."""
+    _reload_volume()
+    return remote.read_manifest(remote.volume_path(), index_name)
+
+
+@app.function(image=image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+def info(index_name: str):
+    """:class:`~colbert_modal.models.IndexInfo` of the published index."""
+    _reload_volume()
+    return remote.read_info(remote.volume_path(), index_name)
+
+
+@app.cls(
+    image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    timeout=120 * MINUTES,
+    scaledown_window=2 * MINUTES,
+    # One writer container: writes to the Volume are serialised. Across apps
+    # (two ephemeral runs), apply_update's base-generation check catches a
+    # concurrent update.
+    max_containers=1,
+)
+class Writer:
+    """Builds and publishes index generations on the Volume."""
+
+    @modal.method()
+    def apply(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
+        """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume."""
+        _reload_volume()
+        report = remote.apply_plan(remote.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
+        _commit_volume()
+        return report
+
+    @modal.method()
+    def adopt(self, index_name: str, upload: str):
+        """Publish a generation that ``push()`` uploaded; commit the Volume."""
+        _reload_volume()
+        result = remote.adopt_upload(remote.volume_path(), index_name, upload)
+        _commit_volume()
+        return result
+
+
+@app.cls(
+    image=image,
+    gpu=SEARCH_GPU,
+    volumes={VOLUME_PATH: volume},
+    timeout=10 * MINUTES,
+    scaledown_window=10 * MINUTES,
+)
+@modal.concurrent(max_inputs=4)
+class Searcher:
+    """Warm search of one index: model and index loaded once per container."""
+
+    index_name: str = modal.parameter()
+
+    @modal.enter()
+    def load(self):
+        self.server = remote.IndexServer(remote.volume_path(), self.index_name, reload=_reload_volume)
+        self.server.load_model()
+        if self.server.store.exists():
+            self.server.refresh()
+
+    @modal.method()
+    def search_batch(self, queries, k: int = 10):
+        """One result list per query; switches to a newer published generation first."""
+        return self.server.search_batch(queries, k)
+
+    @modal.method()
+    def generation(self):
+        """The generation this container serves, after checking for a newer one."""
+        try:
+            self.server.refresh()
+        except IndexNotFoundError:
+            pass
+        return self.server.generation
+
+    @modal.exit()
+    def close(self):  # pragma: no cover - @modal.exit never runs locally
+        self.server.close()
