@@ -63,6 +63,14 @@ def _prepare_environment() -> None:
     # colbert-ai imports GitPython, which fails without a git binary unless told to be quiet.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # colbert-ai compiles C++ extensions with ninja; a venv that is not
+    # activated has it in its bin/ but not on PATH.
+    import shutil
+    import sys
+
+    bindir = os.path.dirname(sys.executable)
+    if shutil.which("ninja") is None and os.path.exists(os.path.join(bindir, "ninja")):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
 @contextlib.contextmanager
@@ -143,6 +151,10 @@ class Engine:
 
     # --- encoding --------------------------------------------------------
 
+    #: Chunks encoded per call to the model in :meth:`build_exact` (each call
+    #: runs in ``bsize`` batches; this bounds how much is held before writing).
+    encode_step = 256
+
     def encode_documents(self, texts: Sequence[str], *, max_tokens: int, bsize: int = 32) -> tuple[Any, Any]:
         """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts])."""
         import numpy as np
@@ -218,39 +230,59 @@ class Engine:
         n = len(texts)
         mapping = reuse[2] if reuse else [-1] * n
         todo = [i for i in range(n) if mapping[i] < 0]
-        new_embs: list[Any] = []
-        new_lens: list[Any] = []
-        step = 256
-        for start in range(0, len(todo), step):
-            batch = todo[start : start + step]
-            e, d = self.encode_documents([texts[i] for i in batch], max_tokens=max_tokens)
-            new_embs.append(e)
-            new_lens.append(d)
-            if progress is not None:
-                progress(len(batch))
-        enc_embs = np.concatenate(new_embs) if new_embs else np.zeros((0, self.dim), np.float16)
-        enc_lens = np.concatenate(new_lens) if new_lens else np.zeros((0,), np.int32)
-        enc_offsets = np.concatenate([[0], np.cumsum(enc_lens)]).astype(np.int64)
+        # New embeddings are streamed to a scratch file batch by batch, then
+        # copied into embeddings.npy with plain writes: peak memory is one
+        # batch, not the whole collection (and never a second concatenated copy).
+        scratch = dest / "embeddings.new.tmp"
+        enc_lens = np.zeros((len(todo),), dtype=np.int32)
+        dim = self.dim
+        step = self.encode_step
+        with open(scratch, "wb") as f:
+            for start in range(0, len(todo), step):
+                batch = todo[start : start + step]
+                e, d = self.encode_documents([texts[i] for i in batch], max_tokens=max_tokens)
+                if e.size:
+                    dim = int(e.shape[1])
+                f.write(np.ascontiguousarray(e, dtype=np.float16).tobytes())
+                enc_lens[start : start + len(batch)] = d
+                del e
+                if progress is not None:
+                    progress(len(batch))
+        enc_offsets = np.concatenate([[0], np.cumsum(enc_lens, dtype=np.int64)])
         if reuse:
             old_embs, old_lens = reuse[0], reuse[1]
-            old_offsets = np.concatenate([[0], np.cumsum(old_lens)]).astype(np.int64)
-        pieces: list[Any] = []
+            old_offsets = np.concatenate([[0], np.cumsum(old_lens, dtype=np.int64)])
+            if old_embs.ndim == 2 and old_embs.shape[0]:
+                dim = int(old_embs.shape[1])
         lens = np.zeros((n,), dtype=np.int32)
         j = 0
         for i in range(n):
             if mapping[i] >= 0:
-                r = mapping[i]
-                pieces.append(old_embs[old_offsets[r] : old_offsets[r + 1]])
-                lens[i] = old_lens[r]
+                lens[i] = old_lens[mapping[i]]
             else:
-                pieces.append(enc_embs[enc_offsets[j] : enc_offsets[j + 1]])
                 lens[i] = enc_lens[j]
                 j += 1
-        embs = np.concatenate(pieces) if pieces else np.zeros((0, self.dim), np.float16)
-        np.save(dest / "embeddings.npy", embs.astype(np.float16, copy=False))
+        total = int(lens.sum(dtype=np.int64))
+        row_bytes = dim * 2
+        try:
+            with open(dest / "embeddings.npy", "wb") as out, open(scratch, "rb") as new:
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (total, dim)}
+                )
+                j = 0
+                for i in range(n):
+                    if mapping[i] >= 0:
+                        r = mapping[i]
+                        piece = np.asarray(old_embs[old_offsets[r] : old_offsets[r + 1]], dtype=np.float16)
+                        out.write(np.ascontiguousarray(piece).tobytes())
+                    else:
+                        # scratch rows of new text j, in order: a straight copy
+                        out.write(new.read(int(enc_lens[j]) * row_bytes))
+                        j += 1
+        finally:
+            scratch.unlink(missing_ok=True)
         np.save(dest / "doclens.npy", lens)
-        (dest / "exact.json").write_text(json.dumps({"dim": int(embs.shape[1]) if embs.size else self.dim,
-                                                    "chunks": n, "tokens": int(lens.sum())}), encoding="utf-8")
+        (dest / "exact.json").write_text(json.dumps({"dim": dim, "chunks": n, "tokens": total}), encoding="utf-8")
 
     def open(self, engine_dir: Path, backend: str, texts: Sequence[str]) -> ExactIndex | PlaidIndex:
         if backend == "exact":
@@ -261,11 +293,20 @@ class Engine:
 
 
 class ExactIndex:
-    """Exact MaxSim over stored token embeddings (padded [chunks, tokens, dim])."""
+    """Exact MaxSim over stored token embeddings.
+
+    The token embeddings are held as one flat float32 ``[tokens, dim]`` matrix
+    (no padding). Search multiplies it with the query vectors a block of
+    tokens at a time and folds each block into a per-chunk running max
+    (``index_reduce_``), so the intermediate is bounded by
+    :attr:`block_elements` floats whatever the collection or batch size.
+    """
 
     backend = "exact"
-    #: Queries scored together in one matrix product.
-    query_block = 16
+    #: Queries scored together (one pass over the token matrix per block).
+    query_block = 64
+    #: Floats in one block of token x query-vector similarities (16 MB).
+    block_elements = 1 << 22
 
     def __init__(self, engine: Engine, engine_dir: Path) -> None:
         import numpy as np
@@ -279,24 +320,39 @@ class ExactIndex:
             raise EngineError(f"exact index in {engine_dir} is unreadable: {exc}") from exc
         self.embeddings = embs
         n = len(self.doclens)
-        width = int(self.doclens.max()) if n else 0
         dim = embs.shape[1] if embs.ndim == 2 else engine.dim
-        D = torch.zeros((n, width, dim), dtype=torch.float32)
-        mask = torch.zeros((n, width), dtype=torch.bool)
-        offsets = np.concatenate([[0], np.cumsum(self.doclens)]).astype(np.int64)
-        flat = torch.from_numpy(np.array(embs))  # a writable copy of the memory map
-        for i in range(n):
-            length = int(self.doclens[i])
-            D[i, :length] = flat[offsets[i] : offsets[i + 1]].float()
-            mask[i, :length] = True
-        self._D = D
-        self._pad = ~mask  # True where there is no token
+        total = int(embs.shape[0]) if embs.ndim == 2 else 0
+        flat = torch.empty((total, dim), dtype=torch.float32)
+        rows = 1 << 18
+        for s in range(0, total, rows):  # fp16 -> fp32 a slice at a time: no second full copy
+            flat[s : s + rows] = torch.from_numpy(np.ascontiguousarray(embs[s : s + rows])).float()
+        self._E = flat
+        self._doc_of = torch.repeat_interleave(
+            torch.arange(n, dtype=torch.int64), torch.from_numpy(self.doclens.astype(np.int64))
+        )
 
     def __len__(self) -> int:
         return len(self.doclens)
 
     def reuse_data(self) -> tuple[Any, Any]:
         return self.embeddings, self.doclens
+
+    def _scores(self, Q: Any) -> Any:
+        """MaxSim scores [nq, n_docs] of query embeddings Q [nq, qlen, dim]."""
+        import torch
+
+        nq, qlen, dim = Q.shape
+        m = nq * qlen
+        Qt = Q.reshape(m, dim).T.contiguous()  # [dim, m]
+        best = torch.full((len(self.doclens), m), float("-inf"), dtype=torch.float32)
+        step = max(1, self.block_elements // m)
+        E, doc_of = self._E, self._doc_of
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # index_reduce is marked beta
+            for s in range(0, E.shape[0], step):
+                best.index_reduce_(0, doc_of[s : s + step], E[s : s + step] @ Qt, "amax", include_self=True)
+        # masked query vectors are all zero and add nothing
+        return best.reshape(-1, nq, qlen).sum(-1).T  # [nq, n]
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
         import torch
@@ -309,13 +365,7 @@ class ExactIndex:
         out: list[Hits] = []
         with torch.inference_mode():
             for b in range(0, Q.shape[0], self.query_block):
-                block = Q[b : b + self.query_block]  # [nb, qlen, dim]
-                nb, qlen, dim = block.shape
-                sims = self._D @ block.reshape(nb * qlen, dim).T  # [n, width, nb*qlen]
-                sims.masked_fill_(self._pad[:, :, None], float("-inf"))
-                best = sims.amax(dim=1).reshape(n_docs, nb, qlen)  # [n, nb, qlen]
-                # masked query vectors are all zero and add nothing
-                scores = best.sum(-1).T  # [nb, n]
+                scores = self._scores(Q[b : b + self.query_block])
                 top = torch.topk(scores, k, dim=1)
                 for vals, idx in zip(top.values, top.indices):
                     out.append([(int(i), float(v)) for v, i in zip(vals, idx)])
