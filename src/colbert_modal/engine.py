@@ -325,7 +325,7 @@ class ExactIndex:
         flat = torch.empty((total, dim), dtype=torch.float32)
         rows = 1 << 18
         for s in range(0, total, rows):  # fp16 -> fp32 a slice at a time: no second full copy
-            flat[s : s + rows] = torch.from_numpy(np.ascontiguousarray(embs[s : s + rows])).float()
+            flat[s : s + rows] = torch.from_numpy(np.array(embs[s : s + rows], dtype=np.float32))
         self._E = flat
         self._doc_of = torch.repeat_interleave(
             torch.arange(n, dtype=torch.int64), torch.from_numpy(self.doclens.astype(np.int64))

@@ -249,20 +249,25 @@ class ColbertIndexer:
         """
         paths = _as_path_list(paths)
         with self.store.lock(self.lock_timeout):
-            manifest = self.store.current().manifest if self.store.exists() else None
-            settings = self._settings(manifest, rebuild)
-            plan = plan_update(
-                paths,
-                name=self.name,
-                settings=settings,
-                manifest=manifest,
-                chunker=self._chunker(settings),
-                passwords=passwords,
-                rebuild=rebuild,
-                keep_missing=keep_missing,
-                progress=self._file_progress(),
-            )
+            plan = self._plan(paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
             return self._apply_local(plan)
+
+    def _plan(
+        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool
+    ) -> UpdatePlan:
+        """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
+        settings = self._settings(manifest, rebuild)
+        return plan_update(
+            paths,
+            name=self.name,
+            settings=settings,
+            manifest=manifest,
+            chunker=self._chunker(settings),
+            passwords=passwords,
+            rebuild=rebuild,
+            keep_missing=keep_missing,
+            progress=self._file_progress(),
+        )
 
     def _apply_local(self, plan: UpdatePlan) -> IndexReport:
         from .engine import get_engine

@@ -25,7 +25,15 @@ from .loaders import Passwords, _hash_file, discover, iter_documents
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .store import FileEntry, Generation, IndexStore, Manifest, now_iso
 
-__all__ = ["Settings", "UpdatePlan", "apply_update", "check_settings", "plan_deletion", "plan_update"]
+__all__ = [
+    "Settings",
+    "UpdatePlan",
+    "apply_update",
+    "check_settings",
+    "nothing_to_index",
+    "plan_deletion",
+    "plan_update",
+]
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,13 @@ def _safe_hash(path: Path) -> str | None:
         return None
 
 
+def nothing_to_index(plan: UpdatePlan) -> NoDocumentsError:
+    """The error for a plan that would create an index with nothing in it."""
+    report = IndexReport(index_name=plan.name, skipped=plan.skipped, warnings=plan.warnings, timings=plan.timings)
+    reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
+    return NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
+
+
 def apply_update(
     store: IndexStore,
     plan: UpdatePlan,
@@ -223,9 +238,7 @@ def apply_update(
         "warnings": plan.warnings,
     }
     if prev is None and not plan.new_chunks:
-        report = IndexReport(**report_base, timings=plan.timings)
-        reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
-        raise NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
+        raise nothing_to_index(plan)
     if plan.is_noop or (not plan.new_files and not report_base["removed"] and prev is not None):
         total = prev.manifest.n_chunks if prev else 0
         return IndexReport(

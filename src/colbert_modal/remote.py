@@ -58,12 +58,11 @@ from .errors import (
     ConfigurationError,
     IndexNotFoundError,
     ModalCredentialsError,
-    NoDocumentsError,
     RemoteError,
     RemoteUnavailableError,
 )
 from .models import IndexInfo, IndexReport, SearchResult, SearchResults
-from .pipeline import Settings, UpdatePlan, apply_update, plan_deletion, plan_update
+from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
 from .store import Generation, IndexStore, Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -599,24 +598,11 @@ def index(
     if indexer._model_arg is not None:  # fail before any remote call
         _check_remote_model(indexer._settings(None, True).model, session)
     manifest = session.manifest(indexer.name)
-    settings = indexer._settings(manifest, rebuild)
-    _check_remote_model(settings.model, session)
-    plan = plan_update(
-        paths,
-        name=indexer.name,
-        settings=settings,
-        manifest=manifest,
-        chunker=indexer._chunker(settings),
-        passwords=passwords,
-        rebuild=rebuild,
-        keep_missing=keep_missing,
-        progress=indexer._file_progress(),
-    )
+    _check_remote_model(indexer._settings(manifest, rebuild).model, session)
+    plan = indexer._plan(paths, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
     if manifest is None and not plan.new_chunks:
         # Nothing to build: say so here (with the report; no GPU container started).
-        report = IndexReport(index_name=plan.name, skipped=plan.skipped, warnings=plan.warnings, timings=plan.timings)
-        reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
-        raise NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
+        raise nothing_to_index(plan)
     return session.apply(plan, backend=indexer.backend, lock_timeout=indexer.lock_timeout)
 
 
