@@ -258,3 +258,18 @@ def test_reopening_uses_the_index_chunk_settings(colbert_checkpoint: Path, tmp_p
     assert (again.max_tokens, again.overlap) == (64, 4)
     assert not again.index([folder / "notes"]).changed  # no SettingsMismatchError
     assert again.delete([folder / "notes" / "plain.txt"]).removed
+
+
+def test_filesystem_without_locks_still_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    import errno
+
+    from colbert_modal import store as store_mod
+
+    def no_locks(fh) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(store_mod, "_flock", no_locks)
+    store = IndexStore(tmp_path, "nolocks")
+    with store.lock():
+        assert (store.path / "LOCK").read_text().strip() == str(os.getpid())
+    assert "no file locks" in caplog.text

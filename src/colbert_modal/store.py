@@ -20,7 +20,9 @@ publish, except the one just replaced (a reader may still be using it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -51,6 +53,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GEN = re.compile(r"^g(\d{6})$")
 
@@ -229,7 +233,14 @@ class IndexStore:
                 try:
                     _flock(fh)
                     break
-                except BlockingIOError:
+                except OSError as exc:
+                    if not isinstance(exc, BlockingIOError) and exc.errno in _NO_LOCKS:
+                        # Some network filesystems have no flock; writers there
+                        # must be serialised another way (Modal: one writer container).
+                        logger.warning("no file locks on %s (%s); continuing without", self.path, exc)
+                        break
+                    if not isinstance(exc, BlockingIOError):
+                        raise
                     if time.monotonic() >= deadline:
                         raise IndexLockedError(
                             f"index {self.name!r} is being written by another process "
