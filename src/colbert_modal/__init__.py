@@ -10,6 +10,9 @@ only when an index is built or searched.
 """
 
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from .errors import (
     ColbertModalError,
     ConfigurationError,
@@ -33,19 +36,53 @@ from .errors import (
     SettingsMismatchError,
     UnsupportedFileTypeError,
 )
-from .indexer import ColbertIndexer
-from .models import (
-    Chunk,
-    Document,
-    FileWarning,
-    IndexInfo,
-    IndexReport,
-    Page,
-    SearchResult,
-    SearchResults,
-    SkippedFile,
-)
-from .store import default_index_root, list_indexes
+# Everything else is imported on first use (PEP 562), so `import colbert_modal`
+# stays cheap: pydantic, pypdf, tokenizers, torch and modal load only when needed.
+_LAZY = {
+    "ColbertIndexer": ".indexer",
+    "Chunk": ".models",
+    "Document": ".models",
+    "FileWarning": ".models",
+    "IndexInfo": ".models",
+    "IndexReport": ".models",
+    "Page": ".models",
+    "SearchResult": ".models",
+    "SearchResults": ".models",
+    "SkippedFile": ".models",
+    "default_index_root": ".store",
+    "list_indexes": ".store",
+}
+
+if _TYPE_CHECKING:
+    from .indexer import ColbertIndexer
+    from .models import (
+        Chunk,
+        Document,
+        FileWarning,
+        IndexInfo,
+        IndexReport,
+        Page,
+        SearchResult,
+        SearchResults,
+        SkippedFile,
+    )
+    from .store import default_index_root, list_indexes
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'colbert_modal' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
