@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -123,7 +124,10 @@ class Engine:
         """ragatouille's ``RAGPretrainedModel`` for this checkpoint (loaded once)."""
         with self._lock:
             if self._rag is None:
-                self._rag = self._load(index_root=None)
+                # ragatouille would default to ./.ragatouille/; this model never
+                # builds an index itself, but give it a root away from the cwd anyway.
+                scratch = os.path.join(tempfile.gettempdir(), "colbert-modal-scratch")
+                self._rag = self._load(index_root=scratch)
             return self._rag
 
     def _load(self, index_root: str | None) -> Any:
