@@ -207,3 +207,25 @@ def test_unknown_hub_model_offline_is_clear(tmp_path: Path, corpus_dir: Path) ->
     assert "local" in str(info.value) and "model=" in str(info.value)
     with pytest.raises(ModelLoadError, match="no such checkpoint directory"):
         ColbertIndexer("m2", model=str(tmp_path / "nope"), index_root=tmp_path).index([corpus_dir / "notes"])
+
+
+@pytest.mark.slow
+def test_plaid_build_encodes_each_passage_once(
+    colbert_checkpoint: Path, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colbert.modeling.checkpoint import Checkpoint
+
+    encoded: list[int] = []
+    original = Checkpoint.docFromText
+
+    def counting(self, docs, *args, **kwargs):
+        encoded.append(len(docs))
+        return original(self, docs, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "docFromText", counting)
+    idx = ColbertIndexer("once", model=colbert_checkpoint, index_root=tmp_path, backend="plaid", progress=False)
+    report = idx.index([corpus_dir])
+    unique_texts = {c.text for c in idx.store.current().chunks()}
+    # raw colbert-ai encodes every passage twice; here each distinct text once
+    assert sum(encoded) == len(unique_texts) <= report.chunks_total
+    assert Path(idx.search("penguin quartz rhubarb", k=1)[0].source).name == "bestiary.pdf"

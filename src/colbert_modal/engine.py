@@ -13,7 +13,9 @@ Two index backends, both on ragatouille's ColBERT model:
 ``plaid``
     ragatouille's ``RAGPretrainedModel.index`` (colbert-ai PLAID: k-means
     centroids and compressed residuals). Compact and fast for large
-    collections; approximate; every update rebuilds it.
+    collections; approximate; every update rebuilds it. colbert-ai's second
+    encoding pass reuses the k-means sample's embeddings, so each passage is
+    encoded once (see :func:`_encode_each_passage_once`).
 
 ``auto`` (the default) picks ``exact`` up to :data:`EXACT_MAX_CHUNKS` chunks,
 ``plaid`` above.
@@ -204,7 +206,7 @@ class Engine:
         dest.mkdir(parents=True, exist_ok=True)
         rag = self._load(index_root=str(dest))
         try:
-            with _quiet(self.verbose), warnings.catch_warnings():
+            with _quiet(self.verbose), warnings.catch_warnings(), _encode_each_passage_once():
                 warnings.simplefilter("ignore")
                 path = rag.index(
                     collection=list(texts),
@@ -413,6 +415,45 @@ class PlaidIndex:
         if len(queries) == 1 and res and isinstance(res[0], dict):
             res = [res]  # ragatouille flattens single-query results
         return [[(int(r["passage_id"]), float(r["score"])) for r in hits] for hits in res]
+
+
+@contextlib.contextmanager
+def _encode_each_passage_once() -> Iterator[None]:
+    """Make colbert-ai's PLAID build encode every passage once, not twice.
+
+    colbert-ai encodes a k-means sample of the collection (for fewer than
+    ~30k passages the sample is the whole collection) and then encodes every
+    passage again to compress it. While this is active, the second pass takes
+    the sample's embeddings from memory and encodes only passages it has not
+    seen. The embeddings are the same tensors the first pass produced, so the
+    index is identical.
+    """
+    from colbert.indexing.collection_encoder import CollectionEncoder
+
+    original = CollectionEncoder.encode_passages
+    cache: dict[str, Any] = {}
+
+    def encode_passages(self: Any, passages: Sequence[str]) -> tuple[Any, Any]:
+        import torch
+
+        if len(passages) == 0:
+            return original(self, passages)
+        missing = [p for p in dict.fromkeys(passages) if p not in cache]
+        if missing:
+            embs, doclens = original(self, missing)
+            offset = 0
+            for text, n in zip(missing, doclens):
+                cache[text] = embs[offset : offset + n]
+                offset += n
+        parts = [cache[p] for p in passages]
+        return torch.cat(parts), [int(t.shape[0]) for t in parts]
+
+    CollectionEncoder.encode_passages = encode_passages
+    try:
+        yield
+    finally:
+        CollectionEncoder.encode_passages = original
+        cache.clear()
 
 
 def _point_index_at_checkpoint(index_path: Path, model_path: str) -> None:
