@@ -254,7 +254,6 @@ class Engine:
                 del e
                 if progress is not None:
                     progress(len(batch))
-        enc_offsets = np.concatenate([[0], np.cumsum(enc_lens, dtype=np.int64)])
         if reuse:
             old_embs, old_lens = reuse[0], reuse[1]
             old_offsets = np.concatenate([[0], np.cumsum(old_lens, dtype=np.int64)])
@@ -339,9 +338,6 @@ class ExactIndex:
 
     def __len__(self) -> int:
         return len(self.doclens)
-
-    def reuse_data(self) -> tuple[Any, Any]:
-        return self.embeddings, self.doclens
 
     def _scores(self, Q: Any) -> Any:
         """MaxSim scores [nq, n_docs] of query embeddings Q [nq, qlen, dim]."""
