@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import (  # noqa: E402
     StageTimer, checkpoint, env, make_queries, overlap_at_k, pct, pick_pdfs, run_worker, worker_main,
 )
@@ -75,7 +76,7 @@ def measure_search(single: Callable[[str], list[int]], batch: Callable[[list[str
 
 
 def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, chunks_out: str,
-               max_tokens: int) -> dict[str, Any]:
+               max_tokens: int, precision: str = "auto") -> dict[str, Any]:
     t0 = time.perf_counter()
     import colbert_modal
     from colbert_modal import engine as eng
@@ -96,7 +97,7 @@ def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, c
     eng._import_ragatouille()
     timer.install()
     idx = colbert_modal.ColbertIndexer(name, model=ckpt, index_root=root, backend=backend, max_tokens=max_tokens,
-                                      progress=False)
+                                      progress=False, precision=precision)
     t0 = time.perf_counter()
     report = idx.index(pdfs)
     total = time.perf_counter() - t0
@@ -106,7 +107,8 @@ def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, c
     stages = dict(timer.t) if backend == "plaid" else {"encode_s": enc["s"]}
     return {"import_s": t_import, "index_s": total, "load_s": t["discover"] + t["load"], "chunk_s": t["chunk"],
             "engine_s": t["encode_and_build"], "publish_s": t["publish"], "n_chunks": len(chunks),
-            "n_files": report.documents_total, **stages}
+            "n_files": report.documents_total, "precision": [e.resolved_precision for e in eng._ENGINES.values()],
+            **stages}
 
 
 def w_raw_index(pdfs: list[str], ckpt: str, root: str, chunks_file: str, max_tokens: int) -> dict[str, Any]:
@@ -153,11 +155,12 @@ def w_seed_index(pdfs: list[str], ckpt: str, root: str) -> dict[str, Any]:
             "index_path": path, "n_chunks": n, **timer.t}
 
 
-def w_cm_search(root: str, name: str, queries: list[str], chunks_file: str, n_warm: int) -> dict[str, Any]:
+def w_cm_search(root: str, name: str, queries: list[str], chunks_file: str, n_warm: int,
+                precision: str = "auto") -> dict[str, Any]:
     t0 = time.perf_counter()
     import colbert_modal
 
-    idx = colbert_modal.ColbertIndexer(name, index_root=root, progress=False)
+    idx = colbert_modal.ColbertIndexer(name, index_root=root, progress=False, precision=precision)
     pos = {cid: i for i, cid in enumerate(json.loads(Path(chunks_file).read_text())["ids"])}
     t_import = time.perf_counter() - t0
     out = measure_search(lambda q: [pos[r.chunk_id] for r in idx.search(q, k=10)],
@@ -240,6 +243,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--warm", type=int, default=30, help="warm single queries timed")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cm_plaid", "seed", "exact", "import"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="colbert_modal's encoder precision (raw ragatouille and the reference stay float32 on CPU)")
     ap.add_argument("--json", default=None, help="write all figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
@@ -248,6 +253,7 @@ def main() -> None:
     if a.pdfs_only:
         pdfs = [p for p in pdfs if p.name in a.pdfs_only]
     ckpt = str(checkpoint(a.model))
+    _common.PREFETCH.append(Path(ckpt))
     work = Path(tempfile.mkdtemp(prefix="cm-bench-"))
     files = [str(p) for p in pdfs]
     chunks = str(work / "chunks.json")
@@ -256,7 +262,8 @@ def main() -> None:
     try:
         log(f"model={a.model} pdfs={len(files)} work={work}")
         R["cm"] = run_worker(SCRIPT, "cm_index", dict(pdfs=files, ckpt=ckpt, root=str(work / "cm"), name="bench",
-                                                     backend="auto", chunks_out=chunks, max_tokens=a.max_tokens))
+                                                     backend="auto", chunks_out=chunks, max_tokens=a.max_tokens,
+                                                     precision=a.precision))
         log("cm index", {k: round(v, 3) for k, v in R["cm"].items() if isinstance(v, float)})
         texts = json.loads(Path(chunks).read_text())["texts"]
         queries = make_queries(texts, ckpt, a.queries)
@@ -267,17 +274,19 @@ def main() -> None:
         if "cm_plaid" not in a.skip:
             R["cm_plaid"] = run_worker(SCRIPT, "cm_index", dict(
                 pdfs=files, ckpt=ckpt, root=str(work / "cmp"), name="bench", backend="plaid",
-                chunks_out=str(work / "chunks-plaid.json"), max_tokens=a.max_tokens))
+                chunks_out=str(work / "chunks-plaid.json"), max_tokens=a.max_tokens, precision=a.precision))
             log("cm plaid index", {k: round(v, 3) for k, v in R["cm_plaid"].items() if isinstance(v, float)})
         if "seed" not in a.skip:
             R["seed"] = run_worker(SCRIPT, "seed_index", dict(pdfs=files, ckpt=ckpt, root=str(work / "seed")))
             log("seed index", {k: round(v, 3) for k, v in R["seed"].items() if isinstance(v, float)})
         sargs = dict(queries=queries, n_warm=a.warm)
-        R["cm_search"] = run_worker(SCRIPT, "cm_search", dict(root=str(work / "cm"), name="bench", chunks_file=chunks, **sargs))
+        R["cm_search"] = run_worker(SCRIPT, "cm_search", dict(root=str(work / "cm"), name="bench", chunks_file=chunks,
+                                                              precision=a.precision, **sargs))
         R["raw_search"] = run_worker(SCRIPT, "raw_search", dict(index_path=R["raw"]["index_path"], **sargs))
         if "cm_plaid" in R:
             R["cm_plaid_search"] = run_worker(SCRIPT, "cm_search", dict(root=str(work / "cmp"), name="bench",
-                                                                        chunks_file=str(work / "chunks-plaid.json"), **sargs))
+                                                                        chunks_file=str(work / "chunks-plaid.json"),
+                                                                        precision=a.precision, **sargs))
         if "seed" in R:
             R["seed_search"] = run_worker(SCRIPT, "raw_search", dict(index_path=R["seed"]["index_path"], **sargs))
         if "exact" not in a.skip:
@@ -296,7 +305,8 @@ def main() -> None:
 def report(R: dict[str, Any]) -> None:
     cm, raw = R["cm"], R["raw"]
     raw_total = raw["load_s"] + cm["chunk_s"] + raw["model_load_s"] + raw["rag_index_s"]
-    print(f"\n== {R['model']} model, {len(R['pdfs'])} PDFs, {cm['n_chunks']} chunks ==")
+    print(f"\n== {R['model']} model, {len(R['pdfs'])} PDFs, {cm['n_chunks']} chunks,"
+          f" colbert_modal precision {cm.get('precision', '?')} (raw: colbert-ai default) ==")
     print("indexing (s)          colbert_modal   raw ragatouille   seed (llama-index)")
 
     def line(name: str, a: Any, b: Any, c: Any = "-") -> None:

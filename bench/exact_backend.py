@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import REPO, checkpoint, make_queries, pct, pick_pdfs, run_worker, worker_main  # noqa: E402
 from scaling import corpus  # noqa: E402
 
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     a = ap.parse_args()
     ckpt = str(checkpoint(a.model))
+    _common.PREFETCH.append(Path(ckpt))
     work = Path(tempfile.mkdtemp(prefix="cm-exact-"))
     before = work / "engine_before.py"
     before.write_text(subprocess.run(["git", "show", f"{a.before_rev}:src/colbert_modal/engine.py"], cwd=REPO,

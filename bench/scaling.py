@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 from _common import checkpoint, make_queries, pick_pdfs, run_worker  # noqa: E402
 
 COMPARE = Path(__file__).resolve().with_name("compare.py")
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     ckpt = str(checkpoint(a.model))
+    _common.PREFETCH.append(Path(ckpt))
     rows: list[dict[str, Any]] = []
     for n in a.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"cm-scale-{n}-"))

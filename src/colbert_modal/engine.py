@@ -20,6 +20,22 @@ Two index backends, both on ragatouille's ColBERT model:
 ``auto`` (the default) picks ``exact`` up to :data:`EXACT_MAX_CHUNKS` chunks,
 ``plaid`` above.
 
+Precision of the encoders (``precision=`` or ``$COLBERT_MODAL_PRECISION``):
+
+``auto`` (the default)
+    On a CUDA GPU, colbert-ai's own mixed precision (float16 autocast). On a
+    CPU with AMX tiles (Intel Xeon 4th generation, "Sapphire Rapids", and
+    later), bfloat16 autocast for exact indexes and for queries: oneDNN runs
+    the encoder's matrix products on the tiles, ~2.5x faster than float32
+    for batches (documents, query batches), the same for one short query.
+    PLAID builds on a CPU and all encoding on other CPUs stay float32.
+``fp32`` / ``bf16``
+    Force float32 or bfloat16 autocast on any device.
+
+Embeddings are stored as float16 either way; bfloat16 keeps 8 bits of
+mantissa, so scores move in the third significant digit (see BENCHMARKS.md
+for the effect on rankings). PLAID *searches* keep colbert-ai's precision.
+
 Everything crossing this module's boundary is plain Python, numpy or our
 pydantic models; ragatouille/colbert/torch errors become
 :class:`~colbert_modal.errors.EngineError` or
@@ -43,7 +59,17 @@ from typing import Any
 from ._hub import resolve_model
 from .errors import ConfigurationError, DependencyMissingError, EngineError, ModelLoadError
 
-__all__ = ["BACKENDS", "EXACT_MAX_CHUNKS", "Engine", "ExactIndex", "PlaidIndex", "choose_backend", "get_engine"]
+__all__ = [
+    "BACKENDS",
+    "EXACT_MAX_CHUNKS",
+    "PRECISIONS",
+    "Engine",
+    "ExactIndex",
+    "PlaidIndex",
+    "choose_backend",
+    "get_engine",
+    "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +79,15 @@ EXACT_MAX_CHUNKS = int(os.environ.get("COLBERT_MODAL_EXACT_MAX_CHUNKS", "10000")
 
 Hits = list[tuple[int, float]]  # (chunk position in the index, score), best first
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+#: PLAID builds of at least this many chunks cluster with faiss; smaller ones
+#: with ragatouille's default (fast_pytorch_kmeans), which copes with tiny
+#: collections (fewer token vectors than colbert-ai's centroid count) but
+#: holds a points x centroids matrix: measured 10 GB RSS at 979 chunks, and
+#: the OOM killer at 2,000 chunks on a 24 GB machine (BENCHMARKS.md).
+FAISS_KMEANS_MIN_CHUNKS = 200
+
 
 def choose_backend(backend: str, n_chunks: int) -> str:
     if backend not in BACKENDS:
@@ -60,6 +95,87 @@ def choose_backend(backend: str, n_chunks: int) -> str:
     if backend == "auto":
         return "exact" if n_chunks <= EXACT_MAX_CHUNKS else "plaid"
     return backend
+
+
+def check_precision(precision: str | None) -> str:
+    """``precision``, else ``$COLBERT_MODAL_PRECISION``, else ``"auto"``; validated."""
+    value = precision or os.environ.get("COLBERT_MODAL_PRECISION") or "auto"
+    if value not in PRECISIONS:
+        where = "precision" if precision else "$COLBERT_MODAL_PRECISION"
+        raise ConfigurationError(f"{where} must be one of {PRECISIONS}, got {value!r}")
+    return value
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where this CPU has AMX tiles, on which oneDNN runs bfloat16 matmuls natively."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except (RuntimeError, AttributeError):  # pragma: no cover - older torch builds
+        return False
+
+
+def resolve_precision(precision: str | None, device: str, *, backend: str = "exact") -> str:
+    """What the encoders run in on ``device`` ("cpu"/"cuda"): "fp32", "bf16" or "native".
+
+    "native" leaves colbert-ai's own mixed precision (float16 autocast on CUDA).
+    ``auto`` builds PLAID indexes on a CPU in float32: on top of PLAID's 2-bit
+    residual compression, bfloat16 encodings measurably lowered top-10
+    agreement with exact MaxSim below raw ragatouille's (BENCHMARKS.md,
+    section 5); exact indexes and query encoding use bfloat16 where it is fast.
+    """
+    value = check_precision(precision)
+    if value != "auto":
+        return value
+    if device != "cpu":
+        return "native"
+    if backend == "plaid":
+        return "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+class _Autocast:
+    """Stands in for colbert-ai's ``MixedPrecisionManager`` on a ``Checkpoint``.
+
+    colbert-ai wraps every encoder forward (``Checkpoint.query``/``doc``) in
+    ``checkpoint.amp_manager.context()``; replacing that object on our own
+    checkpoint instances sets the precision exactly there and nowhere else.
+    """
+
+    activated = True
+
+    def __init__(self, device: str, precision: str) -> None:
+        self.device = device
+        self.precision = precision
+
+    def context(self) -> Any:
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(self.device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _checkpoint_device(ckpt: Any) -> str:
+    try:
+        return str(next(ckpt.parameters()).device.type)
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
+def _doc_bsize(device: str) -> int:
+    return 512 if device == "cuda" else 32
+
+
+def _set_precision(ckpt: Any, precision: str | None, *, backend: str = "exact") -> str:
+    """Apply ``precision`` to a colbert-ai ``Checkpoint``; returns what it resolved to."""
+    device = _checkpoint_device(ckpt)
+    resolved = resolve_precision(precision, device, backend=backend)
+    if resolved != "native":
+        ckpt.amp_manager = _Autocast(device, resolved)
+    return resolved
 
 
 def _prepare_environment() -> None:
@@ -112,11 +228,15 @@ def _import_ragatouille() -> Any:
 class Engine:
     """A loaded ColBERT checkpoint that can encode, build and open indexes."""
 
-    def __init__(self, model: str | os.PathLike[str], *, verbose: bool = False) -> None:
+    def __init__(
+        self, model: str | os.PathLike[str], *, verbose: bool = False, precision: str | None = None
+    ) -> None:
         self.model_name = os.fspath(model)
+        self.precision = check_precision(precision)
         self.model_path = resolve_model(model)
         self.verbose = verbose
         self._rag: Any = None
+        self._resolved_precision: str | None = None
         self._lock = threading.RLock()
 
     # --- the model -------------------------------------------------------
@@ -149,7 +269,19 @@ class Engine:
     @property
     def checkpoint(self) -> Any:
         """colbert-ai's ``Checkpoint`` (the encoders) inside ragatouille's model."""
-        return self.rag.model.inference_ckpt
+        ckpt = self.rag.model.inference_ckpt
+        if self._resolved_precision is None:
+            with self._lock:
+                self._resolved_precision = _set_precision(ckpt, self.precision)
+                logger.debug("%s encodes in %s", self.model_name, self._resolved_precision)
+        return ckpt
+
+    @property
+    def resolved_precision(self) -> str:
+        """What the encoders run in here: "fp32", "bf16" or "native" (colbert-ai's)."""
+        self.checkpoint  # noqa: B018 - loads the model and applies the precision
+        assert self._resolved_precision is not None
+        return self._resolved_precision
 
     @property
     def dim(self) -> int:
@@ -157,16 +289,36 @@ class Engine:
 
     # --- encoding --------------------------------------------------------
 
-    #: Chunks encoded per call to the model in :meth:`build_exact` (each call
-    #: runs in ``bsize`` batches; this bounds how much is held before writing).
-    encode_step = 256
+    @property
+    def device(self) -> str:
+        """Where the encoders run: "cuda" or "cpu"."""
+        return _checkpoint_device(self.checkpoint)
 
-    def encode_documents(self, texts: Sequence[str], *, max_tokens: int, bsize: int = 32) -> tuple[Any, Any]:
+    @property
+    def doc_bsize(self) -> int:
+        """Chunks per encoder forward pass: 32 on a CPU, 512 on a GPU.
+
+        Measured on an H100 (BENCHMARKS.md, GPU figures): 512 encodes ~1.5x
+        the tokens/s of 32 for 2.2 GiB peak GPU memory with 256-token chunks,
+        well inside a 16 GB card. On a CPU larger batches gain nothing.
+        """
+        return _doc_bsize(self.device)
+
+    @property
+    def encode_step(self) -> int:
+        """Chunks per call to the model in :meth:`build_exact` (each call runs
+        in :attr:`doc_bsize` batches; this bounds how much is held before writing)."""
+        return max(256, 4 * self.doc_bsize)
+
+    def encode_documents(
+        self, texts: Sequence[str], *, max_tokens: int, bsize: int | None = None
+    ) -> tuple[Any, Any]:
         """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts])."""
         import numpy as np
         import torch
 
         ckpt = self.checkpoint
+        bsize = bsize or self.doc_bsize
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float16), np.zeros((0,), dtype=np.int32)
         with self._lock, _quiet(self.verbose):
@@ -174,7 +326,10 @@ class Engine:
             ckpt.colbert_config.doc_maxlen = max_tokens + 3
             try:
                 with torch.inference_mode():
-                    embs, doclens = ckpt.docFromText(list(texts), bsize=bsize, keep_dims="flatten", to_cpu=True)
+                    # no to_cpu=True: with keep_dims="flatten" colbert-ai then indexes host
+                    # embeddings with device indices and fails on a GPU; "flatten"
+                    # returns host tensors anyway.
+                    embs, doclens = ckpt.docFromText(list(texts), bsize=bsize, keep_dims="flatten")
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise EngineError(f"encoding {len(texts)} passages failed: {exc}") from exc
         return embs.to(torch.float16).numpy(), np.asarray(doclens, dtype=np.int32)
@@ -206,7 +361,7 @@ class Engine:
         dest.mkdir(parents=True, exist_ok=True)
         rag = self._load(index_root=str(dest))
         try:
-            with _quiet(self.verbose), warnings.catch_warnings(), _encode_each_passage_once():
+            with _quiet(self.verbose), warnings.catch_warnings(), _encode_each_passage_once(self.precision):
                 warnings.simplefilter("ignore")
                 path = rag.index(
                     collection=list(texts),
@@ -215,7 +370,8 @@ class Engine:
                     overwrite_index="force_silent_overwrite",
                     max_document_length=max_tokens + 3,
                     split_documents=False,
-                    use_faiss=len(texts) >= 5000,
+                    use_faiss=len(texts) >= FAISS_KMEANS_MIN_CHUNKS,
+                    bsize=_doc_bsize(_checkpoint_device(rag.model.inference_ckpt)),
                 )
         except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
             raise EngineError(f"PLAID index build failed: {type(exc).__name__}: {exc}") from exc
@@ -300,61 +456,85 @@ class Engine:
 class ExactIndex:
     """Exact MaxSim over stored token embeddings.
 
-    The token embeddings are held as one flat float32 ``[tokens, dim]`` matrix
-    (no padding). Search multiplies it with the query vectors a block of
-    tokens at a time and folds each block into a per-chunk running max
-    (``index_reduce_``), so the intermediate is bounded by
+    Chunks are grouped by length (rounded up to :attr:`pad_to` tokens) and
+    each group is held as one dense ``[chunks, length, dim]`` tensor, so
+    MaxSim is a matrix product and a dense ``amax`` per group; a chunk
+    shorter than its group's length is padded with copies of its own first
+    token vector, which cannot change its maximum (so no mask is needed).
+    Padding costs at most ``pad_to - 1`` rows per chunk (~5% at 256-token
+    chunks). Embeddings are float32 in host memory on a CPU, float16 in GPU
+    memory when the encoder runs on a GPU. The intermediate is bounded by
     :attr:`block_elements` floats whatever the collection or batch size.
     """
 
     backend = "exact"
-    #: Queries scored together (one pass over the token matrix per block).
+    #: Queries scored together (one pass over the embeddings per block).
     query_block = 64
-    #: Floats in one block of token x query-vector similarities (16 MB).
+    #: Floats in one block of token x query-vector similarities (16 MB; 256 MB on a GPU).
     block_elements = 1 << 22
+    gpu_block_elements = 1 << 26
+    #: Group lengths are multiples of this many tokens.
+    pad_to = 16
 
-    def __init__(self, engine: Engine, engine_dir: Path) -> None:
+    def __init__(
+        self, engine: Engine, engine_dir: Path, *, device: str | None = None, dtype: Any = None
+    ) -> None:
         import numpy as np
         import torch
 
         self.engine = engine
         try:
             embs = np.load(engine_dir / "embeddings.npy", mmap_mode="r")
-            self.doclens = np.load(engine_dir / "doclens.npy")
+            self.doclens = np.load(engine_dir / "doclens.npy").astype(np.int64)
         except (OSError, ValueError) as exc:
             raise EngineError(f"exact index in {engine_dir} is unreadable: {exc}") from exc
         self.embeddings = embs
-        n = len(self.doclens)
+        self.device = device or engine.device
+        if dtype is None:
+            # float16 matmuls are native on a GPU. On a CPU float32: float16 is
+            # emulated (slow), and bfloat16 (AMX) made one query slower (skinny
+            # matmul) while perturbing scores by ~1e-3 (BENCHMARKS.md, section 5).
+            dtype = torch.float16 if self.device != "cpu" else torch.float32
+        self._dtype = dtype
         dim = embs.shape[1] if embs.ndim == 2 else engine.dim
-        total = int(embs.shape[0]) if embs.ndim == 2 else 0
-        flat = torch.empty((total, dim), dtype=torch.float32)
-        rows = 1 << 18
-        for s in range(0, total, rows):  # fp16 -> fp32 a slice at a time: no second full copy
-            flat[s : s + rows] = torch.from_numpy(np.array(embs[s : s + rows], dtype=np.float32))
-        self._E = flat
-        self._doc_of = torch.repeat_interleave(
-            torch.arange(n, dtype=torch.int64), torch.from_numpy(self.doclens.astype(np.int64))
-        )
+        offsets = np.concatenate([[0], np.cumsum(self.doclens)])
+        lengths = np.maximum(1, -(-self.doclens // self.pad_to) * self.pad_to)  # ceil to pad_to
+        #: (chunk positions [nd], embeddings [nd, length, dim]) per group length
+        self._groups: list[tuple[Any, Any]] = []
+        np_dtype = np.float16 if dtype == torch.float16 else np.float32
+        for length in np.unique(lengths[self.doclens > 0]):
+            docs = np.flatnonzero((lengths == length) & (self.doclens > 0))
+            group = torch.empty((len(docs), int(length), dim), dtype=dtype, device=self.device)
+            rows_per_step = max(1, (1 << 16) // int(length))  # fill ~64k rows at a time
+            for s in range(0, len(docs), rows_per_step):
+                part = docs[s : s + rows_per_step]
+                pos = np.arange(int(length))[None, :]
+                take = np.where(pos < self.doclens[part, None], pos, 0) + offsets[part, None]
+                block = np.asarray(embs[take.ravel()], dtype=np_dtype).reshape(len(part), int(length), dim)
+                group[s : s + len(part)] = torch.from_numpy(block).to(self.device, dtype)
+            self._groups.append((torch.from_numpy(docs).to(self.device), group))
 
     def __len__(self) -> int:
         return len(self.doclens)
 
     def _scores(self, Q: Any) -> Any:
-        """MaxSim scores [nq, n_docs] of query embeddings Q [nq, qlen, dim]."""
+        """MaxSim scores [nq, n_docs] (float32, host) of query embeddings Q [nq, qlen, dim]."""
         import torch
 
         nq, qlen, dim = Q.shape
         m = nq * qlen
-        Qt = Q.reshape(m, dim).T.contiguous()  # [dim, m]
-        best = torch.full((len(self.doclens), m), float("-inf"), dtype=torch.float32)
-        step = max(1, self.block_elements // m)
-        E, doc_of = self._E, self._doc_of
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # index_reduce is marked beta
-            for s in range(0, E.shape[0], step):
-                best.index_reduce_(0, doc_of[s : s + step], E[s : s + step] @ Qt, "amax", include_self=True)
+        Qt = Q.reshape(m, dim).T.contiguous().to(self.device, self._dtype)  # [dim, m]
+        # chunks without tokens (none in practice) score -inf, never 0
+        best = torch.full((len(self.doclens), m), float("-inf"), dtype=torch.float32, device=self.device)
+        budget = self.block_elements if self.device == "cpu" else self.gpu_block_elements
+        for docs, group in self._groups:
+            nd, length, _ = group.shape
+            step = max(1, budget // (length * m))
+            for s in range(0, nd, step):
+                sims = group[s : s + step].reshape(-1, dim) @ Qt  # [chunks * length, m]
+                best[docs[s : s + step]] = sims.reshape(-1, length, m).amax(1).float()
         # masked query vectors are all zero and add nothing
-        return best.reshape(-1, nq, qlen).sum(-1).T  # [nq, n]
+        return best.reshape(-1, nq, qlen).sum(-1).T.cpu()  # [nq, n]
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
         import torch
@@ -414,7 +594,7 @@ class PlaidIndex:
 
 
 @contextlib.contextmanager
-def _encode_each_passage_once() -> Iterator[None]:
+def _encode_each_passage_once(precision: str | None = None) -> Iterator[None]:
     """Make colbert-ai's PLAID build encode every passage once, not twice.
 
     colbert-ai encodes a k-means sample of the collection (for fewer than
@@ -422,7 +602,9 @@ def _encode_each_passage_once() -> Iterator[None]:
     passage again to compress it. While this is active, the second pass takes
     the sample's embeddings from memory and encodes only passages it has not
     seen. The embeddings are the same tensors the first pass produced, so the
-    index is identical.
+    index is identical. The build's own checkpoint encodes in ``precision``
+    (see :func:`resolve_precision`), and hands colbert-ai the dtype it
+    expects (float32 on a CPU).
     """
     from colbert.indexing.collection_encoder import CollectionEncoder
 
@@ -436,7 +618,11 @@ def _encode_each_passage_once() -> Iterator[None]:
             return original(self, passages)
         missing = [p for p in dict.fromkeys(passages) if p not in cache]
         if missing:
+            if not isinstance(getattr(self.checkpoint, "amp_manager", None), _Autocast):
+                _set_precision(self.checkpoint, precision, backend="plaid")
             embs, doclens = original(self, missing)
+            if embs.dtype == torch.bfloat16:
+                embs = embs.float()
             offset = 0
             for text, n in zip(missing, doclens):
                 cache[text] = embs[offset : offset + n]
@@ -472,15 +658,15 @@ def _point_index_at_checkpoint(index_path: Path, model_path: str) -> None:
         os.replace(tmp, meta)
 
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: dict[tuple[str, str], Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def get_engine(model: str | os.PathLike[str], *, verbose: bool = False) -> Engine:
-    """A process-wide cached :class:`Engine` per model (loading costs seconds)."""
-    key = os.fspath(model)
+def get_engine(model: str | os.PathLike[str], *, verbose: bool = False, precision: str | None = None) -> Engine:
+    """A process-wide cached :class:`Engine` per model and precision (loading costs seconds)."""
+    key = (os.fspath(model), check_precision(precision))
     with _ENGINES_LOCK:
         eng = _ENGINES.get(key)
         if eng is None:
-            eng = _ENGINES[key] = Engine(model, verbose=verbose)
+            eng = _ENGINES[key] = Engine(model, verbose=verbose, precision=key[1])
         return eng
