@@ -158,6 +158,24 @@ class _Autocast:
         return contextlib.nullcontext()
 
 
+def _vectorised_mask(self: Any, input_ids: Any, skiplist: Any) -> Any:
+    """colbert-ai's ``ColBERT.mask`` (token kept unless punctuation or padding)
+    in numpy instead of a Python loop over every token."""
+    import numpy as np
+
+    ids = input_ids.cpu().numpy()
+    skip = np.array([k for k in skiplist if isinstance(k, int)] or [-1], dtype=ids.dtype)
+    return ~np.isin(ids, skip) & (ids != self.pad_token)
+
+
+def _speed_up(ckpt: Any) -> None:
+    """Give one of our colbert-ai ``Checkpoint`` instances the vectorised mask."""
+    import types
+
+    if getattr(ckpt.mask, "__func__", None) is not _vectorised_mask:
+        ckpt.mask = types.MethodType(_vectorised_mask, ckpt)
+
+
 def _checkpoint_device(ckpt: Any) -> str:
     try:
         return str(next(ckpt.parameters()).device.type)
@@ -222,7 +240,36 @@ def _import_ragatouille() -> Any:
             "local mode needs the ColBERT engine: pip install 'colbert-modal[local]' "
             f"(install torch first to pick CPU wheels), or use mode='remote'. ({exc})"
         ) from exc
+    _defer_segmented_maxsim()
     return ragatouille
+
+
+def _defer_segmented_maxsim() -> None:
+    """Compile colbert-ai's ``segmented_maxsim`` C++ extension when it is first called.
+
+    colbert-ai compiles it (ninja + a C++ compiler, ~30 s here) whenever it
+    loads a model on a CPU and finds no cached build, but only PLAID's CPU
+    search calls it: exact indexes and every encoding never do. Measured: 32 s
+    of a 55 s first exact build was this compile.
+    """
+    from colbert.modeling.colbert import ColBERT
+
+    if hasattr(ColBERT, "loaded_extensions"):
+        return
+
+    def segmented_maxsim(*args: Any) -> Any:
+        with _EXTENSION_LOCK:
+            if ColBERT.__dict__.get("segmented_maxsim") is _lazy:
+                del ColBERT.loaded_extensions  # let colbert-ai load it for real
+                ColBERT.try_load_torch_extensions(use_gpu=False)
+        return ColBERT.segmented_maxsim(*args)
+
+    _lazy = staticmethod(segmented_maxsim)
+    ColBERT.segmented_maxsim = _lazy
+    ColBERT.loaded_extensions = True
+
+
+_EXTENSION_LOCK = threading.Lock()
 
 
 class Engine:
@@ -272,6 +319,7 @@ class Engine:
         ckpt = self.rag.model.inference_ckpt
         if self._resolved_precision is None:
             with self._lock:
+                _speed_up(ckpt)
                 self._resolved_precision = _set_precision(ckpt, self.precision)
                 logger.debug("%s encodes in %s", self.model_name, self._resolved_precision)
         return ckpt
@@ -313,7 +361,15 @@ class Engine:
     def encode_documents(
         self, texts: Sequence[str], *, max_tokens: int, bsize: int | None = None
     ) -> tuple[Any, Any]:
-        """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts])."""
+        """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts]).
+
+        The same model calls and outputs as colbert-ai's ``docFromText``
+        (``[CLS] [D] tokens [SEP]``, punctuation and padding masked, rows
+        L2-normalised), orchestrated without its per-token Python: texts are
+        tokenized by the Rust tokenizer straight into arrays, sorted by
+        length and batched with each batch padded only to its own longest
+        text. On a GPU the Python was most of the time (BENCHMARKS.md).
+        """
         import numpy as np
         import torch
 
@@ -321,18 +377,76 @@ class Engine:
         bsize = bsize or self.doc_bsize
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float16), np.zeros((0,), dtype=np.int32)
+        maxlen = max_tokens + 3  # [CLS] [D] ... [SEP]
         with self._lock, _quiet(self.verbose):
-            ckpt.doc_tokenizer.doc_maxlen = max_tokens + 3  # [CLS] [D] ... [SEP]
-            ckpt.colbert_config.doc_maxlen = max_tokens + 3
+            ckpt.doc_tokenizer.doc_maxlen = maxlen
+            ckpt.colbert_config.doc_maxlen = maxlen
             try:
                 with torch.inference_mode():
-                    # no to_cpu=True: with keep_dims="flatten" colbert-ai then indexes host
-                    # embeddings with device indices and fails on a GPU; "flatten"
-                    # returns host tensors anyway.
-                    embs, doclens = ckpt.docFromText(list(texts), bsize=bsize, keep_dims="flatten")
+                    fast = self._doc_tokens(list(texts), maxlen)
+                    if fast is None:  # not a fast (Rust) tokenizer: colbert-ai's own path
+                        # no to_cpu=True: with keep_dims="flatten" colbert-ai then indexes host
+                        # embeddings with device indices and fails on a GPU.
+                        embs, doclens = ckpt.docFromText(list(texts), bsize=bsize, keep_dims="flatten")
+                        return embs.to(torch.float16).numpy(), np.asarray(doclens, dtype=np.int32)
+                    return self._encode_tokens(*fast, bsize)
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise EngineError(f"encoding {len(texts)} passages failed: {exc}") from exc
-        return embs.to(torch.float16).numpy(), np.asarray(doclens, dtype=np.int32)
+
+    def _doc_tokens(self, texts: list[str], maxlen: int) -> tuple[Any, Any] | None:
+        """colbert-ai's ``DocTokenizer.tensorize`` ids as numpy: (ids [n, L], lengths [n]).
+
+        ``[CLS] text [SEP]`` truncated to ``maxlen - 1`` tokens, then the
+        ``[D]`` marker inserted after ``[CLS]``; rows padded with the pad id.
+        """
+        import numpy as np
+
+        doc_tok = self.checkpoint.doc_tokenizer
+        backend = getattr(doc_tok.tok, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        if getattr(self, "_fast_tok_maxlen", None) != maxlen:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(backend.to_str())  # our own copy: its settings are ours
+            tok.no_padding()
+            tok.enable_truncation(max_length=maxlen - 1, strategy="longest_first",
+                                  direction=getattr(doc_tok.tok, "truncation_side", "right"))
+            self._fast_tok, self._fast_tok_maxlen = tok, maxlen
+        encodings = self._fast_tok.encode_batch(texts, add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.full((len(texts), int(lengths.max())), doc_tok.tok.pad_token_id, dtype=np.int64)
+        for row, enc in zip(ids, encodings):
+            e = enc.ids
+            row[0] = e[0]
+            row[1] = doc_tok.D_marker_token_id
+            row[2 : len(e) + 1] = e[1:]
+        return ids, lengths
+
+    def _encode_tokens(self, ids: Any, lengths: Any, bsize: int) -> tuple[Any, Any]:
+        import numpy as np
+        import torch
+
+        ckpt = self.checkpoint
+        order = np.argsort(lengths, kind="stable")
+        parts: list[Any] = []
+        kept = np.zeros((len(ids),), dtype=np.int64)  # embeddings per text (masked tokens dropped)
+        for start in range(0, len(order), bsize):
+            sel = order[start : start + bsize]
+            width = int(lengths[sel].max())
+            batch = ids[sel, :width]
+            attention = (np.arange(width)[None, :] < lengths[sel, None]).astype(np.int64)
+            D, mask = ckpt.doc(torch.from_numpy(batch), torch.from_numpy(attention), keep_dims="return_mask")
+            mask = mask.squeeze(-1)
+            parts.append(D[mask].to(torch.float16).cpu())
+            kept[sel] = mask.sum(1).cpu().numpy()
+        sorted_embs = torch.cat(parts).numpy()
+        # back to the input order: text order[j]'s rows sit at sorted offset j
+        sorted_offsets = np.concatenate([[0], np.cumsum(kept[order])])
+        starts = np.empty((len(ids),), dtype=np.int64)
+        starts[order] = sorted_offsets[:-1]
+        rows = np.repeat(starts - np.concatenate([[0], np.cumsum(kept)[:-1]]), kept) + np.arange(int(kept.sum()))
+        return sorted_embs[rows], kept.astype(np.int32)
 
     def encode_queries(self, queries: Sequence[str]) -> Any:
         """Query embeddings, float32 [n_queries, query_maxlen, dim]."""
@@ -618,6 +732,7 @@ def _encode_each_passage_once(precision: str | None = None) -> Iterator[None]:
             return original(self, passages)
         missing = [p for p in dict.fromkeys(passages) if p not in cache]
         if missing:
+            _speed_up(self.checkpoint)
             if not isinstance(getattr(self.checkpoint, "amp_manager", None), _Autocast):
                 _set_precision(self.checkpoint, precision, backend="plaid")
             embs, doclens = original(self, missing)

@@ -1,4 +1,4 @@
-"""Encoder precision: ``precision=`` / ``$COLBERT_MODAL_PRECISION`` ("auto", "fp32", "bf16")."""
+"""The encoders: precision (``precision=`` / ``$COLBERT_MODAL_PRECISION``), batching, exact scoring."""
 
 from __future__ import annotations
 
@@ -189,3 +189,53 @@ def test_exact_scores_are_brute_force_maxsim(random_checkpoint: Path, tmp_path: 
         want = [float((q @ E[offs[d] : offs[d + 1]].T).max(1).sum()) for d in range(len(texts))]
         assert np.allclose(got[qi].numpy(), want, rtol=1e-5, atol=1e-5)
     assert torch.equal(torch.tensor(idx.doclens), torch.tensor(lens, dtype=torch.int64))
+
+
+def test_document_encoding_matches_colbert_ai(random_checkpoint: Path) -> None:
+    """Our tokenization, batching and vectorised mask give colbert-ai's ``docFromText`` embeddings."""
+    import types
+
+    import numpy as np
+    import torch
+    from colbert.modeling.colbert import ColBERT
+
+    eng = engine_mod.Engine(random_checkpoint, precision="fp32")
+    texts = [
+        "", "x", "Hello, world!", "naïve café — déjà vu? 123-456.", "the walrus. The penguin; the meteor!",
+        " ".join(["glacier"] * 200),  # truncated
+        "state of the world " * 5, "((( ))) ... !!!", "a\nb\tc",
+    ] * 3
+    fast_e, fast_d = eng.encode_documents(texts, max_tokens=24, bsize=4)
+
+    ckpt = eng.checkpoint
+    ckpt.mask = types.MethodType(ColBERT.mask, ckpt)  # colbert-ai's own per-token mask
+    try:
+        with torch.inference_mode():
+            ref_e, ref_d = ckpt.docFromText(texts, bsize=4, keep_dims="flatten")
+    finally:
+        del ckpt.mask
+        engine_mod._speed_up(ckpt)
+    assert fast_d.tolist() == list(ref_d)
+    assert fast_e.shape == tuple(ref_e.shape)
+    np.testing.assert_allclose(fast_e.astype(np.float32), ref_e.numpy(), atol=2e-3)
+    # the vectorised mask is colbert-ai's mask
+    ids = torch.tensor([[101, 1, 1010, 2000, 0, 0], [101, 1012, 999, 5, 102, 0]])
+    want = ColBERT.mask(ckpt, ids, skiplist=ckpt.skiplist)
+    assert engine_mod._vectorised_mask(ckpt, ids, ckpt.skiplist).tolist() == want
+    assert engine_mod._vectorised_mask(ckpt, ids, []).tolist() == ColBERT.mask(ckpt, ids, skiplist=[])
+
+
+def test_segmented_maxsim_extension_compiles_only_when_called(random_checkpoint: Path) -> None:
+    """Loading a model no longer compiles colbert-ai's CPU extension; its first call does."""
+    import torch
+    from colbert.modeling.colbert import ColBERT
+
+    engine_mod.Engine(random_checkpoint).checkpoint  # noqa: B018 - loads the model
+    lazy = ColBERT.__dict__["segmented_maxsim"]
+    if isinstance(lazy, staticmethod):  # not yet compiled in this test session
+        assert lazy.__func__.__name__ == "segmented_maxsim"
+    # [tokens of 2 docs (3 + 2), query tokens 2] -> per doc: sum over query tokens of the max
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.2], [0.3, 0.4], [0.7, 0.1], [0.2, 0.8]])
+    out = ColBERT.segmented_maxsim(scores, torch.tensor([3, 2]))
+    assert torch.allclose(out, torch.tensor([0.5 + 0.9, 0.7 + 0.8]))
+    assert not isinstance(ColBERT.__dict__["segmented_maxsim"], staticmethod)  # the compiled one now
