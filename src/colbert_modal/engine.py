@@ -81,7 +81,9 @@ Hits = list[tuple[int, float]]  # (chunk position in the index, score), best fir
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
-#: PLAID builds of at least this many chunks cluster with faiss; smaller ones
+#: PLAID builds on a CPU of at least this many chunks cluster with faiss
+#: (on a GPU ragatouille's GPU k-means is kept: colbert-ai would ask faiss
+#: for a GPU index, which the faiss-cpu wheel lacks); smaller ones
 #: with ragatouille's default (fast_pytorch_kmeans), which copes with tiny
 #: collections (fewer token vectors than colbert-ai's centroid count) but
 #: holds a points x centroids matrix: measured 10 GB RSS at 979 chunks, and
@@ -474,6 +476,7 @@ class Engine:
         """Build a PLAID index of ``texts`` under ``dest`` with ragatouille."""
         dest.mkdir(parents=True, exist_ok=True)
         rag = self._load(index_root=str(dest))
+        device = _checkpoint_device(rag.model.inference_ckpt)
         try:
             with _quiet(self.verbose), warnings.catch_warnings(), _encode_each_passage_once(self.precision):
                 warnings.simplefilter("ignore")
@@ -484,8 +487,8 @@ class Engine:
                     overwrite_index="force_silent_overwrite",
                     max_document_length=max_tokens + 3,
                     split_documents=False,
-                    use_faiss=len(texts) >= FAISS_KMEANS_MIN_CHUNKS,
-                    bsize=_doc_bsize(_checkpoint_device(rag.model.inference_ckpt)),
+                    use_faiss=device == "cpu" and len(texts) >= FAISS_KMEANS_MIN_CHUNKS,
+                    bsize=_doc_bsize(device),
                 )
         except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
             raise EngineError(f"PLAID index build failed: {type(exc).__name__}: {exc}") from exc
