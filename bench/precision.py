@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import checkpoint, make_queries, pick_pdfs  # noqa: E402
+from scaling import base_chunks  # noqa: E402
 
 PDFS = ["multicolumn.pdf", "pdflatex-4-pages.pdf", "lorem-ipsum.pdf", "scotus-transcript-p1.pdf",
         "minimal-document.pdf", "google-doc-document.pdf"]
@@ -63,7 +64,7 @@ def quality(ckpt: str, n_queries: int) -> None:
     from colbert_modal.engine import Engine
 
     pdfs = [p for p in pick_pdfs(None) if p.name in PDFS]
-    texts = _base_chunks(pdfs, ckpt)
+    texts = base_chunks(pdfs, ckpt, 256)
     queries = make_queries(texts, ckpt, n_queries)
     print(f"{len(pdfs)} PDFs, {len(texts)} chunks, {len(queries)} queries")
     work = Path(tempfile.mkdtemp(prefix="cm-precision-"))
@@ -87,14 +88,6 @@ def quality(ckpt: str, n_queries: int) -> None:
         se = statistics.stdev(per) / len(per) ** 0.5
         print(f"{precision} {backend:5s}  top-10 overlap with float32 exact MaxSim: "
               f"{statistics.mean(per):.4f} +- {se:.4f} (s.e.)")
-
-
-def _base_chunks(pdfs: list[Path], ckpt: str) -> list[str]:
-    from colbert_modal.chunking import Chunker, load_tokenizer
-    from colbert_modal.loaders import iter_documents
-
-    ch = Chunker(load_tokenizer(ckpt), max_tokens=256, overlap=round(256 * 0.15))
-    return [c.text for d in iter_documents(pdfs) if hasattr(d, "pages") for c in ch.chunk(d)]
 
 
 def main() -> None:

@@ -33,12 +33,18 @@ from _common import checkpoint, make_queries, pick_pdfs, run_worker  # noqa: E40
 COMPARE = Path(__file__).resolve().with_name("compare.py")
 
 
-def corpus(pdfs: list[Path], ckpt: str, n: int, max_tokens: int) -> list[str]:
+def base_chunks(pdfs: list[Path], ckpt: str, max_tokens: int) -> list[str]:
+    """The chunk texts of ``pdfs`` as colbert_modal's chunker makes them (15% overlap)."""
     from colbert_modal.chunking import Chunker, load_tokenizer
     from colbert_modal.loaders import iter_documents
 
     ch = Chunker(load_tokenizer(ckpt), max_tokens=max_tokens, overlap=round(max_tokens * 0.15))
-    base = [c.text for d in iter_documents(pdfs) if hasattr(d, "pages") for c in ch.chunk(d)]
+    return [c.text for d in iter_documents(pdfs) if hasattr(d, "pages") for c in ch.chunk(d)]
+
+
+def corpus(pdfs: list[Path], ckpt: str, n: int, max_tokens: int) -> list[str]:
+    """``n`` chunk texts: :func:`base_chunks`, extended with word-shuffled copies."""
+    base = base_chunks(pdfs, ckpt, max_tokens)
     out = list(base)
     rng = random.Random(0)
     while len(out) < n:

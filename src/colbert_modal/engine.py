@@ -286,6 +286,8 @@ class Engine:
         self.verbose = verbose
         self._rag: Any = None
         self._resolved_precision: str | None = None
+        self._fast_tok: Any = None  # our copy of the checkpoint's Rust tokenizer (see _doc_tokens)
+        self._fast_tok_maxlen = 0
         self._lock = threading.RLock()
 
     # --- the model -------------------------------------------------------
@@ -407,7 +409,7 @@ class Engine:
         backend = getattr(doc_tok.tok, "backend_tokenizer", None)
         if backend is None:
             return None
-        if getattr(self, "_fast_tok_maxlen", None) != maxlen:
+        if self._fast_tok_maxlen != maxlen:
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_str(backend.to_str())  # our own copy: its settings are ours
