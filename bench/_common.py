@@ -176,6 +176,7 @@ class StageTimer:
         from colbert.indexing.codecs import residual
 
         t = self.t
+        self._undo: list[tuple[Any, str, Any]] = []
 
         def wrap(obj: Any, name: str, key: str, count: bool = False) -> None:
             orig = getattr(obj, name)
@@ -190,13 +191,25 @@ class StageTimer:
                         t["encode_calls"] += 1
                         t["encoded_passages"] += len(a[1]) if len(a) > 1 else 0
 
+            self._undo.append((obj, name, obj.__dict__[name]))
             setattr(obj, name, inner)
 
         wrap(ci.CollectionEncoder, "encode_passages", "encode_s", count=True)
         wrap(ci.CollectionIndexer, "train", "kmeans_s")  # ragatouille replaces _train_kmeans itself
         wrap(residual.ResidualCodec, "compress", "compress_s")
         wrap(ci.CollectionIndexer, "finalize", "finalize_s")
+        # colbert_modal's PLAID builds encode with engine._encode_tokens (ids, lengths, ...)
+        from colbert_modal import engine
+
+        wrap(engine, "_encode_tokens", "encode_s", count=True)
         return self
+
+    def __enter__(self) -> StageTimer:
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        for obj, name, orig in reversed(self._undo):
+            setattr(obj, name, orig)
 
 
 def _w_write_ckpt(model: str, path: str) -> dict[str, Any]:

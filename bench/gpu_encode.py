@@ -78,8 +78,8 @@ def load_engine(ckpt: str, precision: str) -> Any:
 
     eng = Engine(ckpt, precision=precision)
     try:
-        import ragatouille  # noqa: F401
-    except ImportError:
+        from ragatouille import RAGPretrainedModel  # noqa: F401
+    except ImportError:  # not installed, or only its models.index (gpu_plaid.py)
         from colbert.infra import ColBERTConfig
         from colbert.modeling.checkpoint import Checkpoint
 

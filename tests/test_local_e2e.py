@@ -216,13 +216,13 @@ def test_plaid_build_encodes_each_passage_once(
     from colbert.modeling.checkpoint import Checkpoint
 
     encoded: list[int] = []
-    original = Checkpoint.docFromText
+    original = Checkpoint.doc
 
-    def counting(self, docs, *args, **kwargs):
-        encoded.append(len(docs))
-        return original(self, docs, *args, **kwargs)
+    def counting(self, input_ids, *args, **kwargs):  # every document forward pass, whatever calls it
+        encoded.append(int(input_ids.shape[0]))
+        return original(self, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(Checkpoint, "docFromText", counting)
+    monkeypatch.setattr(Checkpoint, "doc", counting)
     idx = ColbertIndexer("once", model=colbert_checkpoint, index_root=tmp_path, backend="plaid", progress=False)
     report = idx.index([corpus_dir])
     unique_texts = {c.text for c in idx.store.current().chunks()}
