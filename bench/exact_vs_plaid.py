@@ -1,6 +1,7 @@
 """Exact vs PLAID backend at one collection size: build time, single-query latency, batch, agreement.
 
     nice -n 10 .venv/bin/python bench/exact_vs_plaid.py --model tiny --chunks 2000
+    nice -n 10 .venv/bin/python bench/exact_vs_plaid.py --model tiny --chunks 10000 --kmeans-niters 2
 
 The chunks of the real PDFs extended with word-shuffled copies (as
 scaling.py), both indexes built by colbert_modal's ``Engine`` in float32 in
@@ -32,7 +33,18 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", choices=["tiny", "tiny-random", "base"])
     ap.add_argument("--chunks", type=int, default=2000)
     ap.add_argument("--backends", nargs="+", default=["exact", "plaid"], choices=["exact", "plaid"])
+    ap.add_argument("--kmeans-niters", type=int, default=None,
+                    help="cap PLAID's k-means iterations (ragatouille: 20 below 50k passages); only to make a"
+                         " large CPU build fit a session for search-latency figures: centroids get worse")
     a = ap.parse_args()
+    if a.kmeans_niters is not None:
+        import colbert.indexing.collection_indexer as ci
+
+        from colbert_modal import engine
+
+        faiss_kmeans, ours = ci.compute_faiss_kmeans, engine.kmeans
+        ci.compute_faiss_kmeans = lambda dim, k, niters, *rest: faiss_kmeans(dim, k, min(niters, a.kmeans_niters), *rest)
+        engine.kmeans = lambda sample, k, niters, **kw: ours(sample, k, min(niters, a.kmeans_niters), **kw)
 
     from colbert_modal.engine import Engine
 

@@ -20,8 +20,11 @@ set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 GIT_PYTHON_REFRESH=quiet PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+# colbert-ai's CUDA extensions (~100 s of nvcc on a bare machine): reuse a carried build
+if [ -f .whl/torch_extensions.tgz ]; then mkdir -p ~/.cache && tar xzf .whl/torch_extensions.tgz -C ~/.cache; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, colbert; print('torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
 SCRIPT=${SCRIPT:-gpu_encode.py}; NAME=${SCRIPT%.py}
 python3 "bench/$SCRIPT" --model base --json "$OUT/$NAME${TAG:-}.json" "$@" 2>&1 | tee "$OUT/$NAME${TAG:-}.full.log" \
   | grep -v -E "it/s\]|Encoding [0-9]+ passages|^\[[A-Z][a-z]{2} [0-9]+, [0-9:]+\]|^ *Iteration|^\[?[0-9., ]+\]?$" | tee "$OUT/$NAME${TAG:-}.log"
+tar czf "$OUT/torch_extensions.tgz" -C ~/.cache torch_extensions 2>/dev/null || true  # carry it in .whl/ next time

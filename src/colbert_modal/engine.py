@@ -13,9 +13,9 @@ Two index backends, both on ragatouille's ColBERT model:
 ``plaid``
     ragatouille's ``RAGPretrainedModel.index`` (colbert-ai PLAID: k-means
     centroids and compressed residuals). Compact and fast for large
-    collections; approximate; every update rebuilds it. colbert-ai's second
-    encoding pass reuses the k-means sample's embeddings, so each passage is
-    encoded once, and k-means is ours (see :func:`_plaid_build_patches`).
+    collections; approximate; every update rebuilds it. Each passage is
+    encoded once, by our encoder, and GPU builds cluster with :func:`kmeans`
+    (see :func:`_plaid_build_patches`).
 
 ``auto`` (the default) picks ``exact`` up to :data:`EXACT_MAX_CHUNKS` chunks,
 ``plaid`` above.
@@ -734,8 +734,11 @@ class PlaidIndex:
 
 
 #: k-means trains on a random subsample of at most this many token vectors
-#: per centroid (faiss's default, which colbert-ai's faiss k-means used).
-KMEANS_MAX_POINTS_PER_CENTROID = 256
+#: per centroid. colbert-ai's sample gives ~150-300 per centroid and its own
+#: comment there says it means to subsample "to 100 * num_partitions" (faiss
+#: caps at 256 and warns below 39). The cap halves k-means time from ~30k
+#: chunks (BENCHMARKS.md, "PLAID builds on a GPU").
+KMEANS_MAX_POINTS_PER_CENTROID = 128
 #: Size of one block of point-to-centroid scores, the only large temporary.
 _KMEANS_BLOCK_BYTES = 256 << 20
 #: Training samples whose working copy is up to this size are copied to the
@@ -766,8 +769,9 @@ def kmeans(
       sample is copied to ``device`` (and the matmul dtype) once when that
       copy is under 4 GB, and converted block by block otherwise;
     - it trains on at most ``max_points_per_centroid`` random points per
-      centroid, starts from distinct random points (faiss's defaults) and
-      gives empty clusters a perturbed copy of a populous one;
+      centroid (see :data:`KMEANS_MAX_POINTS_PER_CENTROID`), starts from
+      distinct random points (as faiss does) and gives empty clusters a
+      perturbed copy of a populous one;
     - scores use float16 matrix products on a GPU, float32 on a CPU.
 
     Returns float32 centroids on the CPU (colbert-ai normalises them).
@@ -823,7 +827,7 @@ def _plaid_build_patches(precision: str | None = None) -> Iterator[None]:
     - Each passage is encoded once (see below), in ``precision``.
     - k-means is :func:`kmeans`, whichever route ragatouille takes, except
       where ragatouille is asked for faiss on a CPU (``use_faiss=True``, see
-      :data:`FAISS_KMEANS_MIN_CHUNKS`): faiss's CPU k-means is as fast.
+      :data:`FAISS_KMEANS_MIN_CHUNKS`): there faiss is 1.9x faster.
     - ragatouille's 5 s pause after warning that faiss-cpu cannot use the GPU
       is skipped (the warning is moot: faiss is not asked to cluster).
 
@@ -882,6 +886,8 @@ def _plaid_build_patches(precision: str | None = None) -> Iterator[None]:
                 if keep:
                     cache[text] = got[text]
                 offset += n
+        if len(got) == len(passages):  # all new and distinct: embs is already the answer
+            return embs, [int(n) for n in doclens]
         for text in unique:
             if text not in got:
                 got[text] = cache.pop(text)
