@@ -189,7 +189,7 @@ def main() -> None:
             ref = None
             if n <= a.exact_max:
                 gpu_encode._reset_peak()
-                _, s = gpu_encode.timed(lambda: eng.build_exact(texts, work / "exact", max_tokens=a.max_tokens))
+                _, s = gpu_encode.timed(lambda t=texts, w=work: eng.build_exact(t, w / "exact", max_tokens=a.max_tokens))
                 row["cm_exact_build_s"] = s
                 row["cm_exact_peak_gpu_gib"] = gpu_encode._peak_gib()
                 ref = [[i for i, _ in h] for h in eng.open(work / "exact", "exact", texts).search(queries, 10)]

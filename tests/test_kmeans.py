@@ -153,3 +153,33 @@ def test_small_plaid_build_clusters_with_ours(
     assert points > 0 and k >= 1 and niters == 20  # ragatouille's iterations below 50k passages
     hits = idx.search("umbrella volcano walrus", k=1)
     assert Path(hits[0].source).name == "bestiary.pdf" and hits[0].pages == [2]
+
+
+def test_concurrent_plaid_builds_take_turns() -> None:
+    """The patches are process-wide: a second build waits for the first, and
+    everything is restored after both (not left half-patched)."""
+    import threading
+    import time
+
+    engine_mod._import_ragatouille()
+    from colbert.indexing.collection_encoder import CollectionEncoder
+
+    before = CollectionEncoder.encode_passages
+    first_in, log = threading.Event(), []
+
+    def build(name: str) -> None:
+        with engine_mod._plaid_build_patches("fp32"):
+            log.append((name, "in", CollectionEncoder.encode_passages is not before))
+            first_in.set()
+            time.sleep(0.2)
+            log.append((name, "out", True))
+
+    a = threading.Thread(target=build, args=("a",))
+    a.start()
+    first_in.wait(5)
+    b = threading.Thread(target=build, args=("b",))
+    b.start()
+    a.join(5)
+    b.join(5)
+    assert log == [("a", "in", True), ("a", "out", True), ("b", "in", True), ("b", "out", True)]
+    assert CollectionEncoder.encode_passages is before

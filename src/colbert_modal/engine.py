@@ -831,6 +831,9 @@ def _plaid_build_patches(precision: str | None = None) -> Iterator[None]:
     - ragatouille's 5 s pause after warning that faiss-cpu cannot use the GPU
       is skipped (the warning is moot: faiss is not asked to cluster).
 
+    The patches are process-wide, so PLAID builds in one process run one at
+    a time (colbert-ai's ``Run()`` context is process-wide too).
+
     colbert-ai encodes a k-means sample of the collection (for fewer than
     ~30k passages the sample is the whole collection) and then encodes every
     passage again to compress it. Here passages are encoded as
@@ -850,73 +853,77 @@ def _plaid_build_patches(precision: str | None = None) -> Iterator[None]:
     import ragatouille.models.torch_kmeans as rag_kmeans
     from colbert.indexing.collection_encoder import CollectionEncoder
 
-    original = CollectionEncoder.encode_passages
-    originals = (rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time)
-    cache: dict[str, Any] = {}
-    calls = [0]
+    with _PLAID_BUILD_LOCK:
+        original = CollectionEncoder.encode_passages
+        originals = (rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time)
+        cache: dict[str, Any] = {}
+        calls = [0]
 
-    def encode_passages(self: Any, passages: Sequence[str]) -> tuple[Any, Any]:
-        import torch
+        def encode_passages(self: Any, passages: Sequence[str]) -> tuple[Any, Any]:
+            import torch
 
-        if len(passages) == 0:
-            return original(self, passages)
-        calls[0] += 1
-        keep = calls[0] == 1  # colbert-ai encodes the whole k-means sample in its first call
-        unique = list(dict.fromkeys(passages))
-        missing = [p for p in unique if p not in cache]
-        got: dict[str, Any] = {}
-        if missing:
-            _speed_up(self.checkpoint)
-            if not isinstance(getattr(self.checkpoint, "amp_manager", None), _Autocast):
-                _set_precision(self.checkpoint, precision, backend="plaid")
-            maxlen = self.config.doc_maxlen
-            pooled = getattr(self.config, "pool_factor", 1) not in (None, 1)  # colbert-ai's token pooling
-            if pooled or _doc_tokens(self.checkpoint, missing[:1], maxlen) is None:  # or a slow tokenizer
-                embs, doclens = original(self, missing)
-            else:
-                e, d = _encode_tokens(self.checkpoint, *_doc_tokens(self.checkpoint, missing, maxlen),
-                                      self.config.index_bsize, torch.float16 if self.use_gpu else torch.float32)
-                embs, doclens = torch.from_numpy(e), d.tolist()
-            # on the host (colbert-ai moves each compression batch to the GPU itself),
-            # in the dtype colbert-ai checks for: float16 with a GPU, float32 without
-            embs = embs.cpu().to(torch.float16 if self.use_gpu else torch.float32)
-            offset = 0
-            for text, n in zip(missing, doclens):
-                got[text] = embs[offset : offset + n]
-                if keep:
-                    cache[text] = got[text]
-                offset += n
-        if len(got) == len(passages):  # all new and distinct: embs is already the answer
-            return embs, [int(n) for n in doclens]
-        for text in unique:
-            if text not in got:
-                got[text] = cache.pop(text)
-        parts = [got[p] for p in passages]
-        return torch.cat(parts), [int(t.shape[0]) for t in parts]
+            if len(passages) == 0:
+                return original(self, passages)
+            calls[0] += 1
+            keep = calls[0] == 1  # colbert-ai encodes the whole k-means sample in its first call
+            unique = list(dict.fromkeys(passages))
+            missing = [p for p in unique if p not in cache]
+            got: dict[str, Any] = {}
+            if missing:
+                _speed_up(self.checkpoint)
+                if not isinstance(getattr(self.checkpoint, "amp_manager", None), _Autocast):
+                    _set_precision(self.checkpoint, precision, backend="plaid")
+                maxlen = self.config.doc_maxlen
+                pooled = getattr(self.config, "pool_factor", 1) not in (None, 1)  # colbert-ai's token pooling
+                if pooled or _doc_tokens(self.checkpoint, missing[:1], maxlen) is None:  # or a slow tokenizer
+                    embs, doclens = original(self, missing)
+                else:
+                    e, d = _encode_tokens(self.checkpoint, *_doc_tokens(self.checkpoint, missing, maxlen),
+                                          self.config.index_bsize, torch.float16 if self.use_gpu else torch.float32)
+                    embs, doclens = torch.from_numpy(e), d.tolist()
+                # on the host (colbert-ai moves each compression batch to the GPU itself),
+                # in the dtype colbert-ai checks for: float16 with a GPU, float32 without
+                embs = embs.cpu().to(torch.float16 if self.use_gpu else torch.float32)
+                offset = 0
+                for text, n in zip(missing, doclens):
+                    got[text] = embs[offset : offset + n]
+                    if keep:
+                        cache[text] = got[text]
+                    offset += n
+            if len(got) == len(passages):  # all new and distinct: embs is already the answer
+                return embs, [int(n) for n in doclens]
+            for text in unique:
+                if text not in got:
+                    got[text] = cache.pop(text)
+            parts = [got[p] for p in passages]
+            return torch.cat(parts), [int(t.shape[0]) for t in parts]
 
-    def pytorch_kmeans(sample: Any, dim: int, num_partitions: int, kmeans_niters: int, use_gpu: bool, **_: Any) -> Any:
-        return kmeans(sample, num_partitions, kmeans_niters, device="cuda" if use_gpu else "cpu")
+        def pytorch_kmeans(sample: Any, dim: int, num_partitions: int, kmeans_niters: int, use_gpu: bool, **_: Any) -> Any:
+            return kmeans(sample, num_partitions, kmeans_niters, device="cuda" if use_gpu else "cpu")
 
-    def faiss_kmeans(dim: int, num_partitions: int, kmeans_niters: int, shared_lists: Any, return_value_queue: Any = None) -> Any:
-        import torch
+        def faiss_kmeans(dim: int, num_partitions: int, kmeans_niters: int, shared_lists: Any, return_value_queue: Any = None) -> Any:
+            import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        centroids = kmeans(shared_lists[0][0], num_partitions, kmeans_niters, device=device)
-        if return_value_queue is not None:
-            return_value_queue.put(centroids)
-        return centroids
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            centroids = kmeans(shared_lists[0][0], num_partitions, kmeans_niters, device=device)
+            if return_value_queue is not None:
+                return_value_queue.put(centroids)
+            return centroids
 
-    CollectionEncoder.encode_passages = encode_passages
-    rag_kmeans.compute_pytorch_kmeans = pytorch_kmeans
-    if _cuda_available():
-        collection_indexer.compute_faiss_kmeans = faiss_kmeans
-        rag_index.time = types.SimpleNamespace(sleep=lambda _s: None)
-    try:
-        yield
-    finally:
-        CollectionEncoder.encode_passages = original
-        rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time = originals
-        cache.clear()
+        CollectionEncoder.encode_passages = encode_passages
+        rag_kmeans.compute_pytorch_kmeans = pytorch_kmeans
+        if _cuda_available():
+            collection_indexer.compute_faiss_kmeans = faiss_kmeans
+            rag_index.time = types.SimpleNamespace(sleep=lambda _s: None)
+        try:
+            yield
+        finally:
+            CollectionEncoder.encode_passages = original
+            rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time = originals
+            cache.clear()
+
+
+_PLAID_BUILD_LOCK = threading.Lock()
 
 
 def _cuda_available() -> bool:
