@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +130,37 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     idx = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return s[idx]
+
+
+N_BATCH = 64
+
+
+def measure_search(single: Callable[[str], list[int]], batch: Callable[[list[str]], list[list[int]]],
+                   queries: list[str], n_warm: int) -> dict[str, Any]:
+    """First call, warm p50/p95 over ``n_warm`` single calls, 64 single calls vs one batch of 64."""
+    t0 = time.perf_counter()
+    single(queries[0])
+    first = time.perf_counter() - t0
+    for q in queries[1:3]:
+        single(q)
+    lat = []
+    for q in queries[:n_warm]:
+        t0 = time.perf_counter()
+        single(q)
+        lat.append(time.perf_counter() - t0)
+    qs = queries[:N_BATCH]
+    t0 = time.perf_counter()
+    for q in qs:
+        single(q)
+    singles = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ranked = batch(qs)
+    batched = time.perf_counter() - t0
+    return {
+        "first_search_s": first, "warm_p50_ms": 1000 * pct(lat, 0.5), "warm_p95_ms": 1000 * pct(lat, 0.95),
+        "singles_64_s": singles, "batch_64_s": batched, "batch_speedup": singles / batched,
+        "batch_qps": len(qs) / batched, "singles_qps": len(qs) / singles, "ranked": ranked,
+    }
 
 
 def make_queries(texts: list[str], tokenizer_dir: str, n: int, seed: int = 0, max_tokens: int = 24) -> list[str]:

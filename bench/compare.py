@@ -30,46 +30,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from _common import (  # noqa: E402
-    StageTimer, checkpoint, env, make_queries, overlap_at_k, pct, pick_pdfs, run_worker, worker_main,
+    StageTimer, checkpoint, env, make_queries, measure_search, overlap_at_k, pick_pdfs, run_worker, worker_main,
 )
 
 SCRIPT = Path(__file__).resolve()
-N_BATCH = 64
-
-
-# --- search measurement, shared by all pipelines ---------------------------------
-
-
-def measure_search(single: Callable[[str], list[int]], batch: Callable[[list[str]], list[list[int]]],
-                   queries: list[str], n_warm: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    single(queries[0])
-    first = time.perf_counter() - t0
-    for q in queries[1:3]:
-        single(q)
-    lat = []
-    for q in queries[:n_warm]:
-        t0 = time.perf_counter()
-        single(q)
-        lat.append(time.perf_counter() - t0)
-    qs = queries[:N_BATCH]
-    t0 = time.perf_counter()
-    for q in qs:
-        single(q)
-    singles = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ranked = batch(qs)
-    batched = time.perf_counter() - t0
-    return {
-        "first_search_s": first, "warm_p50_ms": 1000 * pct(lat, 0.5), "warm_p95_ms": 1000 * pct(lat, 0.95),
-        "singles_64_s": singles, "batch_64_s": batched, "batch_speedup": singles / batched,
-        "batch_qps": len(qs) / batched, "singles_qps": len(qs) / singles, "ranked": ranked,
-    }
 
 
 # --- workers (child processes) ----------------------------------------------------
@@ -111,6 +80,19 @@ def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, c
             **stages}
 
 
+def rag_index(ckpt: str, root: str, collection: list[str], **options: Any) -> tuple[Any, dict[str, Any]]:
+    """Raw ragatouille: load the model, ``rag.index(collection, **options)``; timed, with colbert-ai's stages."""
+    from ragatouille import RAGPretrainedModel
+
+    timer = StageTimer().install()
+    t0 = time.perf_counter()
+    rag = RAGPretrainedModel.from_pretrained(ckpt, index_root=root, verbose=0)
+    t_model = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    path = rag.index(collection=collection, overwrite_index="force_silent_overwrite", **options)
+    return rag, {"model_load_s": t_model, "rag_index_s": time.perf_counter() - t0, "index_path": path, **timer.t}
+
+
 def w_raw_index(pdfs: list[str], ckpt: str, root: str, chunks_file: str, max_tokens: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     from pypdf import PdfReader
@@ -119,19 +101,12 @@ def w_raw_index(pdfs: list[str], ckpt: str, root: str, chunks_file: str, max_tok
     t_load = time.perf_counter() - t0
     texts = json.loads(Path(chunks_file).read_text())["texts"]
     t0 = time.perf_counter()
-    from ragatouille import RAGPretrainedModel
+    from ragatouille import RAGPretrainedModel  # noqa: F401 - timed: the import alone
 
     t_import = time.perf_counter() - t0
-    timer = StageTimer().install()
-    t0 = time.perf_counter()
-    rag = RAGPretrainedModel.from_pretrained(ckpt, index_root=root, verbose=0)
-    t_model = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    path = rag.index(collection=texts, index_name="raw", max_document_length=max_tokens + 3,
-                     split_documents=False, overwrite_index="force_silent_overwrite")
-    t_index = time.perf_counter() - t0
-    return {"load_s": t_load, "pages": len(pages), "import_s": t_import, "model_load_s": t_model,
-            "rag_index_s": t_index, "index_path": path, "n_chunks": len(texts), **timer.t}
+    _, figures = rag_index(ckpt, root, texts, index_name="raw", max_document_length=max_tokens + 3,
+                             split_documents=False)
+    return {"load_s": t_load, "pages": len(pages), "import_s": t_import, "n_chunks": len(texts), **figures}
 
 
 def w_seed_index(pdfs: list[str], ckpt: str, root: str) -> dict[str, Any]:
@@ -140,19 +115,9 @@ def w_seed_index(pdfs: list[str], ckpt: str, root: str) -> dict[str, Any]:
 
     docs = SimpleDirectoryReader(input_files=pdfs).load_data()
     t_load = time.perf_counter() - t0
-    from ragatouille import RAGPretrainedModel
-
-    timer = StageTimer().install()
-    t0 = time.perf_counter()
-    rag = RAGPretrainedModel.from_pretrained(ckpt, index_root=root, verbose=0)
-    t_model = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    path = rag.index(collection=[d.text for d in docs], index_name="seed", max_document_length=512,
-                     split_documents=True, overwrite_index="force_silent_overwrite")
-    t_index = time.perf_counter() - t0
-    n = len(rag.model.collection)
-    return {"load_s": t_load, "docs": len(docs), "model_load_s": t_model, "rag_index_s": t_index,
-            "index_path": path, "n_chunks": n, **timer.t}
+    rag, figures = rag_index(ckpt, root, [d.text for d in docs], index_name="seed", max_document_length=512,
+                             split_documents=True)
+    return {"load_s": t_load, "docs": len(docs), "n_chunks": len(rag.model.collection), **figures}
 
 
 def w_cm_search(root: str, name: str, queries: list[str], chunks_file: str, n_warm: int,

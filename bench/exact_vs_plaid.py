@@ -16,7 +16,6 @@ chunks (2,000 chunks: 0.4M vectors into 8,192 centroids).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import checkpoint, make_queries, pick_pdfs  # noqa: E402
+from _common import checkpoint, make_queries, measure_search, overlap_at_k, pick_pdfs  # noqa: E402
 from scaling import corpus  # noqa: E402
 
 
@@ -63,22 +62,13 @@ def main() -> None:
             eng.build_plaid(texts, [str(i) for i in range(len(texts))], work / backend, max_tokens=256)
         build = time.perf_counter() - t0
         idx = eng.open(work / backend, backend, texts)
-        idx.search(queries[:2], 10)
-        lat = []
-        for q in queries[:30]:
-            t0 = time.perf_counter()
-            idx.search([q], 10)
-            lat.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        hits = idx.search(queries, 10)
-        batch = time.perf_counter() - t0
-        ranked[backend] = [[i for i, _ in h] for h in hits]
-        lat.sort()
-        print(f"{backend:5s} {len(texts)} chunks: build {build:7.1f}s  single p50 {statistics.median(lat) * 1000:6.1f} ms"
-              f"  p95 {lat[int(0.95 * len(lat)) - 1] * 1000:6.1f} ms  batch of 64 {batch:5.2f}s", flush=True)
+        m = measure_search(lambda q, idx=idx: [i for i, _ in idx.search([q], 10)[0]],
+                           lambda qs, idx=idx: [[i for i, _ in h] for h in idx.search(qs, 10)], queries, 30)
+        ranked[backend] = m["ranked"]
+        print(f"{backend:5s} {len(texts)} chunks: build {build:7.1f}s  single p50 {m['warm_p50_ms']:6.1f} ms"
+              f"  p95 {m['warm_p95_ms']:6.1f} ms  batch of 64 {m['batch_64_s']:5.2f}s", flush=True)
     if len(ranked) == 2:
-        ov = statistics.mean(len(set(x) & set(y)) / 10 for x, y in zip(ranked["plaid"], ranked["exact"]))
-        print(f"PLAID top-10 overlap with exact: {ov:.3f}")
+        print(f"PLAID top-10 overlap with exact: {overlap_at_k(ranked['plaid'], ranked['exact']):.3f}")
     t0 = time.perf_counter()
     for _ in range(10):
         eng.encode_queries(queries[:1])
