@@ -26,7 +26,7 @@ QUERIES = ["what is this text about", "oral argument before the court", "two col
 def pick_model(choice: str) -> str:
     if choice != "auto":
         return choice
-    from colbert_modal._hub import resolve_model
+    from colbert_modal.hub import resolve_model
 
     try:
         return resolve_model("colbert-ir/colbertv2.0")

@@ -96,7 +96,7 @@ def load_tokenizer(model: str | os.PathLike[str]) -> HFTokenizer:
         raise ModelLoadError(f"{path}: no tokenizer.json or vocab.txt in this checkpoint directory")
     if os.path.isabs(os.fspath(model)) or str(model).startswith("."):
         raise ModelLoadError(f"model {str(model)!r}: no such checkpoint directory")
-    from ._hub import resolve_hub_file
+    from .hub import resolve_hub_file
 
     tj = resolve_hub_file(str(model), "tokenizer.json")
     return HFTokenizer(_Tok.from_file(tj), str(model))

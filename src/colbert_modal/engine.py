@@ -56,7 +56,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._hub import resolve_model
+from .hub import resolve_model
 from .errors import ConfigurationError, DependencyMissingError, EngineError, ModelLoadError
 
 __all__ = [

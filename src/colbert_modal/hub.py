@@ -1,4 +1,4 @@
-"""Resolving model names to local checkpoint directories (no torch here)."""
+"""Model names to local checkpoint directories: the hub cache, then a download (no torch here)."""
 
 from __future__ import annotations
 
