@@ -1,0 +1,91 @@
+"""A stand-in for Modal's API server, so that tests drive the real modal client offline.
+
+Use the ``modal_standin`` fixture (import it into the test module, or list this
+package in ``pytest_plugins``)::
+
+    from modal_standin import modal_standin  # noqa: F401  (a fixture)
+
+    def test_manifest(modal_standin):
+        with modal_app.app.run():
+            assert modal_app.manifest.remote("papers") is None
+
+The fixture points the modal client at the stand-in (``MODAL_SERVER_URL``,
+``MODAL_TOKEN_ID``/``MODAL_TOKEN_SECRET``), gives each test its own Volume
+directories, and sets ``$COLBERT_MODAL_VOLUME_PATH`` to the directory of the
+app's Volume, so that the function bodies (run in this process, through
+``.local()``) and the Volume calls of the client see the same files.
+
+One server serves the whole session (a module-level Volume that the client
+has hydrated keeps its client and id across tests, as it would against Modal);
+each test starts from a reset state. See :class:`StandIn` for the hooks
+(``inject``, ``timeouts``, ``calls``, ``rpcs``, ``token``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .server import TOKEN, StandIn
+from .servicer import TIMEOUT, Call
+
+__all__ = ["TIMEOUT", "TOKEN", "Call", "StandIn", "modal_standin", "modal_standin_server", "reset_modal_client"]
+
+
+def reset_modal_client() -> None:
+    """Make the next modal call build the process-wide client afresh from the environment.
+
+    The modal client keeps one ``Client.from_env()`` per process, made from the
+    configuration (server URL, credentials) at its first use; a test that
+    changes either needs a new one. The old client is dropped, not closed:
+    objects it hydrated (a module-level Volume) keep working, as they would in
+    a long-lived process.
+    """
+    from modal._environments import ENVIRONMENT_CACHE
+    from modal.client import _Client
+
+    _Client._client_from_env = None
+    ENVIRONMENT_CACHE.clear()
+
+
+def _client_fits(server: StandIn) -> bool:
+    from modal.client import _Client
+
+    client = _Client._client_from_env
+    return (
+        client is not None
+        and not client.is_closed()
+        and client.server_url == server.url
+        and client._credentials == server.token
+    )
+
+
+@pytest.fixture(scope="session")
+def modal_standin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    """The session's stand-in server (use ``modal_standin`` in tests)."""
+    server = StandIn(tmp_path_factory.mktemp("modal-standin")).start()
+    try:
+        yield server
+    finally:
+        reset_modal_client()
+        server.stop()
+
+
+@pytest.fixture
+def modal_standin(modal_standin_server: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    """The stand-in, reset, with the modal client and $COLBERT_MODAL_VOLUME_PATH pointed at it."""
+    from colbert_modal import modal_app
+
+    server = modal_standin_server
+    server.reset(tmp_path / "modal-volumes")
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    volume = server.volume_dir(modal_app.VOLUME_NAME)
+    volume.mkdir(parents=True)
+    monkeypatch.setenv("COLBERT_MODAL_VOLUME_PATH", str(volume))
+    if not _client_fits(server):
+        reset_modal_client()
+    yield server
+    assert not server.unimplemented, f"the code path needs RPCs the stand-in lacks: {server.unimplemented}"

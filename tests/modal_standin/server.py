@@ -1,0 +1,210 @@
+"""The stand-in's servers and state: gRPC (grpclib) and a small HTTP endpoint (aiohttp).
+
+Both listen on 127.0.0.1 on free ports and run on one asyncio loop in a
+background thread. The HTTP endpoint stands in for the presigned S3 URLs that
+Modal hands out: blobs (arguments and results over 2 MiB) and the blocks of
+Volume files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import urllib.request
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from grpclib.server import Server
+
+from .servicer import TIMEOUT, AppRecord, Call, FunctionRecord, Servicer
+
+__all__ = ["StandIn", "TIMEOUT"]
+
+TOKEN = ("ak-standin-token", "as-standin-secret")
+
+
+class StandIn:
+    """A stand-in for Modal's API server, for the real modal client.
+
+    Volumes live in directories: the Volume named ``x`` is ``volumes_root / x``.
+
+    Test hooks (all reset by :meth:`reset`):
+
+    - ``inject(tag, exc)``: the next call of ``tag`` ("manifest", "Writer.apply",
+      or "Writer.*" for any method) raises ``exc`` in the "container", which the
+      client re-raises; ``inject(tag, TIMEOUT)`` makes it answer a function timeout
+      without running the body.
+    - ``timeouts[tag] = seconds``: overrides the function's ``timeout=``; a body
+      that runs longer answers TIMEOUT (the thread itself runs on).
+    - ``calls``: every call (tag, class parameters, ``with_options`` options, GPUs,
+      status); ``rpcs``: every RPC name received; ``unimplemented``: RPCs asked
+      for that the stand-in lacks.
+    - ``token``: the (id, secret) every RPC must carry, or None to accept any.
+    """
+
+    def __init__(self, volumes_root: Path) -> None:
+        self.volumes_root = Path(volumes_root)
+        self.token: tuple[str, str] | None = TOKEN
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+        self.http_port = 0
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.apps: dict[str, AppRecord] = {}
+        self.deployed: dict[str, str] = {}
+        self.functions: dict[str, FunctionRecord] = {}
+        self.calls: list[Call] = []
+        self.calls_by_id: dict[str, Call] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.blob_outputs: list[str] = []
+        self.blocks: dict[bytes, bytes] = {}
+        self.reads: dict[str, tuple[Path, int, int]] = {}
+        self.images: list[Any] = []
+        self.instances: dict[str, Any] = {}
+        self.injections: dict[str, Any] = {}
+        self.timeouts: dict[str, float] = {}
+        self.rpcs: list[str] = []
+        self.unimplemented: list[str] = []
+        self.disconnects: list[tuple[str, int, str]] = []
+
+    # --- lifecycle --------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that point the modal client here."""
+        env = {"MODAL_SERVER_URL": self.url}
+        if self.token is not None:
+            env["MODAL_TOKEN_ID"], env["MODAL_TOKEN_SECRET"] = self.token
+        if urllib.request.getproxies():
+            env["MODAL_DISABLE_API_PROXY"] = "1"  # loopback must not go through a proxy
+        return env
+
+    def start(self) -> StandIn:
+        self.volumes_root.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._serve, name="modal-standin", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError("the Modal stand-in did not start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self.loop is not None and self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+            self._thread = None
+
+    def reset(self, volumes_root: Path | None = None) -> None:
+        """Forget apps, functions, calls and hooks; optionally move the Volumes elsewhere."""
+        self._clear()
+        self.token = TOKEN
+        if volumes_root is not None:
+            self.volumes_root = Path(volumes_root)
+            self.volumes_root.mkdir(parents=True, exist_ok=True)
+
+    def volume_dir(self, name: str) -> Path:
+        return self.volumes_root / name
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the server loop (called from the loop)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- test hooks -------------------------------------------------------------
+
+    def inject(self, tag: str, outcome: BaseException | object) -> None:
+        """The next call of ``tag`` raises ``outcome`` in the container, or times out if it is TIMEOUT."""
+        self.injections[tag] = outcome
+
+    def calls_of(self, tag: str) -> list[Call]:
+        return [c for c in self.calls if c.tag == tag or (tag.endswith(".*") and c.tag.startswith(tag[:-1]))]
+
+    # --- the loop thread --------------------------------------------------------
+
+    def _serve(self) -> None:
+        loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._start_servers())
+        except BaseException as exc:  # noqa: BLE001
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._stop_servers())
+            loop.close()
+
+    async def _start_servers(self) -> None:
+        self._grpc = Server([Servicer(self)])
+        await self._grpc.start("127.0.0.1", 0)
+        self.port = self._grpc._server.sockets[0].getsockname()[1]
+
+        app = web.Application(client_max_size=1 << 31)
+        app.router.add_put("/blob/{blob_id}", self._put_blob)
+        app.router.add_get("/blob/{blob_id}", self._get_blob)
+        app.router.add_put("/block/{sha256}", self._put_block)
+        app.router.add_get("/read/{token}", self._read)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+
+    async def _stop_servers(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._grpc.close()
+        await self._grpc.wait_closed()
+        await self._runner.cleanup()
+
+    # --- HTTP handlers ----------------------------------------------------------
+
+    async def _put_blob(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        self.blobs[request.match_info["blob_id"]] = data
+        return web.Response(headers={"ETag": '"%s"' % hashlib.md5(data).hexdigest()})
+
+    async def _get_blob(self, request: web.Request) -> web.Response:
+        data = self.blobs.get(request.match_info["blob_id"])
+        if data is None:
+            return web.Response(status=404, text="no such blob")
+        return web.Response(body=data)
+
+    async def _put_block(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        digest = bytes.fromhex(request.match_info["sha256"])
+        if hashlib.sha256(data).digest() != digest:
+            return web.Response(status=400, text="block does not match its sha256")
+        self.blocks[digest] = data
+        return web.Response(body=b"stored")
+
+    async def _read(self, request: web.Request) -> web.Response:
+        entry = self.reads.get(request.match_info["token"])
+        if entry is None:
+            return web.Response(status=404, text="no such read")
+        path, offset, length = entry
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return web.Response(body=fh.read(length))

@@ -1,0 +1,721 @@
+"""The gRPC half of the stand-in: the RPCs that our Modal paths make, nothing more.
+
+Every RPC of ``modal_proto.api_grpc.ModalClientBase`` that is not defined here
+answers ``UNIMPLEMENTED`` (the modal client raises ``UnimplementedError``) and
+is recorded in ``StandIn.unimplemented``, so a new code path that needs one
+fails loudly instead of hanging.
+
+Function bodies run "in a container": in a thread of this process, through the
+object's ``.local()`` (the module and name come from the definition that
+``FunctionCreate`` carried), with the arguments deserialised and the result or
+exception serialised exactly as Modal's container runtime does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import importlib
+import itertools
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import grpclib.const
+from google.protobuf.empty_pb2 import Empty
+from grpclib import GRPCError, Status
+from modal._serialization import (
+    deserialize,
+    deserialize_data_format,
+    deserialize_proto_params,
+    pickle_exception,
+    pickle_traceback,
+    serialize_data_format,
+)
+from modal._utils.blob_utils import BLOCK_SIZE, MAX_OBJECT_SIZE_BYTES
+from modal_proto import api_pb2
+from modal_proto.api_grpc import ModalClientBase
+
+if TYPE_CHECKING:
+    from .server import StandIn
+
+#: Pass as an injection (``StandIn.inject(tag, TIMEOUT)``) to make the next call time out.
+TIMEOUT = object()
+
+_PICKLE = api_pb2.DATA_FORMAT_PICKLE
+_OUTPUTS_WAIT_CAP = 55.0  # seconds; the client polls again after this
+
+
+@dataclass
+class FunctionRecord:
+    """A function (or class service function, or a bound variant of one) the client created."""
+
+    function_id: str
+    app_id: str
+    tag: str  # e.g. "manifest", or "Writer.*" for the service function of class Writer
+    module_name: str = ""
+    timeout: float | None = None
+    gpus: list[str] = field(default_factory=list)  # GPU types asked for, in fallback order
+    metadata: api_pb2.FunctionHandleMetadata = field(default_factory=api_pb2.FunctionHandleMetadata)
+    definition: Any = None  # api_pb2.Function or api_pb2.FunctionData
+    base_id: str | None = None  # set for variants made by FunctionBindParams
+    params: dict[str, Any] = field(default_factory=dict)
+    options: api_pb2.FunctionOptions | None = None
+
+    @property
+    def is_class(self) -> bool:
+        return self.tag.endswith(".*")
+
+
+@dataclass
+class Call:
+    """One ``.remote()`` call: what the client sent and what the "container" answered."""
+
+    call_id: str
+    input_id: str
+    function_id: str
+    tag: str  # "manifest" or "Writer.apply"
+    params: dict[str, Any]
+    options: api_pb2.FunctionOptions | None
+    args_from_blob: bool
+    gpus: list[str]
+    output: api_pb2.FunctionGetOutputsItem | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def status(self) -> str:
+        if self.output is None:
+            return "running"
+        return api_pb2.GenericResult.GenericStatus.Name(self.output.result.status).removeprefix("GENERIC_STATUS_")
+
+
+@dataclass
+class AppRecord:
+    app_id: str
+    description: str
+    state: int
+    name: str = ""
+    function_ids: dict[str, str] = field(default_factory=dict)
+    class_ids: dict[str, str] = field(default_factory=dict)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _volume_id(name: str) -> str:
+    # Deterministic, so that an object hydrated in an earlier test (a module-level
+    # Volume keeps its id) still resolves after a reset.
+    return "vo-" + name
+
+
+def _read_common(definition: Any) -> dict[str, Any]:
+    """The fields that api_pb2.Function and api_pb2.FunctionData share and that we use."""
+    return {
+        "function_name": definition.function_name,
+        "module_name": definition.module_name,
+        "function_type": definition.function_type,
+        "timeout": float(definition.timeout_secs) or None,
+    }
+
+
+def _gpus_of(request: api_pb2.FunctionCreateRequest) -> list[str]:
+    if request.HasField("function"):
+        functions = [request.function]
+    else:
+        functions = [rf.function for rf in sorted(request.function_data.ranked_functions, key=lambda r: r.rank)]
+    return [f.resources.gpu_config.gpu_type for f in functions if f.resources.gpu_config.gpu_type]
+
+
+class Servicer(ModalClientBase):
+    """Answers the modal client from the state of one :class:`~modal_standin.server.StandIn`."""
+
+    def __init__(self, standin: StandIn) -> None:
+        self.s = standin
+        self._ids = itertools.count(1)
+
+    # --- helpers -------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-standin{next(self._ids)}"
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        # Every RPC is logged (StandIn.rpcs) and checks the token, like Modal's API does.
+        def wrap(name: str, func: Any) -> Any:
+            async def handler(stream: Any) -> None:
+                self.s.rpcs.append(name)
+                token = self.s.token
+                if token is not None:
+                    md = stream.metadata or {}
+                    if (md.get("x-modal-token-id"), md.get("x-modal-token-secret")) != token:
+                        raise GRPCError(Status.UNAUTHENTICATED, "Token is invalid (stand-in)")
+                await func(stream)
+
+            return handler
+
+        return {
+            path: grpclib.const.Handler(wrap(path.rsplit("/", 1)[1], h.func), h.cardinality, h.request_type, h.reply_type)
+            for path, h in super().__mapping__().items()
+        }
+
+    @staticmethod
+    async def _recv(stream: Any) -> Any:
+        return await stream.recv_message()
+
+    def _function(self, function_id: str) -> FunctionRecord:
+        fn = self.s.functions.get(function_id)
+        if fn is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function {function_id} not found")
+        return fn
+
+    def _base(self, fn: FunctionRecord) -> FunctionRecord:
+        return self.s.functions[fn.base_id] if fn.base_id else fn
+
+    def _handle_metadata(self, app_id: str, definition: Any) -> api_pb2.FunctionHandleMetadata:
+        md = api_pb2.FunctionHandleMetadata(
+            function_name=definition.function_name,
+            function_type=definition.function_type,
+            app_id=app_id,
+            definition_id="de-" + hashlib.sha1(definition.function_name.encode()).hexdigest()[:12],
+            supported_input_formats=definition.supported_input_formats,
+            supported_output_formats=definition.supported_output_formats,
+            function_schema=definition.function_schema,
+        )
+        if hasattr(definition, "class_parameter_info"):
+            md.class_parameter_info.CopyFrom(definition.class_parameter_info)
+        for name, method in definition.method_definitions.items():
+            md.method_handle_metadata[name].CopyFrom(
+                api_pb2.FunctionHandleMetadata(
+                    function_name=method.function_name,
+                    function_type=method.function_type,
+                    app_id=app_id,
+                    is_method=True,
+                    use_method_name=name,
+                    function_schema=method.function_schema,
+                    supported_input_formats=method.supported_input_formats,
+                    supported_output_formats=method.supported_output_formats,
+                )
+            )
+        return md
+
+    def _deployed_app(self, app_name: str) -> AppRecord:
+        app_id = self.s.deployed.get(app_name)
+        if app_id is None:
+            raise GRPCError(Status.NOT_FOUND, f"App '{app_name}' not found")
+        return self.s.apps[app_id]
+
+    # --- client, environment ---------------------------------------------------
+
+    async def ClientHello(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(api_pb2.ClientHelloResponse())
+
+    async def EnvironmentGetOrCreate(self, stream: Any) -> None:
+        await self._recv(stream)
+        settings = api_pb2.EnvironmentSettings(image_builder_version="2025.06", webhook_suffix="standin")
+        await stream.send_message(
+            api_pb2.EnvironmentGetOrCreateResponse(
+                environment_id="en-standin", metadata=api_pb2.EnvironmentMetadata(name="main", settings=settings)
+            )
+        )
+
+    # --- apps ------------------------------------------------------------------
+
+    async def AppCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app_id = self._new_id("ap")
+        self.s.apps[app_id] = AppRecord(app_id, req.description, req.app_state)
+        await stream.send_message(
+            api_pb2.AppCreateResponse(
+                app_id=app_id,
+                app_page_url=f"https://modal.invalid/apps/{app_id}",
+                app_logs_url=f"https://modal.invalid/logs/{app_id}",
+            )
+        )
+
+    async def AppGetByDeploymentName(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        await stream.send_message(api_pb2.AppGetByDeploymentNameResponse(app_id=self.s.deployed.get(req.name, "")))
+
+    async def AppGetLayout(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app = self.s.apps[req.app_id]
+        layout = api_pb2.AppLayout(function_ids=app.function_ids, class_ids=app.class_ids)
+        await stream.send_message(api_pb2.AppGetLayoutResponse(app_layout=layout))
+
+    async def AppHeartbeat(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(Empty())
+
+    async def AppPublish(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app = self.s.apps[req.app_id]
+        app.state = req.app_state
+        app.function_ids = dict(req.function_ids)
+        app.class_ids = dict(req.class_ids)
+        if req.name:
+            app.name = req.name
+        if req.app_state == api_pb2.APP_STATE_DEPLOYED and req.name:
+            self.s.deployed[req.name] = app.app_id
+        await stream.send_message(
+            api_pb2.AppPublishResponse(url=f"https://modal.invalid/apps/{app.app_id}", deployed_at=time.time())
+        )
+
+    async def AppClientDisconnect(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app = self.s.apps.get(req.app_id)
+        if app is not None:
+            self.s.disconnects.append((req.app_id, req.reason, req.exception))
+            if app.state != api_pb2.APP_STATE_DEPLOYED:
+                app.state = api_pb2.APP_STATE_STOPPED
+                app.stopped.set()
+        await stream.send_message(Empty())
+
+    async def AppGetLogs(self, stream: Any) -> None:
+        # Only `modal.enable_output()` asks for logs. There are none; say "done" once the app stops.
+        req = await self._recv(stream)
+        app = self.s.apps.get(req.app_id)
+        if app is not None:
+            try:
+                await asyncio.wait_for(app.stopped.wait(), timeout=min(req.timeout, _OUTPUTS_WAIT_CAP))
+            except asyncio.TimeoutError:
+                return
+            await stream.send_message(api_pb2.TaskLogsBatch(app_done=True))
+
+    # --- images and mounts: everything is "already built" ----------------------
+
+    async def ImageGetOrCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        digest = hashlib.sha1(req.image.SerializeToString(deterministic=True)).hexdigest()[:16]
+        self.s.images.append(req)
+        py = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+        await stream.send_message(
+            api_pb2.ImageGetOrCreateResponse(
+                image_id="im-" + digest,
+                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+                metadata=api_pb2.ImageMetadata(python_version_info=py, image_builder_version=req.builder_version),
+            )
+        )
+
+    async def MountBatchedCheckExistence(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(api_pb2.MountBatchedCheckExistenceResponse())  # nothing missing
+
+    async def MountPutFile(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=True))
+
+    async def MountGetOrCreate(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(
+            api_pb2.MountGetOrCreateResponse(mount_id=self._new_id("mo"), handle_metadata=api_pb2.MountHandleMetadata())
+        )
+
+    # --- functions and classes -------------------------------------------------
+
+    async def FunctionPrecreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        function_id = req.existing_function_id or self._new_id("fu")
+        md = self._handle_metadata(req.app_id, req)
+        self.s.functions[function_id] = FunctionRecord(function_id, req.app_id, req.function_name, metadata=md)
+        await stream.send_message(api_pb2.FunctionPrecreateResponse(function_id=function_id, handle_metadata=md))
+
+    async def FunctionCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        if req.HasField("function"):
+            definition = req.function
+            function_data = api_pb2.FunctionData(
+                ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=req.function)]
+            )
+            function = req.function
+        else:
+            definition = req.function_data
+            function_data = req.function_data
+            function = req.function_data.ranked_functions[0].function
+        common = _read_common(definition)
+        function_id = req.existing_function_id or self._new_id("fu")
+        md = self._handle_metadata(req.app_id, definition)
+        self.s.functions[function_id] = FunctionRecord(
+            function_id,
+            req.app_id,
+            common["function_name"],
+            module_name=common["module_name"],
+            timeout=common["timeout"],
+            gpus=_gpus_of(req),
+            metadata=md,
+            definition=definition,
+        )
+        await stream.send_message(
+            api_pb2.FunctionCreateResponse(
+                function_id=function_id, function=function, function_data=function_data, handle_metadata=md
+            )
+        )
+
+    async def ClassCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        class_id = req.existing_class_id or self._new_id("cs")
+        await stream.send_message(
+            api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata())
+        )
+
+    async def ClassGet(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app = self._deployed_app(req.app_name)
+        class_id = app.class_ids.get(req.object_tag)
+        if class_id is None:
+            raise GRPCError(Status.NOT_FOUND, f"Class '{req.object_tag}' not found in app '{req.app_name}'")
+        await stream.send_message(
+            api_pb2.ClassGetResponse(class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata())
+        )
+
+    async def FunctionGet(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        app = self._deployed_app(req.app_name)
+        function_id = app.function_ids.get(req.object_tag)
+        if function_id is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function '{req.object_tag}' not found in app '{req.app_name}'")
+        fn = self._function(function_id)
+        data = fn.definition if isinstance(fn.definition, api_pb2.FunctionData) else None
+        if data is None:
+            data = api_pb2.FunctionData(
+                ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=fn.definition)]
+            )
+        await stream.send_message(
+            api_pb2.FunctionGetResponse(function_id=function_id, handle_metadata=fn.metadata, function=data)
+        )
+
+    async def FunctionBindParams(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        base = self._function(req.function_id)
+        key = req.function_id.encode() + req.serialized_params + req.function_options.SerializeToString(deterministic=True)
+        bound_id = "fu-bound-" + hashlib.sha1(key).hexdigest()[:16]
+        if bound_id not in self.s.functions:
+            info = base.metadata.class_parameter_info
+            if info.format == api_pb2.ClassParameterInfo.PARAM_SERIALIZATION_FORMAT_PROTO:
+                params = deserialize_proto_params(req.serialized_params)
+            elif req.serialized_params:
+                args, kwargs = deserialize(req.serialized_params, None)
+                if args:
+                    raise GRPCError(Status.INVALID_ARGUMENT, "the stand-in takes keyword parameters only")
+                params = dict(kwargs)
+            else:
+                params = {}
+            options = api_pb2.FunctionOptions()
+            options.CopyFrom(req.function_options)
+            gpus = base.gpus
+            if options.HasField("resources") and options.resources.gpu_config.gpu_type:
+                gpus = [options.resources.gpu_config.gpu_type]
+            self.s.functions[bound_id] = FunctionRecord(
+                bound_id,
+                base.app_id,
+                base.tag,
+                module_name=base.module_name,
+                timeout=float(options.timeout_secs) if options.timeout_secs else base.timeout,
+                gpus=gpus,
+                metadata=base.metadata,
+                definition=base.definition,
+                base_id=base.function_id,
+                params=params,
+                options=options if options.ByteSize() else None,
+            )
+        await stream.send_message(
+            api_pb2.FunctionBindParamsResponse(bound_function_id=bound_id, handle_metadata=base.metadata)
+        )
+
+    # --- calls -----------------------------------------------------------------
+
+    async def FunctionMap(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        fn = self._function(req.function_id)
+        app = self.s.apps.get(fn.app_id)
+        if app is not None and app.stopped.is_set():
+            raise GRPCError(Status.FAILED_PRECONDITION, f"App {app.app_id} is stopped")
+        call_id = self._new_id("fc")
+        items = []
+        for item in req.pipelined_inputs:
+            input_id = self._new_id("in")
+            tag = fn.tag[:-2] + "." + item.input.method_name if fn.is_class else fn.tag
+            call = Call(
+                call_id,
+                input_id,
+                fn.function_id,
+                tag,
+                dict(fn.params),
+                fn.options,
+                args_from_blob=bool(item.input.args_blob_id),
+                gpus=list(fn.gpus),
+            )
+            self.s.calls.append(call)
+            self.s.calls_by_id[call_id] = call
+            self.s.background(self._execute(call, fn, item.input))
+            items.append(api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt-" + input_id))
+        await stream.send_message(
+            api_pb2.FunctionMapResponse(function_call_id=call_id, pipelined_inputs=items, function_call_jwt="jwt-" + call_id)
+        )
+
+    async def FunctionGetOutputs(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        call = self.s.calls_by_id.get(req.function_call_id)
+        if call is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function call {req.function_call_id} not found")
+        try:
+            await asyncio.wait_for(call.done.wait(), timeout=max(0.0, min(req.timeout, _OUTPUTS_WAIT_CAP)))
+        except asyncio.TimeoutError:
+            pass
+        if call.output is None:
+            resp = api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1)
+        else:
+            resp = api_pb2.FunctionGetOutputsResponse(outputs=[call.output], num_unfinished_inputs=0)
+        await stream.send_message(resp)
+
+    async def _execute(self, call: Call, fn: FunctionRecord, inp: api_pb2.FunctionInput) -> None:
+        started = time.time()
+        data_format = inp.data_format or _PICKLE
+        base = self._base(fn)
+        injected = self.s.injections.pop(call.tag, None)
+        if injected is None and call.tag != base.tag:
+            injected = self.s.injections.pop(base.tag, None)
+        timeout = self.s.timeouts.get(call.tag, self.s.timeouts.get(base.tag, fn.timeout))
+
+        if injected is TIMEOUT:
+            result = self._timeout_result(call.tag, timeout)
+        else:
+            args_bytes = inp.args if inp.HasField("args") else (self.s.blobs[inp.args_blob_id] if inp.args_blob_id else b"")
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            thread = threading.Thread(
+                target=self._run_body,
+                args=(future, call, fn, base, inp.method_name, args_bytes, data_format, injected),
+                name=f"standin-{call.tag}",
+                daemon=True,
+            )
+            thread.start()
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=timeout)
+            except asyncio.TimeoutError:
+                # Like Modal, answer TIMEOUT; unlike Modal, the body is not killed (it is a thread).
+                result = self._timeout_result(call.tag, timeout)
+            else:
+                result = self._result(call, *outcome, data_format)
+        call.output = api_pb2.FunctionGetOutputsItem(
+            result=result,
+            idx=0,
+            input_id=call.input_id,
+            data_format=data_format,
+            task_id="ta-standin",
+            input_started_at=started,
+            output_created_at=time.time(),
+        )
+        call.done.set()
+
+    def _run_body(
+        self,
+        future: concurrent.futures.Future,
+        call: Call,
+        fn: FunctionRecord,
+        base: FunctionRecord,
+        method_name: str,
+        args_bytes: bytes,
+        data_format: int,
+        injected: BaseException | None,
+    ) -> None:
+        """In the "container" thread: deserialise, call the body via .local(), report (ok, value, traceback)."""
+        try:
+            args, kwargs = deserialize_data_format(args_bytes, data_format, None) if args_bytes else ((), {})
+            if injected is not None:
+                raise injected
+            module = sys.modules.get(base.module_name) or importlib.import_module(base.module_name)
+            if base.is_class:
+                with self.s.lock:
+                    obj = self.s.instances.get(fn.function_id)
+                    if obj is None:
+                        cls = getattr(module, base.tag[:-2])
+                        obj = self.s.instances[fn.function_id] = cls(**fn.params)
+                value = getattr(obj, method_name).local(*args, **kwargs)
+            else:
+                value = getattr(module, base.tag).local(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - a container reports everything
+            future.set_result((False, exc, "".join(traceback.format_exception(exc))))
+        else:
+            future.set_result((True, value, ""))
+
+    def _result(self, call: Call, ok: bool, value: Any, tb_text: str, data_format: int) -> api_pb2.GenericResult:
+        if ok:
+            try:
+                data = serialize_data_format(value, data_format)
+            except Exception as exc:  # noqa: BLE001
+                ok, value, tb_text = False, exc, "".join(traceback.format_exception(exc))
+            else:
+                return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS, **self._data(data))
+        serialized_tb, tb_line_cache = pickle_traceback(value, "ta-standin")
+        return api_pb2.GenericResult(
+            status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+            exception=repr(value),
+            traceback=tb_text,
+            serialized_tb=serialized_tb,
+            tb_line_cache=tb_line_cache,
+            **self._data(pickle_exception(value)),
+        )
+
+    def _timeout_result(self, tag: str, timeout: float | None) -> api_pb2.GenericResult:
+        return api_pb2.GenericResult(
+            status=api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT,
+            exception=f"Function '{tag}' timed out after {timeout} seconds (stand-in)",
+        )
+
+    def _data(self, data: bytes) -> dict[str, Any]:
+        if len(data) > MAX_OBJECT_SIZE_BYTES:
+            blob_id = self._new_id("bl")
+            self.s.blobs[blob_id] = data
+            self.s.blob_outputs.append(blob_id)
+            return {"data_blob_id": blob_id}
+        return {"data": data}
+
+    # --- blobs (the bytes travel over the stand-in's HTTP endpoint) -------------
+
+    async def BlobCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        blob_id = self._new_id("bl")
+        url = f"{self.s.http_url}/blob/{blob_id}"
+        await stream.send_message(
+            api_pb2.BlobCreateResponse(
+                blob_id=blob_id,
+                upload_url=url,
+                blob_ids=[blob_id],
+                upload_urls=api_pb2.UploadUrlList(items=[url]),
+            )
+        )
+
+    async def BlobGet(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        if req.blob_id not in self.s.blobs:
+            raise GRPCError(Status.NOT_FOUND, f"Blob {req.blob_id} not found")
+        await stream.send_message(api_pb2.BlobGetResponse(download_url=f"{self.s.http_url}/blob/{req.blob_id}"))
+
+    # --- volumes (VolumeFS v2; the files live in a directory per Volume) -------
+
+    def _volume_dir(self, volume_id: str) -> Path:
+        if not volume_id.startswith("vo-"):
+            raise GRPCError(Status.NOT_FOUND, f"Volume {volume_id} not found")
+        path = self.s.volume_dir(volume_id[3:])
+        if not path.is_dir():
+            raise GRPCError(Status.NOT_FOUND, f"Volume {volume_id[3:]!r} not found")
+        return path
+
+    @staticmethod
+    def _inside(root: Path, path: str) -> Path:
+        rel = PurePosixPath("/" + path.lstrip("/"))
+        target = (root / str(rel).lstrip("/")).resolve()
+        if target != root.resolve() and root.resolve() not in target.parents:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"path {path!r} leaves the Volume")
+        return target
+
+    async def VolumeGetOrCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        if req.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL or not req.deployment_name:
+            raise GRPCError(Status.UNIMPLEMENTED, "the stand-in has named Volumes only")
+        path = self.s.volume_dir(req.deployment_name)
+        if not path.is_dir():
+            if req.object_creation_type != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                raise GRPCError(Status.NOT_FOUND, f"Volume '{req.deployment_name}' not found")
+            path.mkdir(parents=True)
+        md = api_pb2.VolumeMetadata(version=api_pb2.VOLUME_FS_VERSION_V2, name=req.deployment_name)
+        await stream.send_message(
+            api_pb2.VolumeGetOrCreateResponse(
+                volume_id=_volume_id(req.deployment_name), version=api_pb2.VOLUME_FS_VERSION_V2, metadata=md
+            )
+        )
+
+    async def VolumeGetFile2(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        target = self._inside(self._volume_dir(req.volume_id), req.path)
+        if not target.is_file():
+            raise GRPCError(Status.NOT_FOUND, f"No such file: {req.path}")
+        size = target.stat().st_size
+        start = min(req.start, size)
+        length = size - start if not req.len else min(req.len, size - start)
+        urls = []
+        first, last = start // BLOCK_SIZE, (start + length - 1) // BLOCK_SIZE if length else start // BLOCK_SIZE - 1
+        for index in range(first, last + 1):
+            token = self._new_id("rd")
+            lo = max(start, index * BLOCK_SIZE)
+            hi = min(start + length, (index + 1) * BLOCK_SIZE)
+            self.s.reads[token] = (target, lo, hi - lo)
+            urls.append(f"{self.s.http_url}/read/{token}")
+        await stream.send_message(api_pb2.VolumeGetFile2Response(get_urls=urls, size=size, start=start, len=length))
+
+    async def VolumeListFiles2(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        root = self._volume_dir(req.volume_id)
+        target = self._inside(root, req.path)
+        if not target.exists():
+            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {req.path}")
+        if target.is_file():
+            found = [target]
+        else:
+            found = sorted(target.rglob("*") if req.recursive else target.iterdir())
+        entries = []
+        for p in found:
+            st = p.stat()
+            kind = api_pb2.FileEntry.FileType.DIRECTORY if p.is_dir() else api_pb2.FileEntry.FileType.FILE
+            entries.append(
+                api_pb2.FileEntry(
+                    path=p.relative_to(root).as_posix(), type=kind, mtime=int(st.st_mtime), size=st.st_size if p.is_file() else 0
+                )
+            )
+        for i in range(0, len(entries), 100):
+            await stream.send_message(api_pb2.VolumeListFiles2Response(entries=entries[i : i + 100]))
+        if not entries:
+            await stream.send_message(api_pb2.VolumeListFiles2Response())
+
+    async def VolumePutFiles2(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        root = self._volume_dir(req.volume_id)
+        missing = []
+        for fi, f in enumerate(req.files):
+            for bi, block in enumerate(f.blocks):
+                if block.contents_sha256 not in self.s.blocks:
+                    url = f"{self.s.http_url}/block/{block.contents_sha256.hex()}"
+                    missing.append(api_pb2.VolumePutFiles2Response.MissingBlock(file_index=fi, block_index=bi, put_url=url))
+        if missing:
+            await stream.send_message(api_pb2.VolumePutFiles2Response(missing_blocks=missing))
+            return
+        targets = [(f, self._inside(root, f.path)) for f in req.files]
+        if req.disallow_overwrite_existing_files:
+            for f, target in targets:
+                if target.exists():
+                    raise GRPCError(Status.ALREADY_EXISTS, f"{f.path}: already exists")
+        for f, target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = b"".join(self.s.blocks[b.contents_sha256] for b in f.blocks)[: f.size]
+            tmp = target.with_name(target.name + ".standin-tmp")
+            tmp.write_bytes(data.ljust(f.size, b"\0"))
+            if f.mode:
+                os.chmod(tmp, f.mode & 0o777)
+            os.replace(tmp, target)
+        await stream.send_message(api_pb2.VolumePutFiles2Response())
+
+    async def VolumeReload(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(Empty())
+
+    async def VolumeCommit(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(api_pb2.VolumeCommitResponse(skip_reload=True))
+
+
+def _unimplemented(name: str):
+    async def handler(self: Servicer, stream: Any) -> None:
+        self.s.unimplemented.append(name)
+        raise GRPCError(Status.UNIMPLEMENTED, f"the Modal stand-in does not implement {name}")
+
+    handler.__name__ = name
+    return handler
+
+
+for _name in sorted(ModalClientBase.__abstractmethods__):
+    if _name not in Servicer.__dict__:
+        setattr(Servicer, _name, _unimplemented(_name))
+Servicer.__abstractmethods__ = frozenset()
