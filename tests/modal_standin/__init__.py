@@ -1,9 +1,9 @@
 """A stand-in for Modal's API server, so that tests drive the real modal client offline.
 
-Use the ``modal_standin`` fixture (import it into the test module, or list this
-package in ``pytest_plugins``)::
+Use the ``modal_standin`` fixture (import the two fixture functions into the
+test module; pytest finds fixtures among a module's names)::
 
-    from modal_standin import modal_standin  # noqa: F401  (a fixture)
+    from modal_standin import standin_fixture, standin_server_fixture  # noqa: F401
 
     def test_manifest(modal_standin):
         with modal_app.app.run():
@@ -19,6 +19,14 @@ One server serves the whole session (a module-level Volume that the client
 has hydrated keeps its client and id across tests, as it would against Modal);
 each test starts from a reset state. See :class:`StandIn` for the hooks
 (``inject``, ``timeouts``, ``calls``, ``rpcs``, ``token``).
+
+What it does not model: image builds (every image is "built"), the input
+plane, retries, autoscaling (``max_containers`` does not serialise calls; each
+call runs in its own thread), Volume reload/commit semantics (the bodies see
+the directory directly, and ``modal.is_local()`` is True in them), ``@exit``.
+One instance per class variant (class parameters + ``with_options``) stands in
+for a warm container: its ``@enter`` runs once. A call that times out answers
+TIMEOUT but its thread runs on.
 """
 
 from __future__ import annotations
@@ -31,7 +39,15 @@ import pytest
 from .server import TOKEN, StandIn
 from .servicer import TIMEOUT, Call
 
-__all__ = ["TIMEOUT", "TOKEN", "Call", "StandIn", "modal_standin", "modal_standin_server", "reset_modal_client"]
+__all__ = [
+    "TIMEOUT",
+    "TOKEN",
+    "Call",
+    "StandIn",
+    "reset_modal_client",
+    "standin_fixture",
+    "standin_server_fixture",
+]
 
 
 def reset_modal_client() -> None:
@@ -62,8 +78,10 @@ def _client_fits(server: StandIn) -> bool:
     )
 
 
-@pytest.fixture(scope="session")
-def modal_standin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+@pytest.fixture(scope="session", name="modal_standin_server")
+def standin_server_fixture(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[StandIn]:
     """The session's stand-in server (use ``modal_standin`` in tests)."""
     server = StandIn(tmp_path_factory.mktemp("modal-standin")).start()
     try:
@@ -73,8 +91,10 @@ def modal_standin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         server.stop()
 
 
-@pytest.fixture
-def modal_standin(modal_standin_server: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+@pytest.fixture(name="modal_standin")
+def standin_fixture(
+    modal_standin_server: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StandIn]:
     """The stand-in, reset, with the modal client and $COLBERT_MODAL_VOLUME_PATH pointed at it."""
     from colbert_modal import modal_app
 

@@ -21,7 +21,7 @@ from grpclib.server import Server
 
 from .servicer import TIMEOUT, AppRecord, Call, FunctionRecord, Servicer
 
-__all__ = ["StandIn", "TIMEOUT"]
+__all__ = ["TIMEOUT", "StandIn"]
 
 TOKEN = ("ak-standin-token", "as-standin-secret")
 
@@ -143,7 +143,7 @@ class StandIn:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._start_servers())
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
             loop.close()
@@ -184,7 +184,7 @@ class StandIn:
     async def _put_blob(self, request: web.Request) -> web.Response:
         data = await request.read()
         self.blobs[request.match_info["blob_id"]] = data
-        return web.Response(headers={"ETag": '"%s"' % hashlib.md5(data).hexdigest()})
+        return web.Response(headers={"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
 
     async def _get_blob(self, request: web.Request) -> web.Response:
         data = self.blobs.get(request.match_info["blob_id"])

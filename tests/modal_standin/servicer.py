@@ -150,14 +150,22 @@ class Servicer(ModalClientBase):
                 token = self.s.token
                 if token is not None:
                     md = stream.metadata or {}
-                    if (md.get("x-modal-token-id"), md.get("x-modal-token-secret")) != token:
+                    if (
+                        md.get("x-modal-token-id"),
+                        md.get("x-modal-token-secret"),
+                    ) != token:
                         raise GRPCError(Status.UNAUTHENTICATED, "Token is invalid (stand-in)")
                 await func(stream)
 
             return handler
 
         return {
-            path: grpclib.const.Handler(wrap(path.rsplit("/", 1)[1], h.func), h.cardinality, h.request_type, h.reply_type)
+            path: grpclib.const.Handler(
+                wrap(path.rsplit("/", 1)[1], h.func),
+                h.cardinality,
+                h.request_type,
+                h.reply_type,
+            )
             for path, h in super().__mapping__().items()
         }
 
@@ -218,7 +226,8 @@ class Servicer(ModalClientBase):
         settings = api_pb2.EnvironmentSettings(image_builder_version="2025.06", webhook_suffix="standin")
         await stream.send_message(
             api_pb2.EnvironmentGetOrCreateResponse(
-                environment_id="en-standin", metadata=api_pb2.EnvironmentMetadata(name="main", settings=settings)
+                environment_id="en-standin",
+                metadata=api_pb2.EnvironmentMetadata(name="main", settings=settings),
             )
         )
 
@@ -311,7 +320,10 @@ class Servicer(ModalClientBase):
     async def MountGetOrCreate(self, stream: Any) -> None:
         await self._recv(stream)
         await stream.send_message(
-            api_pb2.MountGetOrCreateResponse(mount_id=self._new_id("mo"), handle_metadata=api_pb2.MountHandleMetadata())
+            api_pb2.MountGetOrCreateResponse(
+                mount_id=self._new_id("mo"),
+                handle_metadata=api_pb2.MountHandleMetadata(),
+            )
         )
 
     # --- functions and classes -------------------------------------------------
@@ -350,7 +362,10 @@ class Servicer(ModalClientBase):
         )
         await stream.send_message(
             api_pb2.FunctionCreateResponse(
-                function_id=function_id, function=function, function_data=function_data, handle_metadata=md
+                function_id=function_id,
+                function=function,
+                function_data=function_data,
+                handle_metadata=md,
             )
         )
 
@@ -366,7 +381,10 @@ class Servicer(ModalClientBase):
         app = self._deployed_app(req.app_name)
         class_id = app.class_ids.get(req.object_tag)
         if class_id is None:
-            raise GRPCError(Status.NOT_FOUND, f"Class '{req.object_tag}' not found in app '{req.app_name}'")
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"Class '{req.object_tag}' not found in app '{req.app_name}'",
+            )
         await stream.send_message(
             api_pb2.ClassGetResponse(class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata())
         )
@@ -376,7 +394,10 @@ class Servicer(ModalClientBase):
         app = self._deployed_app(req.app_name)
         function_id = app.function_ids.get(req.object_tag)
         if function_id is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function '{req.object_tag}' not found in app '{req.app_name}'")
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"Function '{req.object_tag}' not found in app '{req.app_name}'",
+            )
         fn = self._function(function_id)
         data = fn.definition if isinstance(fn.definition, api_pb2.FunctionData) else None
         if data is None:
@@ -390,7 +411,11 @@ class Servicer(ModalClientBase):
     async def FunctionBindParams(self, stream: Any) -> None:
         req = await self._recv(stream)
         base = self._function(req.function_id)
-        key = req.function_id.encode() + req.serialized_params + req.function_options.SerializeToString(deterministic=True)
+        key = (
+            req.function_id.encode()
+            + req.serialized_params
+            + req.function_options.SerializeToString(deterministic=True)
+        )
         bound_id = "fu-bound-" + hashlib.sha1(key).hexdigest()[:16]
         if bound_id not in self.s.functions:
             info = base.metadata.class_parameter_info
@@ -399,7 +424,10 @@ class Servicer(ModalClientBase):
             elif req.serialized_params:
                 args, kwargs = deserialize(req.serialized_params, None)
                 if args:
-                    raise GRPCError(Status.INVALID_ARGUMENT, "the stand-in takes keyword parameters only")
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT,
+                        "the stand-in takes keyword parameters only",
+                    )
                 params = dict(kwargs)
             else:
                 params = {}
@@ -451,9 +479,15 @@ class Servicer(ModalClientBase):
             self.s.calls.append(call)
             self.s.calls_by_id[call_id] = call
             self.s.background(self._execute(call, fn, item.input))
-            items.append(api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt-" + input_id))
+            items.append(
+                api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt-" + input_id)
+            )
         await stream.send_message(
-            api_pb2.FunctionMapResponse(function_call_id=call_id, pipelined_inputs=items, function_call_jwt="jwt-" + call_id)
+            api_pb2.FunctionMapResponse(
+                function_call_id=call_id,
+                pipelined_inputs=items,
+                function_call_jwt="jwt-" + call_id,
+            )
         )
 
     async def FunctionGetOutputs(self, stream: Any) -> None:
@@ -483,11 +517,22 @@ class Servicer(ModalClientBase):
         if injected is TIMEOUT:
             result = self._timeout_result(call.tag, timeout)
         else:
-            args_bytes = inp.args if inp.HasField("args") else (self.s.blobs[inp.args_blob_id] if inp.args_blob_id else b"")
+            args_bytes = (
+                inp.args if inp.HasField("args") else (self.s.blobs[inp.args_blob_id] if inp.args_blob_id else b"")
+            )
             future: concurrent.futures.Future = concurrent.futures.Future()
             thread = threading.Thread(
                 target=self._run_body,
-                args=(future, call, fn, base, inp.method_name, args_bytes, data_format, injected),
+                args=(
+                    future,
+                    call,
+                    fn,
+                    base,
+                    inp.method_name,
+                    args_bytes,
+                    data_format,
+                    injected,
+                ),
                 name=f"standin-{call.tag}",
                 daemon=True,
             )
@@ -536,7 +581,7 @@ class Servicer(ModalClientBase):
                 value = getattr(obj, method_name).local(*args, **kwargs)
             else:
                 value = getattr(module, base.tag).local(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - a container reports everything
+        except BaseException as exc:
             future.set_result((False, exc, "".join(traceback.format_exception(exc))))
         else:
             future.set_result((True, value, ""))
@@ -545,10 +590,17 @@ class Servicer(ModalClientBase):
         if ok:
             try:
                 data = serialize_data_format(value, data_format)
-            except Exception as exc:  # noqa: BLE001
-                ok, value, tb_text = False, exc, "".join(traceback.format_exception(exc))
+            except Exception as exc:
+                ok, value, tb_text = (
+                    False,
+                    exc,
+                    "".join(traceback.format_exception(exc)),
+                )
             else:
-                return api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS, **self._data(data))
+                return api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
+                    **self._data(data),
+                )
         serialized_tb, tb_line_cache = pickle_traceback(value, "ta-standin")
         return api_pb2.GenericResult(
             status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
@@ -576,7 +628,7 @@ class Servicer(ModalClientBase):
     # --- blobs (the bytes travel over the stand-in's HTTP endpoint) -------------
 
     async def BlobCreate(self, stream: Any) -> None:
-        req = await self._recv(stream)
+        await self._recv(stream)
         blob_id = self._new_id("bl")
         url = f"{self.s.http_url}/blob/{blob_id}"
         await stream.send_message(
@@ -624,7 +676,9 @@ class Servicer(ModalClientBase):
         md = api_pb2.VolumeMetadata(version=api_pb2.VOLUME_FS_VERSION_V2, name=req.deployment_name)
         await stream.send_message(
             api_pb2.VolumeGetOrCreateResponse(
-                volume_id=_volume_id(req.deployment_name), version=api_pb2.VOLUME_FS_VERSION_V2, metadata=md
+                volume_id=_volume_id(req.deployment_name),
+                version=api_pb2.VOLUME_FS_VERSION_V2,
+                metadata=md,
             )
         )
 
@@ -637,7 +691,10 @@ class Servicer(ModalClientBase):
         start = min(req.start, size)
         length = size - start if not req.len else min(req.len, size - start)
         urls = []
-        first, last = start // BLOCK_SIZE, (start + length - 1) // BLOCK_SIZE if length else start // BLOCK_SIZE - 1
+        first, last = (
+            start // BLOCK_SIZE,
+            (start + length - 1) // BLOCK_SIZE if length else start // BLOCK_SIZE - 1,
+        )
         for index in range(first, last + 1):
             token = self._new_id("rd")
             lo = max(start, index * BLOCK_SIZE)
@@ -662,7 +719,10 @@ class Servicer(ModalClientBase):
             kind = api_pb2.FileEntry.FileType.DIRECTORY if p.is_dir() else api_pb2.FileEntry.FileType.FILE
             entries.append(
                 api_pb2.FileEntry(
-                    path=p.relative_to(root).as_posix(), type=kind, mtime=int(st.st_mtime), size=st.st_size if p.is_file() else 0
+                    path=p.relative_to(root).as_posix(),
+                    type=kind,
+                    mtime=int(st.st_mtime),
+                    size=st.st_size if p.is_file() else 0,
                 )
             )
         for i in range(0, len(entries), 100):
@@ -678,7 +738,9 @@ class Servicer(ModalClientBase):
             for bi, block in enumerate(f.blocks):
                 if block.contents_sha256 not in self.s.blocks:
                     url = f"{self.s.http_url}/block/{block.contents_sha256.hex()}"
-                    missing.append(api_pb2.VolumePutFiles2Response.MissingBlock(file_index=fi, block_index=bi, put_url=url))
+                    missing.append(
+                        api_pb2.VolumePutFiles2Response.MissingBlock(file_index=fi, block_index=bi, put_url=url)
+                    )
         if missing:
             await stream.send_message(api_pb2.VolumePutFiles2Response(missing_blocks=missing))
             return
