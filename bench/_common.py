@@ -8,8 +8,10 @@ last; the parent collects those and prints ratios.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import random
 import resource
 import statistics
@@ -230,10 +232,10 @@ class StageTimer:
         wrap(ci.CollectionIndexer, "train", "kmeans_s")  # ragatouille replaces _train_kmeans itself
         wrap(residual.ResidualCodec, "compress", "compress_s")
         wrap(ci.CollectionIndexer, "finalize", "finalize_s")
-        # colbert_modal's PLAID builds encode with engine._encode_tokens (ids, lengths, ...)
-        from colbert_modal import engine
+        # colbert_modal's PLAID builds encode with engine.encoder.encode_tokens (ids, lengths, ...)
+        from colbert_modal.engine import encoder
 
-        wrap(engine, "_encode_tokens", "encode_s", count=True)
+        wrap(encoder, "encode_tokens", "encode_s", count=True)
         return self
 
     def __enter__(self) -> StageTimer:
@@ -242,6 +244,51 @@ class StageTimer:
     def __exit__(self, *exc: Any) -> None:
         for obj, name, orig in reversed(self._undo):
             setattr(obj, name, orig)
+
+
+def engine_source(rev: str, dest: Path) -> Path:
+    """Write ``colbert_modal.engine`` as it was at git revision ``rev`` under ``dest``; returns what
+    :func:`load_engine` takes: ``engine.py`` before the package split, the ``engine/`` folder after.
+
+    Revisions from before ``_hub`` became ``hub`` import the new name."""
+    def show(path: str) -> str:
+        text = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, check=True, capture_output=True,
+                              text=True).stdout
+        return re.sub(r"^(\s*from \.+)_hub import", r"\1hub import", text, flags=re.M)
+
+    names = subprocess.run(["git", "ls-tree", "--name-only", rev, "src/colbert_modal/"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    dest.mkdir(parents=True, exist_ok=True)
+    if "src/colbert_modal/engine.py" in names:
+        (dest / "engine.py").write_text(show("src/colbert_modal/engine.py"))
+        return dest / "engine.py"
+    files = subprocess.run(["git", "ls-tree", "--name-only", rev, "src/colbert_modal/engine/"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    (dest / "engine").mkdir(exist_ok=True)
+    for f in files:
+        if f.endswith(".py"):
+            (dest / "engine" / Path(f).name).write_text(show(f))
+    return dest / "engine"
+
+
+def load_engine(src: str | Path | None, name: str = "colbert_modal._engine_bench") -> Any:
+    """``colbert_modal.engine`` (``src`` None), or another revision's copy written by :func:`engine_source`,
+    loaded as module ``name`` of the installed package (so its relative imports find colbert_modal's modules)."""
+    if src is None:
+        from colbert_modal import engine
+
+        return engine
+    src = Path(src)
+    name = re.sub(r"[^\w.]", "_", name)
+    if src.is_dir():
+        spec = importlib.util.spec_from_file_location(name, src / "__init__.py", submodule_search_locations=[str(src)])
+    else:
+        spec = importlib.util.spec_from_file_location(name, src)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _w_write_ckpt(model: str, path: str) -> dict[str, Any]:

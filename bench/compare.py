@@ -63,7 +63,7 @@ def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, c
             enc["s"] += time.perf_counter() - t
 
     eng.Engine.encode_documents = timed  # type: ignore[method-assign]
-    eng._import_ragatouille()
+    eng.import_ragatouille()
     timer.install()
     idx = colbert_modal.ColbertIndexer(name, model=ckpt, index_root=root, backend=backend, max_tokens=max_tokens,
                                       progress=False, precision=precision)
@@ -76,7 +76,7 @@ def w_cm_index(pdfs: list[str], ckpt: str, root: str, name: str, backend: str, c
     stages = dict(timer.t) if backend == "plaid" else {"encode_s": enc["s"]}
     return {"import_s": t_import, "index_s": total, "load_s": t["discover"] + t["load"], "chunk_s": t["chunk"],
             "engine_s": t["encode_and_build"], "publish_s": t["publish"], "n_chunks": len(chunks),
-            "n_files": report.documents_total, "precision": [e.resolved_precision for e in eng._ENGINES.values()],
+            "n_files": report.documents_total, "precision": [eng.get_engine(ckpt, precision=precision).resolved_precision],
             **stages}
 
 

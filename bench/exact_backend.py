@@ -1,11 +1,11 @@
-"""Exact backend before/after: build and search memory and speed of two engine.py versions.
+"""Exact backend before/after: build and search memory and speed of two engine versions.
 
     nice -n 10 .venv/bin/python bench/exact_backend.py --model tiny --sizes 1000 2000
     nice -n 10 .venv/bin/python bench/exact_backend.py --before-rev HEAD~1   # another "before"
 
-"before" is ``src/colbert_modal/engine.py`` at a git revision (default c107e18, the
-engine before the exact-backend rework),
-loaded as a module of the installed package; "after" is the working tree.
+"before" is ``src/colbert_modal/engine.py`` (or the ``engine/`` package) at a git
+revision (default c107e18, the engine before the exact-backend rework),
+loaded as a module of the installed package (``_common.load_engine``); "after" is the working tree.
 Each (version, stage) runs in its own child process: build = encode + write
 the index (``Engine.build_exact``); search = open the index, then
 ``_common.measure_search`` (warm-ups, 20 timed single queries, 64 singles vs
@@ -19,10 +19,8 @@ match "before"'s exactly only with ``COLBERT_MODAL_PRECISION=fp32``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,22 +29,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import REPO, checkpoint, make_queries, measure_search, pick_pdfs, run_worker, worker_main  # noqa: E402
+from _common import (  # noqa: E402
+    checkpoint,
+    engine_source,
+    load_engine,
+    make_queries,
+    measure_search,
+    pick_pdfs,
+    run_worker,
+    worker_main,
+)
 from scaling import corpus  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
 
 def _engine_module(src: str | None) -> Any:
-    if src is None:
-        from colbert_modal import engine
-
-        return engine
-    spec = importlib.util.spec_from_file_location("colbert_modal._engine_bench", src)
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = mod  # type: ignore[union-attr]
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_engine(src)
 
 
 def w_build(src: str | None, ckpt: str, texts_file: str, dest: str, max_tokens: int) -> dict[str, Any]:
@@ -126,9 +125,7 @@ def main() -> None:
     ckpt = str(checkpoint(a.model))
     _common.PREFETCH.append(Path(ckpt))
     work = Path(tempfile.mkdtemp(prefix="cm-exact-"))
-    before = work / "engine_before.py"
-    before.write_text(subprocess.run(["git", "show", f"{a.before_rev}:src/colbert_modal/engine.py"], cwd=REPO,
-                                     check=True, capture_output=True, text=True).stdout)
+    before = engine_source(a.before_rev, work / "before")
     try:
         print(" chunks | version | build s | build RSS MB (base) | open s | p50 ms | p95 ms | batch64 s |"
               " search RSS MB (base) | same top-10")

@@ -39,11 +39,12 @@ def main() -> None:
     if a.kmeans_niters is not None:
         import colbert.indexing.collection_indexer as ci
 
-        from colbert_modal import engine
+        from colbert_modal.engine import clustering
 
-        faiss_kmeans, ours = ci.compute_faiss_kmeans, engine.kmeans
+        faiss_kmeans, ours = ci.compute_faiss_kmeans, clustering.kmeans
         ci.compute_faiss_kmeans = lambda dim, k, niters, *rest: faiss_kmeans(dim, k, min(niters, a.kmeans_niters), *rest)
-        engine.kmeans = lambda sample, k, niters, **kw: ours(sample, k, min(niters, a.kmeans_niters), **kw)
+        # the PLAID build patches call clustering.kmeans
+        clustering.kmeans = lambda sample, k, niters, **kw: ours(sample, k, min(niters, a.kmeans_niters), **kw)
 
     from colbert_modal.engine import Engine
 

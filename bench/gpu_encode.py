@@ -198,9 +198,9 @@ def main() -> None:
             rows.append(row("raw colbert-ai encode_passages (bsize 32, fp16 amp)", len(texts), int(sum(doclens)), s,
                             rep=rep))
         del embs, ck.mask
-        from colbert_modal.engine import _speed_up
+        from colbert_modal.engine.encoder import speed_up
 
-        _speed_up(ck)
+        speed_up(ck)
         for prec, eng in engines.items():
             for bsize in a.bsizes:
                 _reset_peak()

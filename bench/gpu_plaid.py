@@ -16,7 +16,7 @@ with word-shuffled copies) and the same checkpoint:
     (raw's measured tokens/s x the passages colbert-ai encodes), which bounds
     the ratio from above.
 ``cm``
-    inside ``engine._plaid_build_patches`` with ``engine._plaid_build_options``,
+    inside ``engine.plaid.plaid_build_patches`` with ``engine.plaid.plaid_build_options``,
     as ``Engine.build_plaid`` runs it (each passage encoded once by our
     encoder, our k-means on the GPU).
 
@@ -96,7 +96,7 @@ def plaid_build(side: str, ckpt: str, texts: list[str], root: Path, max_tokens: 
     from colbert.infra import ColBERTConfig, Run, RunConfig
 
     from _common import StageTimer
-    from colbert_modal import engine
+    from colbert_modal.engine import plaid
     from gpu_encode import _peak_gib, _reset_peak, _sync
 
     rag_index = import_rag_index()
@@ -111,8 +111,8 @@ def plaid_build(side: str, ckpt: str, texts: list[str], root: Path, max_tokens: 
         patches: Any = contextlib.nullcontext()
         options: dict[str, Any] = {"bsize": rag_index.PLAIDModelIndex._DEFAULT_INDEX_BSIZE}
     else:
-        patches = engine._plaid_build_patches("auto")
-        options = engine._plaid_build_options(device, len(texts))
+        patches = plaid.plaid_build_patches("auto")
+        options = plaid.plaid_build_options(device, len(texts))
     _reset_peak()
     index = rag_index.PLAIDModelIndex(config)
     # the timer first: our patches then call its wrappers (see StageTimer)

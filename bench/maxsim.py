@@ -14,9 +14,7 @@ version and top-10 agreement. ``0ff88f5`` is the flat float32 +
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,19 +34,12 @@ class _Engine:
 
 def _engine_module(rev: str | None):
     sys.path.insert(0, str(REPO / "src"))
-    if rev is None:
-        from colbert_modal import engine
+    sys.path.insert(0, str(REPO / "bench"))
+    from _common import engine_source, load_engine
 
-        return engine
-    src = subprocess.run(["git", "show", f"{rev}:src/colbert_modal/engine.py"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "engine_rev.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"colbert_modal.engine_{rev}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    if rev is None:
+        return load_engine(None)
+    return load_engine(engine_source(rev, Path(tempfile.mkdtemp())), f"colbert_modal._engine_{rev}")
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from colbert_modal import ColbertIndexer, ConfigurationError
 from colbert_modal import engine as engine_mod
-from colbert_modal.engine import check_precision, resolve_precision
+from colbert_modal.engine import check_precision, encoder, resolve_precision
+from colbert_modal.engine import precision as precision_mod
 
 # --- settings (no model) ---------------------------------------------------------
 
@@ -43,12 +44,12 @@ def test_check_precision_default_env_and_errors(monkeypatch: pytest.MonkeyPatch)
 def test_resolve_precision(
     monkeypatch: pytest.MonkeyPatch, asked: str, device: str, amx: bool, backend: str, expected: str
 ) -> None:
-    monkeypatch.setattr(engine_mod, "cpu_has_fast_bf16", lambda: amx)
+    monkeypatch.setattr(precision_mod, "cpu_has_fast_bf16", lambda: amx)
     assert resolve_precision(asked, device, backend=backend) == expected
 
 
 def test_cpu_probe_answers() -> None:
-    assert isinstance(engine_mod.cpu_has_fast_bf16(), bool)
+    assert isinstance(precision_mod.cpu_has_fast_bf16(), bool)
 
 
 # --- the real encoder ----------------------------------------------------------
@@ -165,7 +166,7 @@ def test_exact_index_float16_layout_ranks_like_float32(random_checkpoint: Path, 
 def test_batch_sizes_follow_the_device(random_checkpoint: Path) -> None:
     eng = engine_mod.Engine(random_checkpoint)
     assert eng.device == "cpu" and eng.doc_bsize == 32 and eng.encode_step == 256
-    assert engine_mod._doc_bsize("cuda") == 512
+    assert encoder.doc_bsize("cuda") == 512
 
 
 def test_exact_scores_are_brute_force_maxsim(random_checkpoint: Path, tmp_path: Path) -> None:
@@ -214,15 +215,15 @@ def test_document_encoding_matches_colbert_ai(random_checkpoint: Path) -> None:
             ref_e, ref_d = ckpt.docFromText(texts, bsize=4, keep_dims="flatten")
     finally:
         del ckpt.mask
-        engine_mod._speed_up(ckpt)
+        encoder.speed_up(ckpt)
     assert fast_d.tolist() == list(ref_d)
     assert fast_e.shape == tuple(ref_e.shape)
     np.testing.assert_allclose(fast_e.astype(np.float32), ref_e.numpy(), atol=2e-3)
     # the vectorised mask is colbert-ai's mask
     ids = torch.tensor([[101, 1, 1010, 2000, 0, 0], [101, 1012, 999, 5, 102, 0]])
     want = ColBERT.mask(ckpt, ids, skiplist=ckpt.skiplist)
-    assert engine_mod._vectorised_mask(ckpt, ids, ckpt.skiplist).tolist() == want
-    assert engine_mod._vectorised_mask(ckpt, ids, []).tolist() == ColBERT.mask(ckpt, ids, skiplist=[])
+    assert encoder.vectorised_mask(ckpt, ids, ckpt.skiplist).tolist() == want
+    assert encoder.vectorised_mask(ckpt, ids, []).tolist() == ColBERT.mask(ckpt, ids, skiplist=[])
 
 
 def test_segmented_maxsim_extension_compiles_only_when_called(random_checkpoint: Path) -> None:

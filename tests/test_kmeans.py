@@ -1,4 +1,4 @@
-"""PLAID's k-means (``engine.kmeans``) and how a PLAID build is routed to it."""
+"""PLAID's k-means (``engine.clustering.kmeans``) and how a PLAID build is routed to it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from colbert_modal import ColbertIndexer
-from colbert_modal import engine as engine_mod
-from colbert_modal.engine import kmeans
+from colbert_modal.engine import clustering, import_ragatouille, plaid
+from colbert_modal.engine.clustering import kmeans
 
 
 def blobs(n_per: int, centers: torch.Tensor, spread: float = 0.02, seed: int = 0) -> torch.Tensor:
@@ -66,12 +66,23 @@ def test_centroids_sit_on_clusters() -> None:
 
 
 def test_blocks_and_streamed_samples_give_the_same_centroids(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = blobs(300, CENTERS)  # 1,800 points
+    x = blobs(300, CENTERS)  # 1,800 float16 points
     whole = kmeans(x, 12, 5)
-    monkeypatch.setattr(engine_mod, "_KMEANS_BLOCK_BYTES", 1)  # blocks of 256 points
+    from_resident: list[bool] = []  # per block scored: a view of the copy made once?
+    real_addmm = torch.addmm
+
+    def spy(bias: torch.Tensor, pts: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        from_resident.append(pts._base is not None)
+        return real_addmm(bias, pts, c)
+
+    monkeypatch.setattr(torch, "addmm", spy)
+    monkeypatch.setattr(clustering, "_KMEANS_BLOCK_BYTES", 1)  # blocks of 256 points
     blocked = kmeans(x, 12, 5)
-    monkeypatch.setattr(engine_mod, "_KMEANS_RESIDENT_BYTES", 0)  # convert block by block
+    assert len(from_resident) == 5 * 6 and all(from_resident)  # 1,536 points trained on: 6 blocks per iteration
+    from_resident.clear()
+    monkeypatch.setattr(clustering, "_KMEANS_RESIDENT_BYTES", 0)  # convert block by block
     streamed = kmeans(x, 12, 5)
+    assert len(from_resident) == 5 * 6 and not any(from_resident)
     assert torch.allclose(whole, blocked, atol=1e-5) and torch.allclose(whole, streamed, atol=1e-5)
 
 
@@ -112,15 +123,15 @@ def test_rejects_empty_input() -> None:
 def test_gpu_route_patches_faiss_kmeans_and_restores_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU colbert-ai's faiss k-means (ragatouille's route from 75k passages)
     becomes ours, and ragatouille's 5 s faiss-cpu pause is skipped; all undone after."""
-    engine_mod._import_ragatouille()
+    import_ragatouille()
     import colbert.indexing.collection_indexer as ci
     import ragatouille.models.index as rag_index
     import ragatouille.models.torch_kmeans as rag_kmeans
     from colbert.indexing.collection_encoder import CollectionEncoder
 
     before = (ci.compute_faiss_kmeans, rag_kmeans.compute_pytorch_kmeans, rag_index.time, CollectionEncoder.encode_passages)
-    monkeypatch.setattr(engine_mod, "_cuda_available", lambda: True)
-    with engine_mod._plaid_build_patches("fp32"):
+    monkeypatch.setattr(plaid, "_cuda_available", lambda: True)
+    with plaid.plaid_build_patches("fp32"):
         assert ci.compute_faiss_kmeans is not before[0] and rag_kmeans.compute_pytorch_kmeans is not before[1]
         rag_index.time.sleep(5)  # returns at once
         x = blobs(50, CENTERS)
@@ -139,13 +150,13 @@ def test_small_plaid_build_clusters_with_ours(
     """Below FAISS_KMEANS_MIN_CHUNKS on a CPU, ragatouille would use fast_pytorch_kmeans
     (a centroids x points mask per iteration); the build must use ours instead."""
     calls: list[tuple[int, int, int]] = []
-    real = engine_mod.kmeans
+    real = clustering.kmeans
 
     def spy(sample: torch.Tensor, k: int, niters: int, **kw: object) -> torch.Tensor:
         calls.append((sample.shape[0], k, niters))
         return real(sample, k, niters, **kw)
 
-    monkeypatch.setattr(engine_mod, "kmeans", spy)
+    monkeypatch.setattr(clustering, "kmeans", spy)  # plaid calls clustering.kmeans
     idx = ColbertIndexer("km", model=colbert_checkpoint, index_root=tmp_path, backend="plaid", progress=False)
     idx.index([corpus_dir / "bestiary.pdf", corpus_dir / "atlas.pdf"])
     assert len(calls) == 1
@@ -161,14 +172,14 @@ def test_concurrent_plaid_builds_take_turns() -> None:
     import threading
     import time
 
-    engine_mod._import_ragatouille()
+    import_ragatouille()
     from colbert.indexing.collection_encoder import CollectionEncoder
 
     before = CollectionEncoder.encode_passages
     first_in, log = threading.Event(), []
 
     def build(name: str) -> None:
-        with engine_mod._plaid_build_patches("fp32"):
+        with plaid.plaid_build_patches("fp32"):
             log.append((name, "in", CollectionEncoder.encode_passages is not before))
             first_in.set()
             time.sleep(0.2)
