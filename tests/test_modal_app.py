@@ -18,7 +18,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from colbert_modal import modal_app, remote
+from colbert_modal import modal_app
+from colbert_modal.remote import VOLUME_MOUNT
+from colbert_modal.remote import server as remote
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.errors import IndexLockedError, IndexNotFoundError
 from colbert_modal.models import IndexInfo, IndexReport
@@ -65,7 +67,7 @@ def test_imports_without_torch_or_ragatouille() -> None:
         import colbert_modal.modal_app as m
         assert m.app.name == "colbert-modal"
         assert m.VOLUME_NAME == "colbert-modal-indexes"
-        import colbert_modal.remote
+        import colbert_modal.remote.client, colbert_modal.remote.server
         print("ok")
         """
     )
@@ -76,12 +78,12 @@ def test_imports_without_torch_or_ragatouille() -> None:
 
 def test_app_definitions() -> None:
     assert modal_app.app.name == "colbert-modal"
-    assert modal_app.GPU == ["L4", "A10G", "T4"]
+    assert modal_app.GPU == ["L4", "A10", "T4"]
     assert modal_app.SEARCH_GPU == modal_app.GPU
     assert modal_app.MODELS == [("colbert-ir/colbertv2.0", modal_app.DEFAULT_MODEL_REVISION)]
     rev = modal_app.DEFAULT_MODEL_REVISION
     assert len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
-    assert modal_app.VOLUME_PATH == remote.VOLUME_MOUNT == "/indexes"
+    assert modal_app.VOLUME_PATH == VOLUME_MOUNT == "/indexes"
 
 
 @pytest.mark.parametrize(
@@ -128,8 +130,9 @@ def test_volume_path_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_index_search_and_notice_new_generation(
-    volume: Path, colbert_checkpoint: Path, corpus_dir: Path, tmp_path: Path
+    volume: Path, colbert_checkpoint: Path, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLBERT_MODAL_REFRESH_INTERVAL", "3600")  # no time-based refresh during the test
     name = "papers"
     assert _remote_manifest(name) is None
 
@@ -158,7 +161,13 @@ def test_index_search_and_notice_new_generation(
     report2 = modal_app.Writer().apply.local(plan2, backend="exact")
     assert report2.chunks_written == 1
 
+    # Within the refresh interval a search container serves what it has loaded
+    # (bounded staleness: no Volume reload per search) ...
+    assert remote.DEFAULT_REFRESH_INTERVAL > 0
     hits = searcher.search_batch.local(["quantum kernel gpu"], k=1)
+    assert hits[0][0].source != str(extra / "quantum.txt") and searcher.generation.local() == 1
+    # ... and a client that has just published generation 2 reads its own write.
+    hits = searcher.search_batch.local(["quantum kernel gpu"], k=1, min_generation=2)
     assert hits[0][0].source == str(extra / "quantum.txt")
     assert searcher.generation.local() == 2
     assert searcher.search_batch.local([], k=3) == []

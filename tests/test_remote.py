@@ -23,7 +23,8 @@ import modal.config
 import modal.exception
 import pytest
 
-from colbert_modal import ColbertIndexer, remote
+from colbert_modal import ColbertIndexer
+from colbert_modal.remote import client as remote
 from colbert_modal.errors import (
     ColbertModalError,
     ConfigurationError,
@@ -119,8 +120,8 @@ def test_probe_accepts_a_listening_server(monkeypatch: pytest.MonkeyPatch) -> No
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setenv("MODAL_SERVER_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        remote._probe_server(2)
-    remote._probe_server(0)  # disabled
+        remote.probe_server(2)
+    remote.probe_server(0)  # disabled
 
 
 # --- choosing the session -------------------------------------------------------
@@ -128,17 +129,17 @@ def test_probe_accepts_a_listening_server(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_session_kind_selection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     indexer = ColbertIndexer("docs", mode="remote", index_root=tmp_path)
-    assert remote._kind_for(indexer) == "ephemeral"
+    assert remote.session_kind(indexer.remote_app) == "ephemeral"
     monkeypatch.setenv("COLBERT_MODAL_DEPLOYED", "1")
-    assert remote._kind_for(indexer) == "deployed"
+    assert remote.session_kind(indexer.remote_app) == "deployed"
     monkeypatch.setenv("COLBERT_MODAL_REMOTE_APP", "InProcess")
-    assert remote._kind_for(indexer) == "inprocess"
+    assert remote.session_kind(indexer.remote_app) == "inprocess"
     indexer.remote_app = "ephemeral"  # type: ignore[attr-defined]
-    assert remote._kind_for(indexer) == "ephemeral"
+    assert remote.session_kind(indexer.remote_app) == "ephemeral"
     monkeypatch.setenv("COLBERT_MODAL_REMOTE_APP", "cloud")
-    del indexer.remote_app  # type: ignore[attr-defined]
+    indexer.remote_app = None
     with pytest.raises(ConfigurationError, match="COLBERT_MODAL_REMOTE_APP"):
-        remote._kind_for(indexer)
+        remote.session_kind(indexer.remote_app)
     with pytest.raises(ConfigurationError):
         remote.RemoteSession("cloud")
 
@@ -149,11 +150,10 @@ def test_deployed_session_uses_deployed_lookups_and_gpu_override(
     monkeypatch.setenv("COLBERT_MODAL_PROBE_TIMEOUT", "0")
     session = remote.RemoteSession("deployed", gpu="A100")
     try:
-        writer = session._cls("Writer")
-        assert session._cls("Writer") is writer  # cached
+        writer = session._handle("Writer", cls=True, options={"gpu": "A100"})
+        assert session._handle("Writer", cls=True, options={"gpu": "A100"}) is writer  # cached
         assert "Writer" in repr(writer)
-        assert session._function("manifest") is not None
-        assert session._searcher("docs") is session._searcher("docs")
+        assert session._handle("manifest", cls=False) is not None
         assert "deployed" in repr(session)
     finally:
         session.close()
@@ -175,8 +175,8 @@ def test_local_checkpoint_cannot_go_to_modal(
     session = indexer._remote_session
     for model in ("./ckpt", "~/ckpt", "/abs/ckpt"):
         with pytest.raises(ConfigurationError):
-            remote._check_remote_model(model, session)
-    remote._check_remote_model("colbert-ir/colbertv2.0", session)
+            remote.check_remote_model(model, session)
+    remote.check_remote_model("colbert-ir/colbertv2.0", session)
     indexer.close()
     assert session.closed
 
@@ -197,7 +197,7 @@ def test_local_checkpoint_cannot_go_to_modal(
 )
 def test_modal_errors_are_translated(exc: Exception, expected: type, text: str) -> None:
     with pytest.raises(expected, match=text) as info:
-        with remote._translated("searching 'docs'"):
+        with remote.translated("searching 'docs'"):
             raise exc
     assert info.value.__cause__ is exc
     assert type(info.value) is expected
@@ -207,7 +207,7 @@ def test_own_errors_pass_through() -> None:
     err = IndexNotFoundError("nope")
     assert remote.translate_error(err, "x") is err
     with pytest.raises(IndexNotFoundError):
-        with remote._translated("x"):
+        with remote.translated("x"):
             raise err
 
 

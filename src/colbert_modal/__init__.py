@@ -32,10 +32,12 @@ from .errors import (
     NoDocumentsError,
     NoTextLayerError,
     RemoteError,
+    RemoteTimeoutError,
     RemoteUnavailableError,
     SettingsMismatchError,
     UnsupportedFileTypeError,
 )
+
 # Everything else is imported on first use (PEP 562), so `import colbert_modal`
 # stays cheap: pydantic, pypdf, tokenizers, torch and modal load only when needed.
 _LAZY = {
@@ -112,6 +114,7 @@ __all__ = [
     "NoTextLayerError",
     "Page",
     "RemoteError",
+    "RemoteTimeoutError",
     "RemoteUnavailableError",
     "SearchResult",
     "SearchResults",

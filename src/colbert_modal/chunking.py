@@ -36,11 +36,21 @@ __all__ = [
     "Chunker",
     "Tokenizer",
     "WhitespaceTokenizer",
+    "default_overlap",
     "load_tokenizer",
 ]
 
 DEFAULT_MAX_TOKENS = 256
-DEFAULT_OVERLAP = 38  # ~15% of 256
+DEFAULT_OVERLAP = 38  # default_overlap(DEFAULT_MAX_TOKENS)
+
+
+def default_overlap(max_tokens: int) -> int:
+    """The overlap used when none is given: 15% of the chunk size.
+
+    >>> default_overlap(256)
+    38
+    """
+    return round(max_tokens * 0.15)
 _PAGE_JOIN = "\n\n"
 
 
@@ -98,8 +108,8 @@ def load_tokenizer(model: str | os.PathLike[str]) -> HFTokenizer:
         raise ModelLoadError(f"model {str(model)!r}: no such checkpoint directory")
     from .hub import resolve_hub_file
 
-    tj = resolve_hub_file(str(model), "tokenizer.json")
-    return HFTokenizer(_Tok.from_file(tj), str(model))
+    hub_file = resolve_hub_file(str(model), "tokenizer.json")
+    return HFTokenizer(_Tok.from_file(hub_file), str(model))
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ class Chunker:
         if max_tokens < 1:
             raise ConfigurationError(f"max_tokens must be positive, got {max_tokens}")
         if overlap is None:
-            overlap = round(max_tokens * 0.15)
+            overlap = default_overlap(max_tokens)
         if not 0 <= overlap < max_tokens:
             raise ConfigurationError(f"overlap must be in [0, max_tokens), got {overlap}")
         self.tokenizer = tokenizer
@@ -155,8 +165,7 @@ class Chunker:
             pos += len(page.text)
         text = "".join(text_parts)
 
-        position = 0
-        for lo, hi in self._windows(toks, text):
+        for position, (lo, hi) in enumerate(self._windows(toks, text)):
             start, end = toks[lo].start, toks[hi - 1].end
             yield Chunk(
                 id=f"{document.id}-{position:05d}",
@@ -168,7 +177,6 @@ class Chunker:
                 n_tokens=hi - lo,
                 metadata=dict(document.metadata),
             )
-            position += 1
 
     def _windows(self, toks: list[_Tok], text: str) -> Iterator[tuple[int, int]]:
         n = len(toks)

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,15 +29,14 @@ from .chunking import DEFAULT_MAX_TOKENS
 from .errors import (
     ColbertModalError,
     ConfigurationError,
-    DependencyMissingError,
     IndexLockedError,
     IndexNotFoundError,
-    ModalCredentialsError,
     NoDocumentsError,
     RemoteError,
     RemoteUnavailableError,
 )
 from .indexer import ColbertIndexer
+from .loaders import PasswordBook
 from .models import IndexInfo, IndexReport, SearchResult, SkippedFile
 from .store import default_index_root, list_indexes
 
@@ -87,7 +86,7 @@ class CliError(click.ClickException):
         if isinstance(exc, IndexNotFoundError):
             message = message.replace("index() first", "`colbert-modal index` first")
         super().__init__(message)
-        self.exit_code = exit_code_for(exc)
+        self.exit_code = exit_code_for(exc)  # type: ignore[misc]  # click declares it on the class
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -234,44 +233,7 @@ def parse_passwords(values: Sequence[str]) -> str | Mapping[str, str] | None:
             default = value
     if not by_file:
         return default
-    return _Passwords(by_file, default)
-
-
-class _Passwords(Mapping[str, str]):
-    """Passwords by file (path or bare name), with a fallback for every other PDF."""
-
-    def __init__(self, by_file: dict[str, str], default: str | None) -> None:
-        self._by_file = by_file
-        self._default = default
-
-    def _lookup(self, key: str) -> str | None:
-        if key in self._by_file:
-            return self._by_file[key]
-        path = Path(key)
-        for given, password in self._by_file.items():
-            if given == path.name:
-                return password
-            try:
-                if Path(given).expanduser().resolve() == path.expanduser().resolve():
-                    return password
-            except OSError:
-                continue
-        return self._default
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._lookup(key) is not None
-
-    def __getitem__(self, key: str) -> str:
-        password = self._lookup(key) if isinstance(key, str) else None
-        if password is None:
-            raise KeyError(key)
-        return password
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_file)
-
-    def __len__(self) -> int:
-        return len(self._by_file)
+    return PasswordBook(by_file, default)
 
 
 _STOPWORDS = frozenset(
@@ -660,16 +622,9 @@ def deploy() -> None:
 
 
 def _require_modal_credentials() -> None:
-    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
-        return
-    try:
-        from modal.config import config
-    except ImportError as exc:  # pragma: no cover - modal is a core dependency
-        raise DependencyMissingError("modal is not installed: pip install colbert-modal") from exc
-    if not (config.get("token_id") and config.get("token_secret")):
-        raise ModalCredentialsError(
-            "no Modal credentials: run `modal setup`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
-        )
+    from .remote.client import check_credentials
+
+    check_credentials()
 
 
 def main(args: Sequence[str] | None = None) -> NoReturn:

@@ -26,6 +26,7 @@ they cross into this library, with the original kept as ``__cause__``.
     ├── EngineError                          ragatouille/colbert-ai failed
     └── RemoteError                          the Modal side failed
         ├── ModalCredentialsError            no Modal token configured
+        ├── RemoteTimeoutError               a Modal function ran past its time limit
         └── RemoteUnavailableError           Modal cannot be reached / app missing
 
 Per-file :class:`LoadError` subclasses are normally not raised out of
@@ -57,6 +58,7 @@ __all__ = [
     "NoDocumentsError",
     "NoTextLayerError",
     "RemoteError",
+    "RemoteTimeoutError",
     "RemoteUnavailableError",
     "SettingsMismatchError",
     "UnsupportedFileTypeError",
@@ -169,6 +171,10 @@ class RemoteError(ColbertModalError):
 
 class ModalCredentialsError(RemoteError):
     """No Modal credentials are configured on this machine."""
+
+
+class RemoteTimeoutError(RemoteError):
+    """A Modal function (e.g. the index build) ran past its time limit; the message says how to raise it."""
 
 
 class RemoteUnavailableError(RemoteError):

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 
-__all__ = ["resolve_hub_file", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "resolve_hub_file", "resolve_model"]
+
+#: The model used when neither the caller, the index nor ``$COLBERT_MODAL_MODEL`` names one.
+DEFAULT_MODEL = "colbert-ir/colbertv2.0"
 
 _OFFLINE_HINT = (
     "If this machine is offline, download the checkpoint once elsewhere "

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from .chunking import DEFAULT_MAX_TOKENS, Chunker, load_tokenizer
+from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
 from .engine import BACKENDS, check_precision
-from .errors import ConfigurationError
+from .errors import ConfigurationError, IndexNotFoundError
+from .hub import DEFAULT_MODEL
 from .loaders import Passwords
-from .models import IndexInfo, IndexReport, SearchResult, SearchResults
-from .pipeline import Settings, UpdatePlan, apply_update, plan_deletion, plan_update
-from .store import Generation, IndexStore, Manifest, default_index_root, validate_index_name
+from .models import IndexInfo, IndexReport, SearchResult
+from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .search import LiveIndex, OpenGeneration, check_queries
+from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .remote.client import RemoteSession
 
 __all__ = ["DEFAULT_MODEL", "ColbertIndexer", "Mode"]
-
-DEFAULT_MODEL = "colbert-ir/colbertv2.0"
 Mode = Literal["local", "remote"]
 R = TypeVar("R")
 
@@ -118,6 +120,10 @@ class ColbertIndexer:
         indexes and queries (~2.5x faster indexing and batch search; PLAID
         builds stay float32), colbert-ai's float16 on a GPU, float32
         elsewhere. ``"fp32"`` or ``"bf16"`` force one.
+    remote_timeout:
+        Remote mode: seconds an index build may run on Modal before it is
+        stopped (default 2 hours, or ``$COLBERT_MODAL_TIMEOUT`` at deploy
+        time); past it, :class:`~colbert_modal.RemoteTimeoutError`.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class ColbertIndexer:
         gpu: str | None = None,
         remote_app: Literal["ephemeral", "deployed"] | None = None,
         precision: Literal["auto", "fp32", "bf16"] | None = None,
+        remote_timeout: float | None = None,
         verbose: bool = False,
     ) -> None:
         self.name = validate_index_name(name)
@@ -159,9 +166,9 @@ class ColbertIndexer:
         self.remote_app = remote_app
         self.precision = check_precision(precision)
         self.verbose = verbose
-        self._searcher: tuple[str, Any, list[Any]] | None = None
-        self._search_lock = threading.Lock()
-        self._remote_session: Any = None
+        self.remote_timeout = remote_timeout
+        self._live = LiveIndex(self.store, self._open_generation)
+        self._remote_session: RemoteSession | None = None
 
     def __repr__(self) -> str:
         return f"ColbertIndexer({self.name!r}, mode={self.mode!r}, index_root={str(self.index_root)!r})"
@@ -197,7 +204,7 @@ class ColbertIndexer:
         if max_tokens is None:
             max_tokens = manifest.max_tokens if manifest is not None else DEFAULT_MAX_TOKENS
         if overlap is None:
-            overlap = round(max_tokens * 0.15)
+            overlap = default_overlap(max_tokens)
         if not 0 <= overlap < max_tokens:
             raise ConfigurationError(f"overlap must be in [0, max_tokens), got {overlap}")
         return max_tokens, overlap
@@ -235,7 +242,7 @@ class ColbertIndexer:
 
         return wrap
 
-    # --- local -------------------------------------------------------------
+    # --- operations ----------------------------------------------------------
 
     @dispatchable
     def index(
@@ -259,6 +266,110 @@ class ColbertIndexer:
         with self.store.lock(self.lock_timeout):
             plan = self._plan(paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
             return self._apply_local(plan)
+
+    @index.remote_impl
+    def _index_remote(
+        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False
+    ) -> IndexReport:
+        """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
+        from .remote.client import check_remote_model
+
+        session = self._session()
+        if self._model_arg is not None:  # fail before any remote call
+            check_remote_model(self._settings(None, True).model, session)
+        manifest = session.manifest(self.name)
+        check_remote_model(self._settings(manifest, rebuild).model, session)
+        plan = self._plan(_as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+        if manifest is None and not plan.new_chunks:
+            raise nothing_to_index(plan)  # with the report; no GPU container started
+        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
+
+    @dispatchable
+    def delete(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> IndexReport:
+        """Remove the chunks of these files (or of everything under these folders)."""
+        paths = _as_path_list(paths)
+        with self.store.lock(self.lock_timeout):
+            gen = self.store.current()
+            plan = plan_deletion(paths, manifest=gen.manifest)
+            return self._apply_local(plan)
+
+    @delete.remote_impl
+    def _delete_remote(self, paths: Any) -> IndexReport:
+        from .remote import VOLUME_NAME
+
+        session = self._session()
+        manifest = session.manifest(self.name)
+        if manifest is None:
+            raise IndexNotFoundError(f"no index named {self.name!r} on the Modal Volume {VOLUME_NAME!r}")
+        plan = plan_deletion(_as_path_list(paths), manifest=manifest)
+        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
+
+    @dispatchable
+    def search(self, query: str, *, k: int = 10) -> list[SearchResult]:
+        """The ``k`` best passages for ``query``, best first (always a list)."""
+        return self.search_batch.local(_one_query(query), k=k)[0]
+
+    @search.remote_impl
+    def _search_remote(self, query: str, *, k: int = 10) -> list[SearchResult]:
+        return self.search_batch.remote(_one_query(query), k=k)[0]
+
+    @dispatchable
+    def search_batch(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
+        """One result list per query, in order (always a list of lists)."""
+        queries = check_queries(queries, k)
+        if not queries:
+            return []
+        return list(self._live.current().search_batch(queries, k))
+
+    @search_batch.remote_impl
+    def _search_batch_remote(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
+        queries = check_queries(queries, k)
+        if not queries:
+            return []
+        return list(self._session().search_batch(self.name, queries, k))
+
+    @dispatchable
+    def info(self) -> IndexInfo:
+        """What the index holds and how it was built."""
+        return self.store.current().info()
+
+    @info.remote_impl
+    def _info_remote(self) -> IndexInfo:
+        return self._session().info(self.name)
+
+    def drop(self) -> None:
+        """Delete this index from local disk entirely."""
+        self.store.destroy()
+        self._live.forget()
+
+    def pull(self, *, overwrite: bool = True) -> Path:
+        """Copy the index from the Modal Volume to ``index_root`` (then search it locally)."""
+        from .remote.client import pull
+
+        path = pull(self._session(), self.store, overwrite=overwrite, lock_timeout=self.lock_timeout)
+        self._live.forget()
+        return path
+
+    def push(self) -> None:
+        """Copy the local index to the Modal Volume (then search it remotely)."""
+        from .remote.client import push
+
+        push(self._session(), self.store.current())
+
+    def close(self) -> None:
+        """Release the loaded index and any open Modal session."""
+        self._live.forget()
+        session, self._remote_session = self._remote_session, None
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> ColbertIndexer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers -------------------------------------------------------------
 
     def _plan(
         self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool
@@ -296,175 +407,30 @@ class ColbertIndexer:
         finally:
             if bar is not None:
                 bar.close()
-        self._searcher = None
+        self._live.forget()
         return report
 
-    @index.remote_impl
-    def _index_remote(self, paths: Any, **kwargs: Any) -> IndexReport:
-        from . import remote
+    def _open_generation(self, gen_name: str) -> OpenGeneration:
+        gen = load_generation(self.store.generation_path(gen_name))
+        return OpenGeneration(gen, verbose=self.verbose, precision=self.precision)
 
-        return remote.index(self, _as_path_list(paths), **kwargs)
+    def _session(self) -> RemoteSession:
+        """This indexer's Modal session, opened (credentials checked first) on first use."""
+        from .remote.client import RemoteSession, session_kind
 
-    @dispatchable
-    def delete(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> IndexReport:
-        """Remove the chunks of these files (or of everything under these folders)."""
-        paths = _as_path_list(paths)
-        with self.store.lock(self.lock_timeout):
-            gen = self.store.current()
-            plan = plan_deletion(paths, manifest=gen.manifest, settings=self._settings(gen.manifest, False))
-            return self._apply_local(plan)
-
-    @delete.remote_impl
-    def _delete_remote(self, paths: Any) -> IndexReport:
-        from . import remote
-
-        return remote.delete(self, _as_path_list(paths))
-
-    @dispatchable
-    def search(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        """The ``k`` best passages for ``query``, best first (always a list)."""
-        if not isinstance(query, str):
-            raise ConfigurationError("search() takes one query string; use search_batch() for several")
-        return self.search_batch.local([query], k=k)[0]
-
-    @search.remote_impl
-    def _search_remote(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        if not isinstance(query, str):
-            raise ConfigurationError("search() takes one query string; use search_batch() for several")
-        from . import remote
-
-        return remote.search_batch(self, [query], k=k)[0]
-
-    @dispatchable
-    def search_batch(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
-        """One result list per query, in order (always a list of lists)."""
-        queries = _check_queries(queries, k)
-        if not queries:
-            return []
-        searcher, chunks = self._open()
-        hits = searcher.search(queries, k)
-        return [SearchResults(_to_results(h, chunks)) for h in hits]
-
-    @search_batch.remote_impl
-    def _search_batch_remote(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
-        from . import remote
-
-        return remote.search_batch(self, _check_queries(queries, k), k=k)
-
-    @dispatchable
-    def info(self) -> IndexInfo:
-        """What the index holds and how it was built."""
-        return info_from_generation(self.store.current())
-
-    @info.remote_impl
-    def _info_remote(self) -> IndexInfo:
-        from . import remote
-
-        return remote.info(self)
-
-    def drop(self) -> None:
-        """Delete this index from local disk entirely."""
-        self.store.destroy()
-        self._searcher = None
-
-    def pull(self, *, overwrite: bool = True) -> Path:
-        """Copy the index from the Modal Volume to ``index_root`` (then search it locally)."""
-        from . import remote
-
-        return remote.pull(self, overwrite=overwrite)
-
-    def push(self) -> None:
-        """Copy the local index to the Modal Volume (then search it remotely)."""
-        from . import remote
-
-        remote.push(self)
-
-    def close(self) -> None:
-        """Release the loaded index and any open Modal session."""
-        self._searcher = None
-        if self._remote_session is not None:
-            session, self._remote_session = self._remote_session, None
-            session.close()
-
-    def __enter__(self) -> ColbertIndexer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- helpers -------------------------------------------------------------
-
-    def _open(self) -> tuple[Any, list[Any]]:
-        """The searcher of the current generation, reopened if a newer one was published."""
-        with self._search_lock:
-            current = self.store.current_generation_name()
-            if current is None:
-                self.store.current()  # raises IndexNotFoundError with the message
-            if self._searcher is None or self._searcher[0] != current:
-                gen = self.store.current()
-                self._searcher = (current, *open_generation(gen, verbose=self.verbose, precision=self.precision))  # type: ignore[assignment]
-            _, searcher, chunks = self._searcher  # type: ignore[misc]
-            return searcher, chunks
-
-
-def open_generation(
-    gen: Generation, *, verbose: bool = False, precision: str | None = None
-) -> tuple[Any, list[Any]]:
-    from .engine import get_engine
-
-    chunks = gen.chunks()
-    engine = get_engine(gen.manifest.model, verbose=verbose, precision=precision)
-    searcher = engine.open(gen.engine_dir, gen.manifest.backend, [c.text for c in chunks])
-    return searcher, chunks
-
-
-def info_from_generation(gen: Generation) -> IndexInfo:
-    m = gen.manifest
-    return IndexInfo(
-        name=m.name,
-        path=str(gen.path.parent.parent),
-        model=m.model,
-        max_tokens=m.max_tokens,
-        overlap=m.overlap,
-        backend=m.backend,
-        documents=len(m.files),
-        chunks=m.n_chunks,
-        generation=m.generation,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
-        sources=sorted(m.files),
-    )
-
-
-def _to_results(hits: list[tuple[int, float]], chunks: list[Any]) -> list[SearchResult]:
-    out = []
-    for rank, (pid, score) in enumerate(hits, start=1):
-        c = chunks[pid]
-        out.append(
-            SearchResult(
-                rank=rank,
-                score=score,
-                text=c.text,
-                source=c.source,
-                pages=c.pages,
-                chunk_id=c.id,
-                document_id=c.document_id,
-                metadata=c.metadata,
+        session = self._remote_session
+        if session is None or session.closed:
+            session = RemoteSession(
+                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose
             )
-        )
-    return out
+            self._remote_session = session
+        return session
 
 
-def _check_queries(queries: Sequence[str], k: int) -> list[str]:
-    if isinstance(queries, str):
-        raise ConfigurationError("search_batch() takes a list of query strings; use search() for one")
-    queries = list(queries)
-    for q in queries:
-        if not isinstance(q, str) or not q.strip():
-            raise ConfigurationError(f"every query must be a non-empty string, got {q!r}")
-    if not isinstance(k, int) or k < 1:
-        raise ConfigurationError(f"k must be a positive integer, got {k!r}")
-    return queries
+def _one_query(query: str) -> list[str]:
+    if not isinstance(query, str):
+        raise ConfigurationError("search() takes one query string; use search_batch() for several")
+    return [query]
 
 
 def _as_path_list(paths: Any) -> list[str]:

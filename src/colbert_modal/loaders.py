@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import (
     CorruptFileError,
@@ -36,10 +37,13 @@ __all__ = [
     "PDF_SUFFIXES",
     "TEXT_SUFFIXES",
     "LoadResult",
+    "PasswordBook",
     "discover",
+    "hash_file",
     "iter_documents",
     "load_file",
     "load_paths",
+    "password_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,19 +157,61 @@ def _access_error(path: Path, exc: OSError) -> FileAccessError:
     return err
 
 
-def _password_for(path: Path, passwords: Passwords) -> str | None:
-    if passwords is None or isinstance(passwords, str):
-        return passwords
+class PasswordBook(Mapping[str, str]):
+    """Passwords by file (path or bare file name), with a fallback for every other PDF.
+
+    >>> book = PasswordBook({"a.pdf": "x"}, default="common")
+    >>> password_for(Path("/docs/a.pdf"), book), password_for(Path("/docs/b.pdf"), book)
+    ('x', 'common')
+    """
+
+    def __init__(self, by_file: Mapping[str, str], default: str | None = None) -> None:
+        self._by_file = dict(by_file)
+        self.default = default
+
+    def lookup(self, path: Path) -> str | None:
+        """The password for ``path``: by full path, by file name, else the fallback."""
+        found = _match_password(path, self._by_file)
+        return found if found is not None else self.default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.lookup(Path(key)) is not None
+
+    def __getitem__(self, key: str) -> str:
+        password = self.lookup(Path(key)) if isinstance(key, str) else None
+        if password is None:
+            raise KeyError(key)
+        return password
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_file)
+
+    def __len__(self) -> int:
+        return len(self._by_file)
+
+
+def _match_password(path: Path, passwords: Mapping[str, str]) -> str | None:
     for key in (str(path), path.name):
         if key in passwords:
             return passwords[key]
     for key, value in passwords.items():
+        if key == path.name:
+            return value
         try:
-            if Path(key).expanduser().resolve() == path.resolve():
+            if Path(key).expanduser().resolve() == path.expanduser().resolve():
                 return value
         except OSError:
             continue
     return None
+
+
+def password_for(path: Path, passwords: Passwords) -> str | None:
+    """The password to try for the PDF at ``path`` (see :class:`PasswordBook` for mappings)."""
+    if passwords is None or isinstance(passwords, str):
+        return passwords
+    if isinstance(passwords, PasswordBook):
+        return passwords.lookup(path)
+    return _match_password(path, passwords)
 
 
 def load_file(
@@ -208,7 +254,7 @@ def load_file(
         raise CorruptFileError(p, f"could not be read ({type(exc).__name__}: {exc})") from exc
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -299,7 +345,7 @@ def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) 
                 pages.append(Page(number=number, text=text))
             else:
                 empty.append(number)
-        metadata = _pdf_metadata(reader)
+        metadata: dict[str, Any] = dict(_pdf_metadata(reader))
 
     if not pages:
         if failed and not empty:
@@ -316,7 +362,7 @@ def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) 
         warnings.append(
             FileWarning(path=str(path), message=f"page(s) {_ranges(failed)} could not be read; indexed the other pages")
         )
-    digest = _hash_file(path)
+    digest = hash_file(path)
     metadata.update({"file_name": path.name, "page_count": n_pages, "type": "pdf"})
     return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
 
@@ -348,7 +394,8 @@ def _ranges(numbers: list[int]) -> str:
     """[1, 2, 3, 5] -> '1-3, 5'."""
     out: list[str] = []
     start = prev = numbers[0]
-    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+    tail: list[int | None] = [*numbers[1:], None]
+    for n in tail:
         if n is not None and n == prev + 1:
             prev = n
             continue
@@ -400,9 +447,9 @@ def _load_text(path: Path, *, warnings: list[FileWarning]) -> Document:
             pages.append(Page(number=number, text=_clean(text)))
     if not pages:
         raise EmptyDocumentError(path, "file holds only whitespace")
-    digest = _hash_file(path)
+    digest = hash_file(path)
     kind = "markdown" if path.suffix.lower() in (".md", ".markdown") else "text"
-    metadata = {"file_name": path.name, "type": kind, "encoding": encoding}
+    metadata: dict[str, Any] = {"file_name": path.name, "type": kind, "encoding": encoding}
     if len(pages) > 1:
         metadata["sections"] = len(pages)
     return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
@@ -430,7 +477,7 @@ def iter_documents(
     for path in files:
         notes: list[FileWarning] = []
         try:
-            doc = load_file(path, password=_password_for(path, passwords), warnings=notes)
+            doc = load_file(path, password=password_for(path, passwords), warnings=notes)
         except LoadError as exc:
             logger.info("skipped %s", exc)
             yield _skip(path, exc)

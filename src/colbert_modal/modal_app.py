@@ -1,7 +1,7 @@
 """The Modal app of remote mode: image, Volume and the GPU code.
 
 The only module of colbert_modal that imports modal at top level. It is kept
-thin: every body calls the server half of :mod:`colbert_modal.remote`, which
+thin: every body calls the server half, :mod:`colbert_modal.remote.server`, which
 uses the same pipeline and engine code as local mode.
 
 Deploy it (for ``COLBERT_MODAL_REMOTE_APP=deployed``) with::
@@ -19,6 +19,18 @@ for deployed apps, in your process for ephemeral ones):
 ``COLBERT_MODAL_MODELS``
     Hub models baked into the image, ``repo@revision`` comma-separated.
     Default: ``colbert-ir/colbertv2.0`` at a pinned revision.
+``COLBERT_MODAL_TIMEOUT``
+    Seconds an index build may run (default two hours); a single indexer
+    can raise it with ``ColbertIndexer(remote_timeout=...)``.
+``COLBERT_MODAL_WRITER_MEMORY`` / ``COLBERT_MODAL_WRITER_CPU``
+    The Writer's reservation in MiB / cores (default :data:`WRITER_MEMORY_MB`,
+    :data:`WRITER_CPU`); containers may burst above it.
+
+Both images install exact versions from the locks shipped next to this
+module (``image.lock``, ``image-client.lock``; ``scripts/lock-image``
+regenerates them) with a pinned uv. Neither installs modal: Modal mounts
+the client that deployed the app into every container (``/pkg``), and that
+copy comes first on the path.
 
 No torch or ragatouille import happens here: they exist only in the image
 (``with image.imports()``).
@@ -27,26 +39,31 @@ No torch or ragatouille import happens here: they exist only in the image
 # No `from __future__ import annotations` here: Modal's decorators read the
 # real annotation objects of modal.parameter() fields.
 import os
+from pathlib import Path
 
 import modal
 
-from colbert_modal import remote
 from colbert_modal.errors import IndexNotFoundError
+from colbert_modal.hub import DEFAULT_MODEL
+from colbert_modal.remote import APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, server
 
 MINUTES = 60  # seconds
 
-APP_NAME = remote.APP_NAME
-VOLUME_NAME = remote.VOLUME_NAME
-VOLUME_PATH = remote.VOLUME_MOUNT
+VOLUME_PATH = VOLUME_MOUNT
 MODELS_DIR = "/models"
-TORCH_EXTENSIONS_DIR = "/root/torch_extensions"
+#: colbert-ai's compiled extensions, one folder per device (``cuda``, ``cpu``):
+#: it has two different extensions named ``decompress_residuals_cpp`` (the
+#: CUDA one for indexing, a C++ one for CPU search) that would overwrite
+#: each other's build in one folder. See ``engine.prepare_environment``.
+TORCH_EXTENSIONS_ROOT = "/root/torch_extensions"
+IMAGE_LOCK = Path(__file__).with_name("image.lock")
+CLIENT_IMAGE_LOCK = Path(__file__).with_name("image-client.lock")
 
-DEFAULT_MODEL = "colbert-ir/colbertv2.0"
 DEFAULT_MODEL_REVISION = "c1e84128e85ef755c096a95bdb06b47793b13acf"
 #: Cheap GPUs with 16-24 GB that fit ColBERT (BERT-base) encoding at the
-#: engine's batch size (32 passages of <= 512 tokens); Modal takes the first
-#: one available.
-DEFAULT_GPUS = ["L4", "A10G", "T4"]
+#: engine's batch size; Modal takes the first one available. (Modal's GPU
+#: list names the A10 "A10"; "A10G" is its older alias.)
+DEFAULT_GPUS = ["L4", "A10", "T4"]
 #: Compute capabilities the CUDA extensions are compiled for at build time:
 #: T4 7.5, A100 8.0, A10G 8.6, L4/L40S 8.9, H100 9.0 (+PTX for newer cards).
 CUDA_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
@@ -100,7 +117,7 @@ def download_models(specs):
 
 def compile_extensions(model):
     """Image build step: load the model, build and search a tiny index (compiles colbert-ai's extensions)."""
-    print("warm-up hits:", remote.warm_up(model))
+    print("warm-up hits:", server.warm_up(model))
 
 
 # The base is NVIDIA's CUDA *devel* image: colbert-ai compiles its CUDA
@@ -112,30 +129,13 @@ image = (
     modal.Image.from_registry("nvidia/cuda:12.8.1-devel-ubuntu22.04", add_python="3.11")
     .entrypoint([])  # silence the CUDA image's banner
     .apt_install("git", "build-essential")
-    .uv_pip_install(
-        # The same pins as pyproject's `local` extra (plus an exact torch with CUDA 12.8).
-        "torch==2.8.0",
-        "ragatouille==0.0.9.post2",
-        "transformers>=4.57,<4.58",
-        "sentence-transformers<6",
-        "langchain>=0.3,<0.4",
-        "datasets<5",
-        "huggingface-hub>=0.24,<1",
-        "psutil",
-        "safetensors",
-        "ninja",
-        # The client half of colbert_modal (imported by this module).
-        "modal>=1.6,<1.7",
-        "pypdf>=5,<8",
-        "pydantic>=2.7,<3",
-        "tokenizers>=0.20,<0.23",
-        "click>=8.1,<9",
-        "tqdm>=4.66",
-    )
+    # pyproject's `local` extra and core dependencies, every package at the
+    # locked version (CUDA 12.8 torch), installed by a pinned uv.
+    .uv_pip_install(requirements=[str(IMAGE_LOCK)], uv_version=UV_VERSION)
     .env(
         {
             "COLBERT_MODAL_MODELS_DIR": MODELS_DIR,
-            "TORCH_EXTENSIONS_DIR": TORCH_EXTENSIONS_DIR,
+            "COLBERT_MODAL_TORCH_EXTENSIONS_ROOT": TORCH_EXTENSIONS_ROOT,
             "TORCH_CUDA_ARCH_LIST": CUDA_ARCH_LIST,
             "GIT_PYTHON_REFRESH": "quiet",
             "TOKENIZERS_PARALLELISM": "false",
@@ -155,6 +155,24 @@ image = (
     .add_local_python_source("colbert_modal")
 )
 
+#: For the light functions (manifest, info): the client's dependencies, no
+#: CUDA, no torch; starts in seconds where the GPU image takes far longer.
+client_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(requirements=[str(CLIENT_IMAGE_LOCK)], uv_version=UV_VERSION)
+    .env({"TOKENIZERS_PARALLELISM": "false"})
+    .add_local_python_source("colbert_modal")
+)
+
+#: Seconds an index build may run before Modal stops it.
+WRITER_TIMEOUT = int(os.environ.get("COLBERT_MODAL_TIMEOUT") or 120 * MINUTES)
+#: The Writer's memory reservation (MiB) and cores. PLAID builds peaked at
+#: 4.9 GB host memory at 10k chunks and 20 GB at 100k (BENCHMARKS.md); exact
+#: builds hold one batch of embeddings. 8 GiB covers ~40k chunks; containers
+#: may burst above the reservation, and larger builds should raise it.
+WRITER_MEMORY_MB = int(os.environ.get("COLBERT_MODAL_WRITER_MEMORY") or 8192)
+WRITER_CPU = float(os.environ.get("COLBERT_MODAL_WRITER_CPU") or 4.0)
+
 
 def _reload_volume():
     if not modal.is_local():  # pragma: no cover - inside a Modal container
@@ -166,25 +184,27 @@ def _commit_volume():
         volume.commit()
 
 
-@app.function(image=image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def manifest(index_name: str):
     """The published manifest of ``index_name`` as JSON, or None (for planning on the client)."""
     _reload_volume()
-    return remote.read_manifest(remote.volume_path(), index_name)
+    return server.read_manifest(server.volume_path(), index_name)
 
 
-@app.function(image=image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def info(index_name: str):
     """:class:`~colbert_modal.models.IndexInfo` of the published index."""
     _reload_volume()
-    return remote.read_info(remote.volume_path(), index_name)
+    return server.read_info(server.volume_path(), index_name)
 
 
 @app.cls(
     image=image,
     gpu=GPU,
     volumes={VOLUME_PATH: volume},
-    timeout=120 * MINUTES,
+    timeout=WRITER_TIMEOUT,
+    memory=WRITER_MEMORY_MB,
+    cpu=WRITER_CPU,
     scaledown_window=2 * MINUTES,
     # One writer container: writes to the Volume are serialised. Across apps
     # (two ephemeral runs), apply_update's base-generation check catches a
@@ -198,7 +218,7 @@ class Writer:
     def apply(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
         """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume."""
         _reload_volume()
-        report = remote.apply_plan(remote.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
+        report = server.apply_plan(server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
         _commit_volume()
         return report
 
@@ -206,7 +226,7 @@ class Writer:
     def adopt(self, index_name: str, upload: str):
         """Publish a generation that ``push()`` uploaded; commit the Volume."""
         _reload_volume()
-        result = remote.adopt_upload(remote.volume_path(), index_name, upload)
+        result = server.adopt_upload(server.volume_path(), index_name, upload)
         _commit_volume()
         return result
 
@@ -226,25 +246,25 @@ class Searcher:
 
     @modal.enter()
     def load(self):
-        self.server = remote.IndexServer(remote.volume_path(), self.index_name, reload=_reload_volume)
-        self.server.load_model()
-        if self.server.store.exists():
-            self.server.refresh()
+        self.index_server = server.IndexServer(server.volume_path(), self.index_name, reload=_reload_volume)
+        self.index_server.load_model()
+        if self.index_server.store.exists():
+            self.index_server.refresh()
 
     @modal.method()
-    def search_batch(self, queries, k: int = 10):
+    def search_batch(self, queries, k: int = 10, min_generation=None):
         """One result list per query; switches to a newer published generation first."""
-        return self.server.search_batch(queries, k)
+        return self.index_server.search_batch(queries, k, min_generation=min_generation)
 
     @modal.method()
     def generation(self):
         """The generation this container serves, after checking for a newer one."""
         try:
-            self.server.refresh()
+            self.index_server.refresh()
         except IndexNotFoundError:
             pass
-        return self.server.generation
+        return self.index_server.generation
 
     @modal.exit()
     def close(self):  # pragma: no cover - @modal.exit never runs locally
-        self.server.close()
+        self.index_server.close()

@@ -21,9 +21,9 @@ from typing import Any
 
 from .chunking import Chunker
 from .errors import IndexLockedError, NoDocumentsError, SettingsMismatchError
-from .loaders import Passwords, _hash_file, discover, iter_documents
+from .loaders import Passwords, discover, hash_file, iter_documents
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
-from .store import FileEntry, Generation, IndexStore, Manifest, now_iso
+from .store import FileEntry, IndexStore, Manifest, now_iso
 
 __all__ = [
     "Settings",
@@ -169,10 +169,9 @@ def plan_update(
     return plan
 
 
-def plan_deletion(
-    paths: Iterable[str | os.PathLike[str]], *, manifest: Manifest, settings: Settings
-) -> UpdatePlan:
+def plan_deletion(paths: Iterable[str | os.PathLike[str]], *, manifest: Manifest) -> UpdatePlan:
     """A plan that drops the chunks of ``paths`` (files, or folders: everything under them)."""
+    settings = Settings(manifest.model, manifest.max_tokens, manifest.overlap)
     plan = UpdatePlan(name=manifest.name, settings=settings, base_generation=manifest.generation)
     wanted = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
     remove: set[str] = set()
@@ -188,14 +187,21 @@ def plan_deletion(
 
 def _safe_hash(path: Path) -> str | None:
     try:
-        return _hash_file(path)
+        return hash_file(path)
     except OSError:
         return None
 
 
 def nothing_to_index(plan: UpdatePlan) -> NoDocumentsError:
     """The error for a plan that would create an index with nothing in it."""
-    report = IndexReport(index_name=plan.name, skipped=plan.skipped, warnings=plan.warnings, timings=plan.timings)
+    report = IndexReport(
+        index_name=plan.name,
+        skipped=plan.skipped,
+        warnings=plan.warnings,
+        timings=plan.timings,
+        chunks_written=0,
+        chunks_total=0,
+    )
     reasons = "; ".join(f"{s.path}: {s.reason}" for s in plan.skipped[:10]) or "no files given"
     return NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
 
@@ -207,7 +213,6 @@ def apply_update(
     engine_factory: Callable[[str], Any],
     backend: str = "auto",
     progress: Callable[[int], None] | None = None,
-    on_publish: Callable[[Generation], None] | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index in ``store``; call under ``store.lock()``.
 
@@ -277,21 +282,17 @@ def apply_update(
     if chosen == "exact":
         reuse = None
         if prev is not None and prev.manifest.backend == "exact" and not plan.rebuild and kept_chunks:
-            import numpy as np
+            from .engine import exact_reuse_from
 
             old_rows = {c.id: i for i, c in enumerate(prev_chunks)}
             mapping = [old_rows[c.id] for c in kept_chunks] + [-1] * len(plan.new_chunks)
-            embs = np.load(prev.engine_dir / "embeddings.npy", mmap_mode="r")
-            lens = np.load(prev.engine_dir / "doclens.npy")
-            reuse = (embs, lens, mapping)
+            reuse = exact_reuse_from(prev.engine_dir, mapping)
             written = len(plan.new_chunks)
         engine.build_exact(texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, progress=progress)
     else:
         engine.build_plaid(texts, [c.id for c in chunks], build_dir / "engine", max_tokens=plan.settings.max_tokens)
     t2 = time.perf_counter()
-    gen = store.publish(build_dir, manifest, chunks)
-    if on_publish is not None:
-        on_publish(gen)
+    store.publish(build_dir, manifest, chunks)
     t3 = time.perf_counter()
     return IndexReport(
         **report_base,

@@ -26,8 +26,10 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +42,7 @@ from .errors import (
     IndexStorageError,
     InvalidIndexNameError,
 )
-from .models import Chunk
+from .models import Chunk, IndexInfo
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,6 +51,9 @@ __all__ = [
     "IndexStore",
     "Manifest",
     "default_index_root",
+    "list_indexes",
+    "load_generation",
+    "now_iso",
     "validate_index_name",
 ]
 
@@ -164,6 +169,33 @@ class Generation:
     def chunks(self) -> list[Chunk]:
         return list(self.iter_chunks())
 
+    def info(self) -> IndexInfo:
+        """What this generation holds, as :class:`~colbert_modal.models.IndexInfo`."""
+        m = self.manifest
+        return IndexInfo(
+            name=m.name,
+            path=str(self.path.parent.parent),
+            model=m.model,
+            max_tokens=m.max_tokens,
+            overlap=m.overlap,
+            backend=m.backend,
+            documents=len(m.files),
+            chunks=m.n_chunks,
+            generation=m.generation,
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+            sources=sorted(m.files),
+        )
+
+
+def load_generation(path: Path) -> Generation:
+    """The generation stored in directory ``path`` (its ``manifest.json`` read and checked)."""
+    try:
+        data = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexStorageError(f"index generation {path} is damaged: manifest.json unreadable ({exc})") from exc
+    return Generation(path, Manifest.from_json(data))
+
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -195,12 +227,11 @@ class IndexStore:
             raise IndexNotFoundError(
                 f"no index named {self.name!r} under {self.root} (build it with index() first)"
             ) from None
-        gen_path = self.path / "generations" / gen_name
-        try:
-            data = json.loads((gen_path / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise IndexStorageError(f"index {self.name!r} is damaged: {gen_path} unreadable ({exc})") from exc
-        return Generation(gen_path, Manifest.from_json(data))
+        return load_generation(self.generation_path(gen_name))
+
+    def generation_path(self, gen_name: str) -> Path:
+        """Where the generation called ``gen_name`` (e.g. "g000003") lives."""
+        return self.path / "generations" / gen_name
 
     def current_generation_name(self) -> str | None:
         try:
@@ -214,8 +245,8 @@ class IndexStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / "generations").mkdir(exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True)
-            probe.close()
+            with tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True):
+                pass
         except OSError as exc:
             raise IndexStorageError(
                 f"index root {self.root} is not writable ({exc.strerror or exc}); "
@@ -268,11 +299,34 @@ class IndexStore:
         return max(nums, default=0) + 1
 
     def new_build_dir(self, number: int) -> Path:
-        """A scratch directory for generation ``number``; call under :meth:`lock`."""
-        path = self.path / "generations" / f".g{number:06d}-{os.getpid()}"
-        shutil.rmtree(path, ignore_errors=True)
+        """A scratch directory for generation ``number``; call under :meth:`lock`.
+
+        The name is unique even across machines that share the index root
+        (Modal containers on one Volume can have the same pid).
+        """
+        path = self.path / "generations" / f".g{number:06d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
+
+    def staging_dir(self) -> Path:
+        """A scratch directory to assemble a generation in before :meth:`adopt`; call under :meth:`lock`."""
+        return self.new_build_dir(0)
+
+    def adopt(self, directory: Path) -> Generation:
+        """Publish a complete generation directory (``manifest.json``, ``chunks.jsonl``,
+        ``engine/``) as this index's next generation; call under :meth:`lock`.
+
+        The directory is moved (it must be on the index root's filesystem);
+        its manifest is renamed and renumbered for this index.
+        """
+        manifest = load_generation(directory).manifest
+        manifest.name = self.name
+        manifest.generation = self.next_generation_number()
+        build = self.new_build_dir(manifest.generation)
+        build.rmdir()
+        os.replace(directory, build)
+        chunks = Generation(build, manifest).chunks()
+        return self.publish(build, manifest, chunks)
 
     def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk]) -> Generation:
         """Finish a build in ``build_dir`` and make it the current generation."""
@@ -321,16 +375,7 @@ def list_indexes(root: str | os.PathLike[str]) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and _NAME.match(p.name))
 
 
-try:  # POSIX
-    import fcntl
-
-    def _flock(fh: Any) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _funlock(fh: Any) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-except ImportError:  # pragma: no cover - Windows
+if sys.platform == "win32":  # pragma: no cover - Windows
     import msvcrt
 
     def _flock(fh: Any) -> None:
@@ -343,3 +388,12 @@ except ImportError:  # pragma: no cover - Windows
     def _funlock(fh: Any) -> None:
         fh.seek(0)
         msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:  # POSIX
+    import fcntl
+
+    def _flock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _funlock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -31,6 +31,7 @@ import os
 import string
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BASE_WORDS",
@@ -128,7 +129,7 @@ def write_tiny_checkpoint(
     )
     config.architectures = ["HF_ColBERT"]
     torch.manual_seed(seed)
-    bert = BertModel(config, add_pooling_layer=True)
+    bert: Any = BertModel(config, add_pooling_layer=True)
     linear = torch.nn.Linear(hidden_size, dim, bias=False)
     with torch.no_grad():
         torch.nn.init.normal_(bert.embeddings.word_embeddings.weight, std=1.0)
@@ -158,10 +159,10 @@ def write_tiny_checkpoint(
     return out
 
 
-def _layer_norms(bert: object) -> Iterator[object]:
+def _layer_norms(bert: Any) -> Iterator[Any]:
     import torch
 
-    for module in bert.modules():  # type: ignore[attr-defined]
+    for module in bert.modules():
         if isinstance(module, torch.nn.LayerNorm):
             yield module
 
@@ -174,9 +175,9 @@ def _colbert_metadata(path: Path, *, dim: int) -> dict[str, object]:
     ``model_name`` stays None so colbert-ai loads the local directory and
     never asks the hub.
     """
-    from colbert.infra import ColBERTConfig
+    from .engine import colbert_config
 
-    config = ColBERTConfig(
+    data = colbert_config(
         dim=dim,
         query_maxlen=32,
         doc_maxlen=256,
@@ -186,7 +187,6 @@ def _colbert_metadata(path: Path, *, dim: int) -> dict[str, object]:
         model_name=None,
         root=str(path / "experiments"),
     )
-    data = config.export()
     data["model_name"] = None
     data["meta"] = {"version": "colbert-v0.4", "written_by": "colbert_modal.testing"}
     return data

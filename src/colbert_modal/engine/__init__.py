@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigurationError, EngineError
 from . import exact, plaid
-from ._upstream import import_ragatouille
+from ._upstream import colbert_config, import_ragatouille
 from .clustering import kmeans
 from .encoder import Encoder
 from .exact import ExactIndex, Reuse
@@ -71,6 +71,7 @@ __all__ = [
     "SearchIndex",
     "check_precision",
     "choose_backend",
+    "colbert_config",
     "cpu_has_fast_bf16",
     "exact_reuse_from",
     "get_engine",

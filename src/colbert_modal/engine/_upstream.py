@@ -21,12 +21,37 @@ from typing import Any, NamedTuple
 
 from ..errors import DependencyMissingError
 
-__all__ = ["PlaidBuildTargets", "import_ragatouille", "plaid_build_targets", "quiet"]
+__all__ = [
+    "PlaidBuildTargets",
+    "colbert_config",
+    "extensions_dir",
+    "import_ragatouille",
+    "plaid_build_targets",
+    "quiet",
+]
 
 logger = logging.getLogger(__name__)
 
 
+def extensions_dir(root: str, cuda: bool) -> str:
+    """Where colbert-ai's extensions for one device are compiled and cached, under ``root``.
+
+    colbert-ai has two different extensions named ``decompress_residuals_cpp``
+    (``indexing/codecs/residual.py`` with a ``.cu``, ``search/index_storage.py``
+    with a ``.cpp`` only); in one ``TORCH_EXTENSIONS_DIR`` each build
+    overwrites the other and the next load compiles it again (100-130 s of
+    nvcc on a cold GPU container). One folder per device keeps both.
+    """
+    return os.path.join(root, "cuda" if cuda else "cpu")
+
+
 def _prepare_environment() -> None:
+    # Per-device extension caches where the Modal image asks for them (see extensions_dir).
+    root = os.environ.get("COLBERT_MODAL_TORCH_EXTENSIONS_ROOT")
+    if root:
+        import torch
+
+        os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir(root, bool(torch.cuda.is_available()))
     # colbert-ai imports GitPython, which fails without a git binary unless told to be quiet.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -128,3 +153,11 @@ def plaid_build_targets() -> PlaidBuildTargets:
     from colbert.indexing.collection_encoder import CollectionEncoder
 
     return PlaidBuildTargets(CollectionEncoder, collection_indexer, rag_kmeans, rag_index)
+
+
+def colbert_config(**fields: Any) -> dict[str, Any]:
+    """colbert-ai's full ``ColBERTConfig`` field set (``artifact.metadata``) with ``fields`` set."""
+    _prepare_environment()
+    from colbert.infra import ColBERTConfig
+
+    return dict(ColBERTConfig(**fields).export())

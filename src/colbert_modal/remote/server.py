@@ -1,0 +1,258 @@
+"""The container half of remote mode: apply a plan, adopt an upload, serve searches.
+
+Runs inside the Modal containers defined in :mod:`colbert_modal.modal_app`
+(or in this process through ``.local()``). It uses the same pipeline, store,
+search and engine code as local mode; only the index root differs (the
+Volume's mount path). Never imports modal: the Volume's reload and commit
+hooks are passed in by ``modal_app``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..chunking import Chunker, load_tokenizer
+from ..errors import IndexNotFoundError
+from ..models import IndexInfo, IndexReport, SearchResults
+from ..pipeline import Settings, UpdatePlan, apply_update, plan_update
+from ..search import LiveIndex, OpenGeneration, check_queries
+from ..store import IndexStore, load_generation
+from . import VOLUME_MOUNT
+
+__all__ = [
+    "DEFAULT_REFRESH_INTERVAL",
+    "IndexServer",
+    "adopt_upload",
+    "apply_plan",
+    "container_model",
+    "engine_factory",
+    "read_info",
+    "read_manifest",
+    "volume_path",
+    "warm_up",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a search container serves its loaded generation before it reloads
+#: the Volume to look for a newer one (``$COLBERT_MODAL_REFRESH_INTERVAL``).
+#: A reload costs more as the Volume's file count grows; a client that has
+#: just written an index passes ``min_generation`` and reads its own write.
+DEFAULT_REFRESH_INTERVAL = 5.0
+
+
+def volume_path() -> Path:
+    """The index root on the Volume: ``$COLBERT_MODAL_VOLUME_PATH``, else ``/indexes``.
+
+    Read at call time inside the Modal bodies, so tests (and ``inprocess``
+    sessions) can point it at a directory standing in for the Volume.
+    """
+    return Path(os.environ.get("COLBERT_MODAL_VOLUME_PATH") or VOLUME_MOUNT)
+
+
+def container_model(model: str) -> str:
+    """The checkpoint to load for ``model`` where this code runs.
+
+    Inside the image, hub ids baked in at build time live under
+    ``$COLBERT_MODAL_MODELS_DIR/<hub id>`` (pinned revision); those are used
+    so a container never downloads weights. Anything else is given to the
+    engine unchanged (a local checkpoint directory in ``.local()`` runs, or a
+    hub id fetched from the hub at first use).
+    """
+    base = os.environ.get("COLBERT_MODAL_MODELS_DIR")
+    if base:
+        baked = Path(base) / model
+        if (baked / "config.json").is_file():
+            return str(baked)
+    return model
+
+
+def engine_factory(verbose: bool = False) -> Callable[[str], Any]:
+    """``model -> engine`` for the container: hub ids load from the image's baked copy."""
+    from ..engine import get_engine
+
+    return lambda model: get_engine(container_model(model), verbose=verbose)
+
+
+def read_manifest(root: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The published manifest of index ``name`` under ``root`` as JSON, or None."""
+    store = IndexStore(root, name)
+    if not store.exists():
+        return None
+    return store.current().manifest.to_json()
+
+
+def read_info(root: str | os.PathLike[str], name: str) -> IndexInfo:
+    return IndexStore(root, name).current().info()
+
+
+def apply_plan(
+    root: str | os.PathLike[str], plan: UpdatePlan, *, backend: str = "auto", lock_timeout: float = 0.0
+) -> IndexReport:
+    """Carry out ``plan`` on the index under ``root``: the local-mode engine code, under the index lock.
+
+    ``apply_update`` checks ``plan.base_generation`` against what is
+    published (optimistic concurrency) and publishes the new generation
+    atomically, so readers never see a half-written index.
+    """
+    store = IndexStore(root, plan.name)
+    with store.lock(lock_timeout):
+        return apply_update(store, plan, engine_factory=engine_factory(), backend=backend)
+
+
+def adopt_upload(root: str | os.PathLike[str], name: str, upload: str) -> IndexInfo:
+    """Publish a generation that ``push`` uploaded to ``<name>/uploads/<upload>``.
+
+    Under the index lock: the upload becomes the next generation (numbered
+    after whatever is there) and is published atomically.
+    """
+    store = IndexStore(root, name)
+    staging = store.path / "uploads" / upload
+    if not (staging / "manifest.json").is_file():
+        raise IndexNotFoundError(f"upload {upload!r} of index {name!r} not found on the Volume")
+    with store.lock():
+        gen = store.adopt(staging)
+        shutil.rmtree(store.path / "uploads", ignore_errors=True)
+    return gen.info()
+
+
+class IndexServer:
+    """Serves searches of one index, noticing newly published generations.
+
+    Each call to :meth:`refresh` re-reads ``CURRENT`` (after ``reload``, the
+    Volume reload hook) and, if a newer generation was published, copies it
+    to container-local disk and opens it there. Working from a copy keeps no
+    file on the Volume open (``Volume.reload()`` refuses while files are
+    open) and keeps the engine's small writes (PLAID's checkpoint path)
+    off the Volume.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        name: str,
+        *,
+        reload: Callable[[], None] | None = None,
+        min_refresh_interval: float | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.store = IndexStore(root, name)
+        self._reload = reload
+        if min_refresh_interval is None:
+            min_refresh_interval = float(os.environ.get("COLBERT_MODAL_REFRESH_INTERVAL") or DEFAULT_REFRESH_INTERVAL)
+        self.min_refresh_interval = min_refresh_interval
+        self.verbose = verbose
+        self._cache = Path(tempfile.mkdtemp(prefix=f"colbert-modal-{name}-"))
+        self._live = LiveIndex(self.store, self._open_copy)
+        self._checked_at = float("-inf")
+
+    @property
+    def generation(self) -> int | None:
+        """The generation being served (None before an index is published)."""
+        loaded = self._live.loaded
+        return loaded.manifest.generation if loaded else None
+
+    def load_model(self, model: str | None = None) -> None:
+        """Load the model (the index's, or ``model``) so the first search is warm."""
+        if model is None:
+            manifest = read_manifest(self.store.root, self.store.name)
+            if manifest is None:
+                return
+            model = manifest["model"]
+        engine_factory(self.verbose)(model).rag  # noqa: B018 - loads the checkpoint
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Switch to the newest published generation; True if it changed."""
+        now = time.monotonic()
+        before = self._live.loaded
+        if not force and before is not None and now - self._checked_at < self.min_refresh_interval:
+            return False
+        self._checked_at = now
+        if self._reload is not None:
+            try:
+                self._reload()
+            except Exception as exc:  # keep serving what we have
+                logger.warning("Volume reload failed (%s: %s); serving the loaded generation", type(exc).__name__, exc)
+        return self._live.current() is not before
+
+    def _open_copy(self, gen_name: str) -> OpenGeneration:
+        dest = self._cache / gen_name
+        if not dest.exists():
+            tmp = self._cache / f".{gen_name}.{uuid.uuid4().hex[:8]}"
+            shutil.copytree(self.store.generation_path(gen_name), tmp)
+            os.replace(tmp, dest)
+        gen = load_generation(dest)
+        opened = OpenGeneration(gen, model=container_model(gen.manifest.model), verbose=self.verbose)
+        old = self._live.loaded
+        if old is not None and old.name != gen_name:
+            shutil.rmtree(self._cache / old.name, ignore_errors=True)
+        return opened
+
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None
+    ) -> list[SearchResults]:
+        """One result list per query. ``min_generation``: a client that has just published
+        that generation reads its own write (the refresh interval is skipped)."""
+        queries = check_queries(queries, k)
+        stale = min_generation is not None and (self.generation or 0) < min_generation
+        self.refresh(force=stale)
+        if not queries:
+            return []
+        opened = self._live.loaded
+        assert opened is not None
+        return opened.search_batch(queries, k)
+
+    def close(self) -> None:
+        self._live.forget()
+        shutil.rmtree(self._cache, ignore_errors=True)
+
+
+#: A few sentences for :func:`warm_up`: enough token embeddings for PLAID's k-means.
+_WARM_UP_TEXTS = [
+    "ColBERT encodes every passage into one vector per token.",
+    "Late interaction scores a query by summing maximum similarities.",
+    "PLAID compresses token embeddings into centroids and residuals.",
+    "Modal runs Python functions on GPUs in the cloud.",
+    "A Volume keeps files between container runs.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Search engines rank documents by their relevance to a query.",
+    "Chunking splits long documents into passages of bounded length.",
+]
+
+
+def warm_up(model: str, workdir: str | os.PathLike[str] | None = None) -> dict[str, int]:
+    """Build and search a tiny PLAID and exact index with ``model`` (image build step).
+
+    Loading the model and the first PLAID build/search compile colbert-ai's
+    C++/CUDA extensions into ``$TORCH_EXTENSIONS_DIR``; doing it at image
+    build time means a cold container spends no GPU time compiling.
+    Returns the number of hits per backend (a smoke test of the image).
+    """
+    hits: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        base = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        docs = base / "warm-up-docs"
+        docs.mkdir(parents=True, exist_ok=True)
+        for i, text in enumerate(_WARM_UP_TEXTS):
+            (docs / f"{i}.txt").write_text(text + "\n", encoding="utf-8")
+        settings = Settings(container_model(model), 64, 8)
+        chunker = Chunker(load_tokenizer(settings.model), max_tokens=settings.max_tokens, overlap=settings.overlap)
+        for backend in ("plaid", "exact"):
+            root = base / f"warm-up-{backend}"
+            plan = plan_update([docs], name="warm-up", settings=settings, manifest=None, chunker=chunker)
+            apply_plan(root, plan, backend=backend)
+            server = IndexServer(root, "warm-up")
+            try:
+                hits[backend] = len(server.search_batch(["late interaction search"], k=3)[0])
+            finally:
+                server.close()
+    return hits
