@@ -59,11 +59,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def colbert_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny lexical checkpoint, with the test corpus's words in its vocabulary."""
-    from colbert_modal.testing import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-colbert", extra_words=CORPUS_WORDS)
+def colbert_checkpoint_words() -> list[str]:
+    """The test corpus's words, whole tokens in the plugin's ``colbert_checkpoint`` (colbert_modal.testing)."""
+    return CORPUS_WORDS
 
 
 def write_corpus(folder: Path) -> Path:

@@ -66,3 +66,12 @@ def test_version_is_single_sourced() -> None:
     from importlib.metadata import version
 
     assert version("colbert-modal") == colbert_modal.__version__
+
+
+def test_suite_uses_the_plugin_checkpoint_with_its_own_words(colbert_checkpoint) -> None:
+    """The suite does not shadow the plugin's ``colbert_checkpoint``; it only adds words."""
+    import conftest
+
+    assert not hasattr(conftest, "colbert_checkpoint")
+    vocab = set((colbert_checkpoint / "vocab.txt").read_text(encoding="utf-8").split())
+    assert {"aardvark", "zeppelin", "[unused0]", "[unused1]"} <= vocab

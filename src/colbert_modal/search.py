@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import SearchIndex
-
 __all__ = ["LiveIndex", "OpenGeneration", "check_queries", "to_results"]
-
-Hits = list[tuple[int, float]]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -73,8 +68,6 @@ class OpenGeneration:
         verbose: bool = False,
         precision: str | None = None,
     ) -> None:
-        from .engine import get_engine
-
         self.generation = generation
         self.chunks = generation.chunks()
         engine = get_engine(model or generation.manifest.model, verbose=verbose, precision=precision)

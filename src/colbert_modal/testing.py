@@ -202,9 +202,21 @@ except ImportError:  # pragma: no cover - pytest is optional for the library
 if pytest is not None:
 
     @pytest.fixture(scope="session")
-    def colbert_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-        """A tiny lexical ColBERT checkpoint, written once per test session."""
-        return write_tiny_checkpoint(tmp_path_factory.mktemp("colbert-checkpoint") / "tiny-colbert")
+    def colbert_checkpoint_words() -> list[str]:
+        """Extra whole-word tokens for :func:`colbert_checkpoint`'s vocabulary.
+
+        Override it (session scope) in your ``conftest.py`` with the words your
+        test queries use, so they are single tokens rather than characters.
+        """
+        return []
+
+    @pytest.fixture(scope="session")
+    def colbert_checkpoint(tmp_path_factory: pytest.TempPathFactory, colbert_checkpoint_words: list[str]) -> Path:
+        """A tiny lexical ColBERT checkpoint, written once per test session
+        (with :func:`colbert_checkpoint_words` in its vocabulary)."""
+        return write_tiny_checkpoint(
+            tmp_path_factory.mktemp("colbert-checkpoint") / "tiny-colbert", extra_words=colbert_checkpoint_words
+        )
 
     @pytest.fixture
     def colbert_indexer(colbert_checkpoint: Path, tmp_path: Path):
