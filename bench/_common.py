@@ -44,6 +44,8 @@ MODELS = {
     "tiny": dict(lexical=True),
     "tiny-random": dict(lexical=False),
     "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, lexical=False),
+    # all-MiniLM-L6-v2's pretrained BERT + a seeded random orthogonal 384->128 head (bench/real_weights.py)
+    "real": dict(writer="real_weights.write_real_checkpoint"),
 }
 
 
@@ -292,9 +294,16 @@ def load_engine(src: str | Path | None, name: str = "colbert_modal._engine_bench
 
 
 def _w_write_ckpt(model: str, path: str) -> dict[str, Any]:
+    kwargs = dict(MODELS[model])
+    if "writer" in kwargs:  # a checkpoint made from real weights, by a bench module
+        import importlib
+
+        module, fn = kwargs.pop("writer").rsplit(".", 1)
+        getattr(importlib.import_module(module), fn)(path, **kwargs)
+        return {"path": path}
     from colbert_modal.testing import write_tiny_checkpoint
 
-    write_tiny_checkpoint(path, **MODELS[model])
+    write_tiny_checkpoint(path, **kwargs)
     return {"path": path}
 
 
