@@ -19,6 +19,8 @@ SRC = ROOT / "src" / "colbert_modal"
 #: Bottom first. A module may import only modules of a lower layer.
 LAYERS: list[list[str]] = [
     ["errors"],
+    ["display", "progress"],  # pure helpers: how hits look, where progress shows
+    ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub"],
     ["loaders", "chunking", "store"],

@@ -96,8 +96,8 @@ def test_snippet_and_pages() -> None:
     assert snippet.startswith("... ") and snippet.endswith(" ...")
     assert len(snippet) <= 80 + 8
     assert make_snippet("no match here", "zebra") == "no match here"
-    assert format_pages([3]) == "page 3"
-    assert format_pages([2, 1]) == "pages 1-2"
+    assert format_pages([3]) == "p. 3"
+    assert format_pages([2, 1]) == "pp. 1-2"
     assert format_pages([]) == ""
 
 
@@ -228,7 +228,7 @@ def test_settings_mismatch_is_usage_error(cli_index: SimpleNamespace) -> None:
 def test_search_text(cli_index: SimpleNamespace) -> None:
     result = invoke(["search", "kangaroo lantern", "--name", "docs", "--index-root", cli_index.root, "-k", "3"])
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("1. atlas.pdf  page 3  score ")
+    assert lines[0].startswith("1. atlas.pdf  p. 3  score ")
     assert lines[1].startswith("   kangaroo lantern meteor nebula origami. ")
     assert lines[1].endswith(" ...") and len(lines[1]) < 220
     assert sum(line[:1].isdigit() for line in lines) == 3

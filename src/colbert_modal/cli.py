@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import click
 
 from . import __version__
 from .chunking import DEFAULT_MAX_TOKENS
+from .display import format_pages, make_snippet, query_terms
 from .errors import (
     ColbertModalError,
     ConfigurationError,
@@ -38,9 +38,10 @@ from .errors import (
 from .indexer import ColbertIndexer
 from .loaders import PasswordBook
 from .models import IndexInfo, IndexReport, SearchResult, SkippedFile
+from .progress import should_show
 from .store import default_index_root, list_indexes
 
-__all__ = ["EXIT_CODES", "cli", "format_pages", "main", "make_snippet", "parse_passwords"]
+__all__ = ["EXIT_CODES", "cli", "format_pages", "main", "make_snippet", "parse_passwords", "query_terms"]
 
 #: Exit status of each kind of failure (most specific class first).
 EXIT_OK = 0
@@ -148,11 +149,8 @@ def _state() -> _State:
 
 
 def _progress() -> bool:
-    """Progress bars only when a person watches stderr."""
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+    """Progress bars only when a person watches stderr (never piped, never in CI)."""
+    return should_show(None, sys.stderr)
 
 
 def _indexer(name: str, *, index_root: Path | None, remote: bool = False, **kwargs: Any) -> ColbertIndexer:
@@ -234,85 +232,6 @@ def parse_passwords(values: Sequence[str]) -> str | Mapping[str, str] | None:
     if not by_file:
         return default
     return PasswordBook(by_file, default)
-
-
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from how in is it of on or that the this to was what when where which who why with".split()
-)
-
-
-def query_terms(query: str) -> list[str]:
-    """The words of ``query`` worth highlighting (lowercase, no stopwords, no duplicates).
-
-    >>> query_terms("What is late interaction in ColBERT?")
-    ['late', 'interaction', 'colbert']
-    """
-    terms: list[str] = []
-    for word in re.findall(r"\w+", query.lower()):
-        if len(word) > 1 and word not in _STOPWORDS and word not in terms:
-            terms.append(word)
-    return terms
-
-
-def make_snippet(
-    text: str, query: str, *, width: int = 200, highlight: Callable[[str], str] | None = None
-) -> str:
-    """About ``width`` characters of ``text`` around the first query word, query words highlighted.
-
-    Whitespace is collapsed; ``...`` marks cut ends; ``highlight`` wraps every
-    word that starts with a query word (the CLI passes bold ``click.style``).
-
-    >>> make_snippet("one two three four", "three", highlight=lambda w: f"[{w}]")
-    'one two [three] four'
-    >>> make_snippet("a " * 100 + "needle" + " b" * 100, "needle", width=20)
-    '... a a needle b b b ...'
-    """
-    flat = " ".join(text.split())
-    terms = query_terms(query)
-    pattern = (
-        re.compile(r"\b(?:" + "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)) + r")\w*", re.I)
-        if terms
-        else None
-    )
-    match = pattern.search(flat) if pattern is not None else None
-    if len(flat) <= width:
-        start, end = 0, len(flat)
-    else:
-        anchor = match.start() if match else 0
-        start = max(0, anchor - width // 3)
-        end = min(len(flat), start + width)
-        start = max(0, end - width)
-        if start > 0:  # do not cut a word in half
-            space = flat.find(" ", start, anchor if match else end)
-            start = space + 1 if space != -1 else start
-        if end < len(flat):
-            space = flat.rfind(" ", max(start, (match.end() if match else start)), end)
-            end = space if space != -1 else end
-    window = flat[start:end]
-    if pattern is not None and highlight is not None:
-        window = pattern.sub(lambda m: highlight(m.group(0)), window)
-    return ("... " if start > 0 else "") + window + (" ..." if end < len(flat) else "")
-
-
-def format_pages(pages: Sequence[int]) -> str:
-    """``[3]`` -> ``'page 3'``, ``[1, 2, 3, 5]`` -> ``'pages 1-3, 5'``.
-
-    >>> format_pages([1, 2, 3, 5])
-    'pages 1-3, 5'
-    """
-    if not pages:
-        return ""
-    nums = sorted(set(pages))
-    runs: list[str] = []
-    first = prev = nums[0]
-    for n in [*nums[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        runs.append(str(first) if first == prev else f"{first}-{prev}")
-        if n is not None:
-            first = prev = n
-    return ("page " if len(nums) == 1 else "pages ") + ", ".join(runs)
 
 
 # --- the commands -------------------------------------------------------------
@@ -427,10 +346,14 @@ def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str 
               help="How many passages to return.")
 @click.option("--width", type=click.IntRange(min=40), default=200, show_default=True,
               help="Characters of each passage to show (text output).")
+@click.option("--open", "open_best", is_flag=True,
+              help="Open the best hit's file in your viewer (PDFs at the hit's page where the viewer allows).")
 @index_root_option
 @remote_option
 @json_option
-def search(query: str, name: str, k: int, width: int, index_root: Path | None, remote: bool, as_json: bool) -> None:
+def search(
+    query: str, name: str, k: int, width: int, open_best: bool, index_root: Path | None, remote: bool, as_json: bool
+) -> None:
     """Search an index: the best passages for QUERY, best first.
 
     Prints rank, score, file, page(s) and a snippet around the first query
@@ -439,6 +362,11 @@ def search(query: str, name: str, k: int, width: int, index_root: Path | None, r
     """
     with _indexer(name, index_root=index_root, remote=remote) as indexer:
         results = indexer.search(query, k=k)
+    if open_best and results:
+        from .view import open_file
+
+        opened = open_file(results[0].source, results[0].page)
+        click.echo(f"Opened {opened}", err=True)
     if as_json:
         _echo_json([r.model_dump(mode="json") for r in results])
         return

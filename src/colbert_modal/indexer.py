@@ -15,6 +15,7 @@ from .hub import DEFAULT_MODEL
 from .loaders import Passwords
 from .models import IndexInfo, IndexReport, SearchResult
 from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .progress import Progress
 from .search import LiveIndex, OpenGeneration, check_queries
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
 
@@ -107,7 +108,8 @@ class ColbertIndexer:
     lock_timeout:
         Seconds to wait for another process writing the same index.
     progress:
-        Show progress bars (default: only when stderr is a terminal).
+        Show progress bars. Default: in a terminal (stderr is a TTY) and in
+        Jupyter, never when output is piped or ``$CI`` is set.
     gpu:
         Remote mode: the Modal GPU type (default: L4, falling back to A10G, T4).
     remote_app:
@@ -220,27 +222,9 @@ class ColbertIndexer:
     def _chunker(self, settings: Settings) -> Callable[[], Chunker]:
         return lambda: Chunker(load_tokenizer(settings.model), max_tokens=settings.max_tokens, overlap=settings.overlap)
 
-    def _show_progress(self) -> bool:
-        if self.progress is not None:
-            return self.progress
-        import sys
-
-        return sys.stderr.isatty()
-
-    def _file_progress(self) -> Callable[[Iterable[Any], int], Iterable[Any]] | None:
-        if not self._show_progress():
-            return None
-        from tqdm.auto import tqdm
-
-        def wrap(items: Iterable[Any], total: int) -> Iterable[Any]:
-            bar = tqdm(total=total, desc="loading", unit="file", leave=False)
-            for item in items:
-                if not hasattr(item, "message"):
-                    bar.update(1)
-                yield item
-            bar.close()
-
-        return wrap
+    def _progress(self) -> Progress:
+        """This call's stages, shown as bars where a person watches (see :mod:`colbert_modal.progress`)."""
+        return Progress(self.progress)
 
     # --- operations ----------------------------------------------------------
 
@@ -263,9 +247,13 @@ class ColbertIndexer:
         file path (or file name) to password.
         """
         paths = _as_path_list(paths)
+        progress = self._progress()
         with self.store.lock(self.lock_timeout):
-            plan = self._plan(paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
-            return self._apply_local(plan)
+            plan = self._plan(
+                paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+                progress=progress,
+            )
+            return self._apply_local(plan, progress)
 
     @index.remote_impl
     def _index_remote(
@@ -279,10 +267,14 @@ class ColbertIndexer:
             check_remote_model(self._settings(None, True).model, session)
         manifest = session.manifest(self.name)
         check_remote_model(self._settings(manifest, rebuild).model, session)
-        plan = self._plan(_as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+        progress = self._progress()
+        plan = self._plan(
+            _as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+            progress=progress,
+        )
         if manifest is None and not plan.new_chunks:
             raise nothing_to_index(plan)  # with the report; no GPU container started
-        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
+        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout, progress=progress)
 
     @dispatchable
     def delete(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> IndexReport:
@@ -291,7 +283,7 @@ class ColbertIndexer:
         with self.store.lock(self.lock_timeout):
             gen = self.store.current()
             plan = plan_deletion(paths, manifest=gen.manifest)
-            return self._apply_local(plan)
+            return self._apply_local(plan, self._progress())
 
     @delete.remote_impl
     def _delete_remote(self, paths: Any) -> IndexReport:
@@ -302,7 +294,7 @@ class ColbertIndexer:
         if manifest is None:
             raise IndexNotFoundError(f"no index named {self.name!r} on the Modal Volume {VOLUME_NAME!r}")
         plan = plan_deletion(_as_path_list(paths), manifest=manifest)
-        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
+        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout, progress=self._progress())
 
     @dispatchable
     def search(self, query: str, *, k: int = 10) -> list[SearchResult]:
@@ -372,7 +364,8 @@ class ColbertIndexer:
     # --- helpers -------------------------------------------------------------
 
     def _plan(
-        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool
+        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
+        progress: Progress,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -385,28 +378,22 @@ class ColbertIndexer:
             passwords=passwords,
             rebuild=rebuild,
             keep_missing=keep_missing,
-            progress=self._file_progress(),
+            progress=progress,
         )
 
-    def _apply_local(self, plan: UpdatePlan) -> IndexReport:
+    def _apply_local(self, plan: UpdatePlan, progress: Progress) -> IndexReport:
         from .engine import get_engine
 
-        bar = None
-        if self._show_progress() and plan.new_chunks:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(plan.new_chunks), desc="encoding", unit="chunk", leave=False)
         try:
             report = apply_update(
                 self.store,
                 plan,
                 engine_factory=lambda m: get_engine(m, verbose=self.verbose, precision=self.precision),
                 backend=self.backend,
-                progress=bar.update if bar is not None else None,
+                progress=progress,
             )
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
         self._live.forget()
         return report
 

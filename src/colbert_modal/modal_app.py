@@ -223,6 +223,22 @@ class Writer:
         return report
 
     @modal.method()
+    def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
+        """:meth:`apply` as a generator: progress events as they happen, then ``("result", report)``.
+
+        The client reads it with ``.remote_gen()`` (``.local()`` in tests) to
+        show the container's stages; see :func:`colbert_modal.remote.server.stream_apply`.
+        """
+        yield from server.stream_apply(
+            server.volume_path(),
+            plan,
+            backend=backend,
+            lock_timeout=lock_timeout,
+            reload=_reload_volume,
+            commit=_commit_volume,
+        )
+
+    @modal.method()
     def adopt(self, index_name: str, upload: str):
         """Publish a generation that ``push()`` uploaded; commit the Volume."""
         _reload_volume()

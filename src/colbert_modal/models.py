@@ -7,10 +7,11 @@ travel to and from Modal.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from . import display
 
 __all__ = [
     "Chunk",
@@ -80,26 +81,56 @@ class SearchResult(_Record):
         """The first page the passage comes from."""
         return self.pages[0] if self.pages else None
 
+    def page_image(self, dpi: float = 72, *, password: str | None = None) -> Any:
+        """The hit's first page as a PIL image, the passage's text highlighted where it is found.
 
-class SearchResults(list):  # list[SearchResult] that renders as a table in notebooks
-    """A plain ``list`` of :class:`SearchResult` that renders as a table in Jupyter."""
+        Needs the ``view`` extra (``pip install 'colbert-modal[view]'``),
+        else :class:`~colbert_modal.DependencyMissingError`. Raises
+        :class:`~colbert_modal.FileAccessError` if the file has moved since it
+        was indexed, :class:`~colbert_modal.ConfigurationError` for a hit from
+        a text file. ``password``: for an encrypted PDF.
+        """
+        from .errors import ConfigurationError
+        from .view import render_page
+
+        if self.page is None:
+            raise ConfigurationError(f"hit {self.chunk_id!r} has no page to show")
+        return render_page(self.source, self.page, self.text, dpi=dpi, password=password)
 
     def _repr_html_(self) -> str:
-        rows = []
-        for r in self:
-            snippet = r.text if len(r.text) <= 240 else r.text[:237] + "..."
-            pages = ",".join(str(p) for p in r.pages)
-            rows.append(
-                f"<tr><td>{r.rank}</td><td>{r.score:.2f}</td>"
-                f"<td>{html.escape(r.source)}</td><td>{pages}</td>"
-                f"<td>{html.escape(snippet)}</td></tr>"
-            )
-        return (
-            "<table><thead><tr><th>rank</th><th>score</th><th>source</th>"
-            "<th>pages</th><th>text</th></tr></thead><tbody>"
-            + "".join(rows)
-            + "</tbody></table>"
-        )
+        """In Jupyter: the page's thumbnail next to the hit's text (text only where no page can be drawn)."""
+        import io
+
+        from .errors import ColbertModalError
+
+        png = None
+        try:
+            image = self.page_image(dpi=40)
+        except ColbertModalError:
+            image = None
+        if image is not None:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG", optimize=True)
+            png = buf.getvalue()
+        return display.result_html(self, None, png)
+
+
+class SearchResults(list):  # list[SearchResult] that renders as a table in notebooks
+    """A plain ``list`` of :class:`SearchResult` that renders as a table in Jupyter.
+
+    ``query`` is the query the hits answer (set by ``search`` and
+    ``search_batch``; it survives pickling, and list equality ignores it).
+    """
+
+    query: str | None = None
+
+    def __init__(self, hits: Any = (), query: str | None = None) -> None:
+        super().__init__(hits)
+        if query is not None:
+            self.query = query
+
+    def _repr_html_(self) -> str:
+        return display.results_html(self, self.query)
 
 
 class SkippedFile(_Record):
@@ -143,6 +174,10 @@ class IndexReport(_Record):
     @property
     def files_skipped(self) -> list[SkippedFile]:
         return self.skipped
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the counts, then tables of the skipped and the warned files."""
+        return display.report_html(self)
 
 
 class IndexInfo(_Record):

@@ -23,6 +23,7 @@ from .chunking import Chunker
 from .errors import IndexLockedError, NoDocumentsError, SettingsMismatchError
 from .loaders import Passwords, discover, hash_file, iter_documents
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
+from .progress import Progress
 from .store import FileEntry, IndexStore, Manifest, now_iso
 
 __all__ = [
@@ -92,14 +93,20 @@ def plan_update(
     passwords: Passwords = None,
     rebuild: bool = False,
     keep_missing: bool = False,
-    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None,
+    progress: Progress | None = None,
 ) -> UpdatePlan:
-    """Decide what changed under ``paths`` and load/chunk just that."""
+    """Decide what changed under ``paths`` and load/chunk just that.
+
+    ``progress`` shows the stages: discovering, loading (files), chunking (files).
+    """
     check_settings(manifest, settings, rebuild=rebuild)
+    progress = progress if progress is not None else Progress(False)
     t0 = time.perf_counter()
     plan = UpdatePlan(name=name, settings=settings, base_generation=manifest.generation if manifest else 0, rebuild=rebuild)
     old = dict(manifest.files) if manifest and not rebuild else {}
-    files, skipped = discover(paths)
+    with progress.stage("discovering", unit="file") as stage:
+        files, skipped = discover(paths)
+        stage.update(len(files))
     plan.skipped.extend(skipped)
 
     to_load: list[Path] = []
@@ -124,8 +131,9 @@ def plan_update(
     seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
     documents: list[Document] = []
     items: Iterable[Any] = iter_documents(to_load, passwords=passwords)
-    if progress is not None:
-        items = progress(items, len(to_load))
+    if to_load:
+        loading = progress.stage("loading", total=len(to_load), unit="file")
+        items = progress.count(items, loading, counts=lambda item: not isinstance(item, FileWarning))
     for item in items:
         if isinstance(item, SkippedFile):
             if item.path in old:
@@ -149,6 +157,7 @@ def plan_update(
 
     if documents and not isinstance(chunker, Chunker):
         chunker = chunker()
+    chunking = progress.stage("chunking", total=len(documents), unit="file") if documents else None
     for doc in documents:
         chunks = list(chunker.chunk(doc))  # type: ignore[union-attr]
         st = Path(doc.source).stat()
@@ -160,6 +169,11 @@ def plan_update(
             mtime=st.st_mtime,
         )
         plan.new_chunks.extend(chunks)
+        if chunking is not None:
+            chunking.update(1)
+    if chunking is not None:
+        chunking.note(f"{len(plan.new_chunks)} chunks")
+        chunking.close()
     t3 = time.perf_counter()
 
     present = set(plan.unchanged) | set(plan.new_files)
@@ -212,15 +226,19 @@ def apply_update(
     *,
     engine_factory: Callable[[str], Any],
     backend: str = "auto",
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index in ``store``; call under ``store.lock()``.
 
     Encodes only the chunks that are new (exact backend), builds the next
     generation aside and publishes it atomically. A plan with nothing to do
-    does no engine work at all.
+    does no engine work at all. ``progress`` shows the stages: encoding
+    (chunks) or PLAID's (see :meth:`Engine.build_plaid
+    <colbert_modal.engine.Engine.build_plaid>`), then publishing.
     """
     from .engine import choose_backend
+
+    progress = progress if progress is not None else Progress(False)
 
     t0 = time.perf_counter()
     prev = store.current() if store.exists() else None
@@ -288,11 +306,18 @@ def apply_update(
             mapping = [old_rows[c.id] for c in kept_chunks] + [-1] * len(plan.new_chunks)
             reuse = exact_reuse_from(prev.engine_dir, mapping)
             written = len(plan.new_chunks)
-        engine.build_exact(texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, progress=progress)
+        with progress.stage("encoding", total=written, unit="chunk") as stage:
+            engine.build_exact(
+                texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, progress=stage.update
+            )
     else:
-        engine.build_plaid(texts, [c.id for c in chunks], build_dir / "engine", max_tokens=plan.settings.max_tokens)
+        engine.build_plaid(
+            texts, [c.id for c in chunks], build_dir / "engine", max_tokens=plan.settings.max_tokens, progress=progress
+        )
     t2 = time.perf_counter()
-    store.publish(build_dir, manifest, chunks)
+    with progress.stage("publishing", unit="generation") as stage:
+        store.publish(build_dir, manifest, chunks)
+        stage.update(1)
     t3 = time.perf_counter()
     return IndexReport(
         **report_base,

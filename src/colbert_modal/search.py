@@ -32,9 +32,9 @@ def check_queries(queries: Sequence[str], k: int) -> list[str]:
     return queries
 
 
-def to_results(hits: Hits, chunks: Sequence[Chunk]) -> SearchResults:
-    """Engine hits (chunk position, score), best first, as :class:`SearchResult` records."""
-    out = SearchResults()
+def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None) -> SearchResults:
+    """Engine hits (chunk position, score), best first, as :class:`SearchResult` records answering ``query``."""
+    out = SearchResults(query=query)
     for rank, (pid, score) in enumerate(hits, start=1):
         c = chunks[pid]
         out.append(
@@ -89,7 +89,7 @@ class OpenGeneration:
         if not queries:
             return []
         hits = self.index.search(list(queries), k)
-        return [to_results(h, self.chunks) for h in hits]
+        return [to_results(h, self.chunks, q) for q, h in zip(queries, hits, strict=True)]
 
 
 class LiveIndex:

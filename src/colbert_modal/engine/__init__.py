@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError, EngineError
+from ..progress import Progress
 from . import exact, plaid
 from ._upstream import colbert_config, import_ragatouille
 from .clustering import kmeans
@@ -114,9 +115,11 @@ def choose_backend(backend: str, n_chunks: int) -> str:
 class Engine(Encoder):
     """A loaded ColBERT checkpoint that can encode, build and open indexes."""
 
-    def build_plaid(self, texts: Sequence[str], ids: Sequence[str], dest: Path, *, max_tokens: int) -> None:
-        """Build a PLAID index of ``texts`` under ``dest`` with ragatouille."""
-        plaid.build(self, texts, ids, dest, max_tokens=max_tokens)
+    def build_plaid(
+        self, texts: Sequence[str], ids: Sequence[str], dest: Path, *, max_tokens: int, progress: Progress | None = None
+    ) -> None:
+        """Build a PLAID index of ``texts`` under ``dest`` with ragatouille (``progress``: its stages)."""
+        plaid.build(self, texts, ids, dest, max_tokens=max_tokens, progress=progress)
 
     def build_exact(
         self, texts: Sequence[str], dest: Path, *, max_tokens: int, reuse: Reuse | None = None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError
+from ..progress import Progress
 from . import clustering, encoder
 from ._upstream import import_ragatouille, plaid_build_targets, quiet
 from .precision import Autocast, checkpoint_device, set_precision
@@ -42,8 +43,12 @@ def plaid_build_options(device: str, n_passages: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def plaid_build_patches(precision: str | None = None) -> Iterator[None]:
+def plaid_build_patches(precision: str | None = None, progress: Progress | None = None) -> Iterator[None]:
     """What our PLAID builds change in colbert-ai/ragatouille, for one ``rag.index`` call.
+
+    ``progress`` shows the build's stages: encoding (the k-means sample, in
+    passages), PLAID training (k-means; a spinner) and PLAID compression
+    (every passage, in passages).
 
     - Each passage is encoded once (see below), in ``precision``.
     - k-means is :func:`~colbert_modal.engine.clustering.kmeans`, whichever
@@ -79,14 +84,21 @@ def plaid_build_patches(precision: str | None = None) -> Iterator[None]:
         originals = (rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time)
         cache: dict[str, Any] = {}
         calls = [0]
+        stages = _BuildStages(progress)
 
         def encode_passages(self: Any, passages: Sequence[str]) -> tuple[Any, Any]:
-            import torch
-
             if len(passages) == 0:
                 return original(self, passages)
             calls[0] += 1
             keep = calls[0] == 1  # colbert-ai encodes the whole k-means sample in its first call
+            stages.before_encoding(keep, len(passages))
+            out = encode(self, passages, keep)
+            stages.after_encoding(keep, len(passages))
+            return out
+
+        def encode(self: Any, passages: Sequence[str], keep: bool) -> tuple[Any, Any]:
+            import torch
+
             unique = list(dict.fromkeys(passages))
             missing = [p for p in unique if p not in cache]
             got: dict[str, Any] = {}
@@ -144,6 +156,36 @@ def plaid_build_patches(precision: str | None = None) -> Iterator[None]:
             CollectionEncoder.encode_passages = original
             rag_kmeans.compute_pytorch_kmeans, collection_indexer.compute_faiss_kmeans, rag_index.time = originals
             cache.clear()
+            stages.close()
+
+
+class _BuildStages:
+    """The PLAID build's stages, told apart by the order of colbert-ai's encoding calls."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress if progress is not None else Progress(False)
+        self.open: Any = None
+
+    def before_encoding(self, sample: bool, n: int) -> None:
+        if sample:
+            self.switch("encoding", n, "passage")
+        elif self.open is None or self.open.name != "PLAID compression":
+            self.switch("PLAID compression", None, "passage")
+
+    def after_encoding(self, sample: bool, n: int) -> None:
+        if self.open is not None:
+            self.open.update(n)
+        if sample:  # k-means and bucket cutoffs run until the next encoding call
+            self.switch("PLAID training", None, "step")
+
+    def switch(self, name: str, total: int | None, unit: str) -> None:
+        self.close()
+        self.open = self.progress.stage(name, total=total, unit=unit)
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.open.close()
+            self.open = None
 
 
 _PLAID_BUILD_LOCK = threading.Lock()
@@ -155,13 +197,16 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def build(engine: encoder.Encoder, texts: Sequence[str], ids: Sequence[str], dest: Path, *, max_tokens: int) -> None:
+def build(
+    engine: encoder.Encoder, texts: Sequence[str], ids: Sequence[str], dest: Path, *, max_tokens: int,
+    progress: Progress | None = None,
+) -> None:
     """Build a PLAID index of ``texts`` (document ids ``ids``) under ``dest`` with ragatouille."""
     dest.mkdir(parents=True, exist_ok=True)
     rag = engine.load(index_root=str(dest))
     device = checkpoint_device(rag.model.inference_ckpt)
     try:
-        with quiet(engine.verbose), warnings.catch_warnings(), plaid_build_patches(engine.precision):
+        with quiet(engine.verbose), warnings.catch_warnings(), plaid_build_patches(engine.precision, progress):
             warnings.simplefilter("ignore")
             path = rag.index(
                 collection=list(texts),

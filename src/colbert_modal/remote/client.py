@@ -16,7 +16,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +33,7 @@ from ..errors import (
 )
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
+from ..progress import Progress
 from ..store import Generation, IndexStore, Manifest
 from . import APP_NAME, KINDS, VOLUME_NAME
 from .server import volume_path
@@ -374,10 +375,49 @@ class RemoteSession:
     def info(self, name: str) -> IndexInfo:
         return self.call(self._handle("info", cls=False), name, what=f"reading index {name!r}")
 
-    def apply(self, plan: UpdatePlan, *, backend: str, lock_timeout: float) -> IndexReport:
-        report: IndexReport = self.call(
-            self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout, what=f"indexing {plan.name!r}"
-        )
+    def stream(self, fn: Any, *args: Any, what: str, **kwargs: Any) -> Iterator[Any]:
+        """The items of a Modal generator method: ``fn.remote_gen(...)``, or ``fn.local(...)`` in ``inprocess``."""
+        if self.closed:
+            raise RemoteError("this remote session is closed; create a new ColbertIndexer")
+        with translated(what):
+            items: Iterable[Any]
+            if self.kind == "inprocess":
+                args, kwargs = _roundtrip((args, kwargs))
+                items = (_roundtrip(item) for item in fn.local(*args, **kwargs))
+            else:
+                items = fn.remote_gen(*args, **kwargs)
+            yield from items
+
+    def apply(
+        self, plan: UpdatePlan, *, backend: str, lock_timeout: float, progress: Progress | None = None
+    ) -> IndexReport:
+        """Apply ``plan`` on Modal, showing the remote stages on ``progress`` as the container reports them.
+
+        Stages: connecting (starting the app run; a first run builds the
+        image, which takes minutes), the container start (until the
+        container's first word), then the container's own (encoding in
+        chunks, PLAID's, publishing, committing the Volume).
+        """
+        progress = progress if progress is not None else Progress(False)
+        what = f"indexing {plan.name!r}"
+        report: IndexReport | None = None
+        try:
+            with progress.stage("connecting to Modal", unit="step") as stage:
+                if self.kind == "ephemeral" and not APP_RUN.running:
+                    stage.note("a first run builds the image (minutes); verbose=True shows Modal's log")
+                writer = self._writer()
+            starting = progress.stage("starting the container", unit="step")
+            for item in self.stream(writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what):
+                if item[0] == "started":
+                    starting.close()
+                elif item[0] == "result":
+                    report = item[1]
+                else:
+                    progress.replay(item)
+        finally:
+            progress.close()
+        if report is None:
+            raise RemoteError(f"{what}: the Modal container ended without a report")
         if report.changed:
             self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
         return report
@@ -393,7 +433,7 @@ class RemoteSession:
         results = self.call(
             searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}"
         )
-        return [SearchResults(r) for r in results]
+        return [SearchResults(r, query=getattr(r, "query", None) or q) for q, r in zip(queries, results, strict=True)]
 
     def volume(self) -> VolumeFiles:
         """The Volume's files, read and written from here (no app run needed)."""

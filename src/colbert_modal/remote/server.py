@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from ..chunking import Chunker, load_tokenizer
 from ..errors import IndexNotFoundError
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import Settings, UpdatePlan, apply_update, plan_update
+from ..progress import Event, Progress
 from ..search import LiveIndex, OpenGeneration, check_queries
 from ..store import IndexStore, load_generation
 from . import VOLUME_MOUNT
@@ -37,6 +40,7 @@ __all__ = [
     "engine_factory",
     "read_info",
     "read_manifest",
+    "stream_apply",
     "volume_path",
     "warm_up",
 ]
@@ -96,7 +100,12 @@ def read_info(root: str | os.PathLike[str], name: str) -> IndexInfo:
 
 
 def apply_plan(
-    root: str | os.PathLike[str], plan: UpdatePlan, *, backend: str = "auto", lock_timeout: float = 0.0
+    root: str | os.PathLike[str],
+    plan: UpdatePlan,
+    *,
+    backend: str = "auto",
+    lock_timeout: float = 0.0,
+    progress: Progress | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index under ``root``: the local-mode engine code, under the index lock.
 
@@ -106,7 +115,76 @@ def apply_plan(
     """
     store = IndexStore(root, plan.name)
     with store.lock(lock_timeout):
-        return apply_update(store, plan, engine_factory=engine_factory(), backend=backend)
+        return apply_update(store, plan, engine_factory=engine_factory(), backend=backend, progress=progress)
+
+
+#: The first item :func:`stream_apply` yields: the container has started.
+STARTED: Event = ("started",)
+
+
+def stream_apply(
+    root: str | os.PathLike[str],
+    plan: UpdatePlan,
+    *,
+    backend: str = "auto",
+    lock_timeout: float = 0.0,
+    reload: Callable[[], None] | None = None,
+    commit: Callable[[], None] | None = None,
+) -> Iterator[Event]:
+    """:func:`apply_plan` as a stream: progress :data:`~colbert_modal.progress.Event` s, then ``("result", report)``.
+
+    The body of a Modal generator method: the client iterates it with
+    ``.remote_gen()`` (or ``.local()``) and replays the events on its own
+    bars. Yields :data:`STARTED` first, then the stages of the build
+    (encoding in chunks, PLAID's, publishing) as they happen, then
+    ``("stage", "committing")`` around ``commit`` (the Volume commit), and
+    last the report. An error in the build is raised here, after the events
+    that came before it.
+    """
+    yield STARTED
+    if reload is not None:
+        reload()
+    events: queue.Queue[Event | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            progress = Progress(False, sink=events.put, log=False)  # the client logs what it replays
+            outcome["report"] = apply_plan(root, plan, backend=backend, lock_timeout=lock_timeout, progress=progress)
+        except BaseException as exc:  # re-raised in the generator below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    worker = threading.Thread(target=work, name=f"apply-{plan.name}", daemon=True)
+    worker.start()
+    while (event := events.get()) is not None:
+        yield _merge_updates(event, events)
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if commit is not None:
+        yield ("start", "committing", None, "step")
+        commit()
+        yield ("end", "committing")
+    yield ("result", outcome["report"])
+
+
+def _merge_updates(event: Event, events: queue.Queue[Event | None]) -> Event:
+    """``event``, with the ``update`` events of the same stage already queued behind it added in."""
+    if event[0] != "update":
+        return event
+    n = event[2]
+    while True:
+        try:
+            nxt = events.queue[0]  # peek: the worker only appends
+        except IndexError:
+            break
+        if nxt is None or nxt[0] != "update" or nxt[1] != event[1]:
+            break
+        events.get_nowait()
+        n += nxt[2]
+    return ("update", event[1], n)
 
 
 def adopt_upload(root: str | os.PathLike[str], name: str, upload: str) -> IndexInfo:
