@@ -34,14 +34,16 @@ from ..errors import (
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
 from ..store import Generation, IndexStore, Manifest
-from . import APP_NAME, KINDS, VOLUME_NAME
+from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
 from .server import volume_path
 
 __all__ = [
     "RemoteSession",
     "check_credentials",
     "check_remote_model",
+    "gpu_options",
     "probe_server",
+    "probe_targets",
     "pull",
     "push",
     "session_kind",
@@ -110,6 +112,16 @@ def server_urls() -> list[str]:
     return [u.strip() for u in value.split(",") if u.strip()]
 
 
+def probe_targets() -> list[tuple[str, int]]:
+    """``(host, port)`` of each Modal API URL the client will try (malformed ones are left to the client)."""
+    targets = []
+    for url in server_urls():
+        parsed = urlparse(url)
+        if parsed.hostname:
+            targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme in ("https", "grpcs") else 80)))
+    return targets
+
+
 def probe_server(timeout: float | None = None) -> None:
     """Fail fast (``timeout`` s) where none of Modal's API hosts can be reached at all.
 
@@ -122,12 +134,7 @@ def probe_server(timeout: float | None = None) -> None:
         timeout = float(os.environ.get("COLBERT_MODAL_PROBE_TIMEOUT", "5") or 0)
     if timeout <= 0:
         return
-    targets = []
-    for url in server_urls():
-        parsed = urlparse(url)
-        if not parsed.hostname:
-            continue  # the client reports a malformed URL itself
-        targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme in ("https", "grpcs") else 80)))
+    targets = probe_targets()
     if not targets:
         return
 
@@ -161,8 +168,8 @@ def probe_server(timeout: float | None = None) -> None:
 # --- errors -----------------------------------------------------------------
 
 
-def translate_error(exc: BaseException, what: str) -> ColbertModalError:
-    """The colbert_modal error for an exception raised by a remote call."""
+def translate_error(exc: BaseException, what: str, *, limit: float | None = None) -> ColbertModalError:
+    """The colbert_modal error for an exception raised by a remote call (``limit``: its timeout, if known)."""
     if isinstance(exc, ColbertModalError):
         return exc
     import modal.exception as mexc
@@ -171,8 +178,9 @@ def translate_error(exc: BaseException, what: str) -> ColbertModalError:
     if isinstance(exc, mexc.AuthError):
         return ModalCredentialsError(f"{what}: Modal refused the credentials ({detail}). {CREDENTIALS_HELP}")
     if isinstance(exc, mexc.FunctionTimeoutError):  # before TimeoutError: it subclasses it
+        limit_text = f"{limit:g} s" if limit else "the limit set at deploy time"
         return RemoteTimeoutError(
-            f"{what} ran past its time limit on Modal ({detail}). Raise the limit with "
+            f"{what} ran past its time limit on Modal ({limit_text}; {detail}). Raise the limit with "
             "ColbertIndexer(remote_timeout=seconds) or $COLBERT_MODAL_TIMEOUT, or index fewer files per call."
         )
     if isinstance(exc, mexc.NotFoundError):
@@ -183,14 +191,14 @@ def translate_error(exc: BaseException, what: str) -> ColbertModalError:
 
 
 @contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
+def translated(what: str, *, limit: float | None = None) -> Iterator[None]:
     """Turn any non-library exception raised inside into our error tree (original as ``__cause__``)."""
     try:
         yield
     except ColbertModalError:
         raise
     except Exception as exc:
-        raise translate_error(exc, what) from exc
+        raise translate_error(exc, what, limit=limit) from exc
 
 
 # --- sessions ---------------------------------------------------------------
@@ -300,6 +308,7 @@ class RemoteSession:
             raise ConfigurationError(f"remote session kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
         self.gpu = gpu
+        self._gpu_options = {role: gpu_options(gpu, kind, role) for role in ("Writer", "Searcher")}
         self.timeout = timeout
         self.verbose = verbose
         self.closed = False
@@ -347,18 +356,26 @@ class RemoteSession:
             return handle
 
     def _writer(self) -> Any:
-        options: dict[str, Any] = {}
-        if self.gpu:
-            options["gpu"] = self.gpu
+        options = dict(self._gpu_options["Writer"])
         if self.timeout:
             options["timeout"] = int(self.timeout)
         return self._handle("Writer", cls=True, options=options)()
 
-    def call(self, fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:
+    def writer_timeout(self) -> float | None:
+        """Seconds an index build may run: ``remote_timeout``, else the app's (unknown for a deployed app)."""
+        if self.timeout:
+            return int(self.timeout)
+        if self.kind == "deployed":
+            return None
+        from .. import modal_app
+
+        return modal_app.WRITER_TIMEOUT
+
+    def call(self, fn: Any, *args: Any, what: str, limit: float | None = None, **kwargs: Any) -> Any:
         """``fn.remote(...)``, or ``fn.local(...)`` with a pickle round trip in ``inprocess``."""
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
-        with translated(what):
+        with translated(what, limit=limit):
             if self.kind == "inprocess":
                 args, kwargs = _roundtrip((args, kwargs))
                 return _roundtrip(fn.local(*args, **kwargs))
@@ -376,20 +393,26 @@ class RemoteSession:
 
     def apply(self, plan: UpdatePlan, *, backend: str, lock_timeout: float) -> IndexReport:
         report: IndexReport = self.call(
-            self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout, what=f"indexing {plan.name!r}"
+            self._writer().apply,
+            plan,
+            backend=backend,
+            lock_timeout=lock_timeout,
+            what=f"indexing {plan.name!r}",
+            limit=self.writer_timeout(),
         )
         if report.changed:
             self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
         return report
 
     def adopt(self, name: str, upload: str) -> IndexInfo:
-        info: IndexInfo = self.call(self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}")
+        info: IndexInfo = self.call(
+            self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}", limit=self.writer_timeout()
+        )
         self.written[name] = info.generation
         return info
 
     def search_batch(self, name: str, queries: list[str], k: int) -> list[SearchResults]:
-        options = {"gpu": self.gpu} if self.gpu else None
-        searcher = self._handle("Searcher", cls=True, options=options)(index_name=name)
+        searcher = self._handle("Searcher", cls=True, options=self._gpu_options["Searcher"])(index_name=name)
         results = self.call(
             searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}"
         )
@@ -413,6 +436,33 @@ class RemoteSession:
             holds, self._holds_run = self._holds_run, False
         if holds:
             APP_RUN.release()
+
+
+def gpu_options(gpu: str | None, kind: str, role: str) -> dict[str, Any]:
+    """``with_options`` arguments for a per-indexer ``gpu`` (same syntax as ``$COLBERT_MODAL_GPU``).
+
+    ``with_options`` takes one GPU type and cannot remove the class's GPU, so
+    a fallback list or ``"cpu"`` is accepted where it is what the app already
+    uses for ``role`` ("Writer" or "Searcher"); otherwise it has to be set for
+    the app (``$COLBERT_MODAL_GPU`` / ``$COLBERT_MODAL_SEARCH_GPU``).
+    """
+    if gpu is None or not gpu.strip():
+        return {}
+    wanted = gpu_setting(gpu, None)
+    if isinstance(wanted, str):
+        return {"gpu": wanted}
+    if kind != "deployed":
+        from .. import modal_app
+
+        if wanted == (modal_app.GPU if role == "Writer" else modal_app.SEARCH_GPU):
+            return {}
+    what = "no GPU" if wanted is None else f"the fallback list {wanted}"
+    raise ConfigurationError(
+        f"gpu={gpu!r} asks for {what}, but a per-indexer gpu can only name one GPU type (Modal's "
+        "with_options neither takes a list nor removes a GPU). Set COLBERT_MODAL_GPU (and "
+        "COLBERT_MODAL_SEARCH_GPU) instead: in this process before the first remote call for ephemeral "
+        "runs, at `colbert-modal deploy` for the deployed app."
+    )
 
 
 def check_remote_model(model: str, session: RemoteSession) -> None:
