@@ -34,6 +34,7 @@ LAYERS: list[list[str]] = [
     ["modal_app"],  # the only module importing modal at top level
     ["remote.client"],
     ["indexer"],
+    ["doctor"],  # first-run checks: drives the indexer and the remote client
     ["cli", "testing"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -41,6 +41,7 @@ __all__ = [
     "RemoteSession",
     "check_credentials",
     "check_remote_model",
+    "credential_source",
     "gpu_options",
     "probe_server",
     "probe_targets",
@@ -102,6 +103,19 @@ def check_credentials() -> None:
     if has_token:
         raise ModalCredentialsError("Modal token ID and secret must both be configured. " + CREDENTIALS_HELP)
     raise ModalCredentialsError("Modal credentials are not configured on this machine. " + CREDENTIALS_HELP)
+
+
+def credential_source() -> str:
+    """Where the credentials that :func:`check_credentials` accepted come from (never their values)."""
+    import modal.config as mconfig
+
+    profile = getattr(mconfig, "_profile", "default")
+    in_file = profile in getattr(mconfig, "_user_config", {})
+    kind = "OAuth" if mconfig.config.get("oauth_client_id") else "token"
+    names = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET") if kind == "token" else ("MODAL_OAUTH_CLIENT_ID",)
+    if any(n in os.environ for n in names) or not in_file:
+        return f"{kind} from the environment ({', '.join(n for n in names if n in os.environ) or 'MODAL_*'})"
+    return f"{kind} from profile {profile!r} of {getattr(mconfig, 'user_config_path', '~/.modal.toml')}"
 
 
 def server_urls() -> list[str]:
@@ -326,6 +340,10 @@ class RemoteSession:
 
     # --- handles -----------------------------------------------------------
 
+    def start(self) -> None:
+        """Start (or join) the app run now rather than at the first call; builds the images if needed."""
+        self._ensure_app()
+
     def _ensure_app(self) -> None:
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
@@ -424,9 +442,9 @@ class RemoteSession:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
         if self.kind == "inprocess":
             return DirectoryVolume(volume_path())
-        import modal  # pragma: no cover - needs Modal's cloud
+        import modal
 
-        return ModalVolume(modal.Volume.from_name(VOLUME_NAME))  # pragma: no cover
+        return ModalVolume(modal.Volume.from_name(VOLUME_NAME))
 
     def close(self) -> None:
         if self.closed:
@@ -494,6 +512,10 @@ class VolumeFiles:
     def upload(self, local_dir: Path, path: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def remove(self, path: str) -> None:  # pragma: no cover - interface
+        """Delete ``path`` (a file or a whole folder)."""
+        raise NotImplementedError
+
 
 class DirectoryVolume(VolumeFiles):
     """A directory standing in for the Volume (``inprocess`` sessions)."""
@@ -513,6 +535,13 @@ class DirectoryVolume(VolumeFiles):
 
     def upload(self, local_dir: Path, path: str) -> None:
         shutil.copytree(local_dir, self.root / path)
+
+    def remove(self, path: str) -> None:
+        target = self.root / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 class ModalVolume(VolumeFiles):
@@ -537,6 +566,9 @@ class ModalVolume(VolumeFiles):
     def upload(self, local_dir: Path, path: str) -> None:
         with self.volume.batch_upload() as batch:
             batch.put_directory(str(local_dir), path)
+
+    def remove(self, path: str) -> None:
+        self.volume.remove_file(path, recursive=True)
 
 
 def pull(session: RemoteSession, store: IndexStore, *, overwrite: bool = True, lock_timeout: float = 0.0) -> Path:
