@@ -381,10 +381,8 @@ class RemoteSession:
 
     def writer_timeout(self) -> float | None:
         """Seconds an index build may run: ``remote_timeout``, else the app's (unknown for a deployed app)."""
-        if self.timeout:
-            return int(self.timeout)
-        if self.kind == "deployed":
-            return None
+        if self.timeout or self.kind == "deployed":
+            return int(self.timeout) if self.timeout else None
         from .. import modal_app
 
         return modal_app.WRITER_TIMEOUT
@@ -459,10 +457,8 @@ class RemoteSession:
 def gpu_options(gpu: str | None, kind: str, role: str) -> dict[str, Any]:
     """``with_options`` arguments for a per-indexer ``gpu`` (same syntax as ``$COLBERT_MODAL_GPU``).
 
-    ``with_options`` takes one GPU type and cannot remove the class's GPU, so
-    a fallback list or ``"cpu"`` is accepted where it is what the app already
-    uses for ``role`` ("Writer" or "Searcher"); otherwise it has to be set for
-    the app (``$COLBERT_MODAL_GPU`` / ``$COLBERT_MODAL_SEARCH_GPU``).
+    ``with_options`` takes one GPU type and cannot remove a GPU: a fallback list
+    or ``"cpu"`` is accepted only where the app already uses it for ``role``.
     """
     if gpu is None or not gpu.strip():
         return {}
@@ -513,7 +509,6 @@ class VolumeFiles:
         raise NotImplementedError
 
     def remove(self, path: str) -> None:  # pragma: no cover - interface
-        """Delete ``path`` (a file or a whole folder)."""
         raise NotImplementedError
 
 
