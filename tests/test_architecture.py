@@ -31,11 +31,12 @@ LAYERS: list[list[str]] = [
     ["engine.exact", "engine.plaid"],
     ["engine"],
     ["pipeline", "search"],
-    ["remote"],  # names shared by both halves
+    ["remote", "remote.connection"],  # names shared by both halves; credentials, probe, error mapping
     ["remote.server"],  # the container half: never imports modal
     ["modal_app"],  # the only module importing modal at top level
     ["remote.client"],
     ["indexer"],
+    ["doctor"],  # first-run checks: drives the indexer and the remote client
     ["cli", "testing"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -19,7 +19,7 @@ import cloudpickle
 import pytest
 
 from colbert_modal import modal_app
-from colbert_modal.remote import VOLUME_MOUNT
+from colbert_modal.remote import VOLUME_MOUNT, gpu_setting
 from colbert_modal.remote import server as remote
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.errors import IndexLockedError, IndexNotFoundError
@@ -91,7 +91,7 @@ def test_app_definitions() -> None:
     [(None, ["L4"]), ("", ["L4"]), ("A100", "A100"), ("L4, A10G", ["L4", "A10G"]), ("cpu", None), ("None", None)],
 )
 def test_gpu_setting(value: str | None, expected: object) -> None:
-    assert modal_app._gpu_setting(value, ["L4"]) == expected
+    assert gpu_setting(value, ["L4"]) == expected
 
 
 def test_model_specs() -> None:

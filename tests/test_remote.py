@@ -25,6 +25,7 @@ import pytest
 
 from colbert_modal import ColbertIndexer
 from colbert_modal.remote import client as remote
+from colbert_modal.remote import connection
 from colbert_modal.errors import (
     ColbertModalError,
     ConfigurationError,
@@ -99,10 +100,10 @@ def test_missing_credentials_fail_fast_and_clearly(no_modal_config: None, tmp_pa
 
 def test_credentials_from_modal_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(modal.config, "_user_config", {modal.config._profile: {"token_id": "a", "token_secret": "b"}})
-    remote.check_credentials()  # no error
+    connection.check_credentials()  # no error
     monkeypatch.setattr(modal.config, "_user_config", {modal.config._profile: {"token_id": "a"}})
     with pytest.raises(ModalCredentialsError):
-        remote.check_credentials()
+        connection.check_credentials()
 
 
 def test_unreachable_modal_fails_within_the_probe_timeout(fake_token: None, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -120,8 +121,8 @@ def test_probe_accepts_a_listening_server(monkeypatch: pytest.MonkeyPatch) -> No
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setenv("MODAL_SERVER_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        remote.probe_server(2)
-    remote.probe_server(0)  # disabled
+        connection.probe_server(2)
+    connection.probe_server(0)  # disabled
 
 
 # --- choosing the session -------------------------------------------------------
@@ -197,7 +198,7 @@ def test_local_checkpoint_cannot_go_to_modal(
 )
 def test_modal_errors_are_translated(exc: Exception, expected: type, text: str) -> None:
     with pytest.raises(expected, match=text) as info:
-        with remote.translated("searching 'docs'"):
+        with connection.translated("searching 'docs'"):
             raise exc
     assert info.value.__cause__ is exc
     assert type(info.value) is expected
@@ -205,9 +206,9 @@ def test_modal_errors_are_translated(exc: Exception, expected: type, text: str) 
 
 def test_own_errors_pass_through() -> None:
     err = IndexNotFoundError("nope")
-    assert remote.translate_error(err, "x") is err
+    assert connection.translate_error(err, "x") is err
     with pytest.raises(IndexNotFoundError):
-        with remote.translated("x"):
+        with connection.translated("x"):
             raise err
 
 

@@ -549,8 +549,45 @@ def deploy() -> None:
         raise RemoteError(f"`modal deploy` failed with exit code {code} (see its output above)")
 
 
+@cli.command(epilog=SUB_EPILOG)
+@click.option("--remote", is_flag=True, help="Check remote mode (Modal) instead of local mode.")
+@click.option("--build-image", is_flag=True,
+              help="With --remote and no deployed app: start an ephemeral run, building the image if needed.")
+@click.option("--model", default=None, help="Model for the tiny test index (default: as `index`).")
+@index_root_option
+def doctor(remote: bool, build_image: bool, model: str | None, index_root: Path | None) -> None:
+    """Check each step a first run needs; say which one fails and what to do.
+
+    \b
+    colbert-modal doctor                  engine, index root, a tiny local index
+    colbert-modal doctor --remote         credentials, reachability, deployed app,
+                                          and (if deployed, or with --build-image)
+                                          a tiny index + search + delete on Modal
+    """
+    from .doctor import check_local, check_remote
+
+    if remote:
+        steps = check_remote(model=model, build_image=build_image, progress=_print_step)
+    else:
+        steps = check_local(index_root=index_root, model=model)
+        for step in steps:
+            _print_step(step)
+    if any(s.ok is False for s in steps):
+        failed = next(s for s in steps if s.ok is False)
+        raise click.exceptions.Exit(EXIT_REMOTE if remote else EXIT_ERROR) from RuntimeError(failed.name)
+    click.echo("All checks passed." if all(s.ok for s in steps) else "No failures; see the notes above.")
+
+
+def _print_step(step: Any) -> None:
+    mark = {True: click.style("ok  ", fg="green"), False: click.style("FAIL", fg="red"), None: "--  "}[step.ok]
+    cost = f", ~${step.cost:.4f} GPU" if step.cost is not None else ""
+    click.echo(f"{mark} {step.name:<22} {step.seconds:6.1f} s{cost}  {step.detail}")
+    if step.ok is not True and step.fix and step.fix not in step.detail:
+        click.echo(f"     -> {step.fix}")
+
+
 def _require_modal_credentials() -> None:
-    from .remote.client import check_credentials
+    from .remote.connection import check_credentials
 
     check_credentials()
 

@@ -111,7 +111,12 @@ class ColbertIndexer:
         Show progress bars. Default: in a terminal (stderr is a TTY) and in
         Jupyter, never when output is piped or ``$CI`` is set.
     gpu:
-        Remote mode: the Modal GPU type (default: L4, falling back to A10G, T4).
+        Remote mode: the Modal GPU type for this indexer, as ``$COLBERT_MODAL_GPU``
+        takes it (default: the app's, L4 falling back to A10, T4). One type
+        (``"A100"``) is applied with ``with_options``; a fallback list
+        (``"L4,A10"``) or ``"cpu"`` only where the app already uses it
+        (else :class:`~colbert_modal.ConfigurationError`: set
+        ``$COLBERT_MODAL_GPU`` for the app instead).
     remote_app:
         Remote mode: ``"ephemeral"`` (default; starts the Modal app for this
         indexer's session) or ``"deployed"`` (uses ``modal deploy``'s app).

@@ -13,7 +13,7 @@ for deployed apps, in your process for ephemeral ones):
 
 ``COLBERT_MODAL_GPU``
     GPU for indexing (and search), e.g. ``A100`` or a fallback list
-    ``L4,A10G``; ``cpu`` for none. Default: :data:`DEFAULT_GPUS`.
+    ``L4,A10``; ``cpu`` for none (parsed by :func:`colbert_modal.remote.gpu_setting`). Default: :data:`DEFAULT_GPUS`.
 ``COLBERT_MODAL_SEARCH_GPU``
     GPU for the search containers if it should differ (``cpu`` for none).
 ``COLBERT_MODAL_MODELS``
@@ -45,7 +45,7 @@ import modal
 
 from colbert_modal.errors import IndexNotFoundError
 from colbert_modal.hub import DEFAULT_MODEL
-from colbert_modal.remote import APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, server
+from colbert_modal.remote import APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, gpu_setting, server
 
 MINUTES = 60  # seconds
 
@@ -69,17 +69,6 @@ DEFAULT_GPUS = ["L4", "A10", "T4"]
 CUDA_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 
 
-def _gpu_setting(value, default):
-    """``"A100"`` -> ``"A100"``; ``"L4,A10G"`` -> a fallback list; ``"cpu"`` -> None."""
-    value = (value or "").strip()
-    if not value:
-        return default
-    if value.lower() in ("cpu", "none"):
-        return None
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    return names[0] if len(names) == 1 else names
-
-
 def _model_specs(value):
     """``"repo@rev,repo2@rev2"`` -> ``[("repo", "rev"), ...]`` (revision required)."""
     specs = []
@@ -94,8 +83,8 @@ def _model_specs(value):
     return specs or [(DEFAULT_MODEL, DEFAULT_MODEL_REVISION)]
 
 
-GPU = _gpu_setting(os.environ.get("COLBERT_MODAL_GPU"), DEFAULT_GPUS)
-SEARCH_GPU = _gpu_setting(os.environ.get("COLBERT_MODAL_SEARCH_GPU"), GPU)
+GPU = gpu_setting(os.environ.get("COLBERT_MODAL_GPU"), DEFAULT_GPUS)
+SEARCH_GPU = gpu_setting(os.environ.get("COLBERT_MODAL_SEARCH_GPU"), GPU)
 MODELS = _model_specs(os.environ.get("COLBERT_MODAL_MODELS"))
 
 app = modal.App(APP_NAME)

@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import itertools
 import os
+import shutil
 import sys
 import threading
 import time
@@ -758,6 +759,20 @@ class Servicer(ModalClientBase):
                 os.chmod(tmp, f.mode & 0o777)
             os.replace(tmp, target)
         await stream.send_message(api_pb2.VolumePutFiles2Response())
+
+    async def VolumeRemoveFile2(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        root = self._volume_dir(req.volume_id)
+        target = self._inside(root, req.path)
+        if not target.exists():
+            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {req.path}")
+        if target.is_dir():
+            if not req.recursive:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"{req.path} is a directory; pass recursive=True")
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+        await stream.send_message(Empty())
 
     async def VolumeReload(self, stream: Any) -> None:
         await self._recv(stream)

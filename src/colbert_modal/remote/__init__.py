@@ -34,7 +34,7 @@ Pick one with ``$COLBERT_MODAL_REMOTE_APP`` (``ephemeral`` / ``deployed`` /
 
 from __future__ import annotations
 
-__all__ = ["APP_NAME", "IMAGE_TORCH", "KINDS", "UV_VERSION", "VOLUME_MOUNT", "VOLUME_NAME"]
+__all__ = ["APP_NAME", "IMAGE_TORCH", "KINDS", "UV_VERSION", "VOLUME_MOUNT", "VOLUME_NAME", "gpu_setting"]
 
 #: The Modal app's name (``modal deploy`` publishes it under this name).
 APP_NAME = "colbert-modal"
@@ -48,3 +48,19 @@ KINDS = ("ephemeral", "deployed", "inprocess")
 UV_VERSION = "0.13.9"
 #: torch in the GPU image: the PyPI wheel built for CUDA 12.8 (matches the image's nvcc).
 IMAGE_TORCH = "torch==2.8.0"
+
+
+def gpu_setting(value: str | None, default: str | list[str] | None) -> str | list[str] | None:
+    """Parse a GPU setting as ``$COLBERT_MODAL_GPU`` and ``ColbertIndexer(gpu=...)`` take it.
+
+    ``"A100"`` -> ``"A100"``; ``"L4,A10"`` -> ``["L4", "A10"]`` (a fallback
+    list: Modal takes the first available); ``"cpu"`` or ``"none"`` -> None
+    (no GPU); empty or None -> ``default``.
+    """
+    value = (value or "").strip()
+    if not value:
+        return default
+    if value.lower() in ("cpu", "none"):
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names[0] if len(names) == 1 else names

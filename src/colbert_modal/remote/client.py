@@ -13,186 +13,35 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
 
 from ..errors import (
-    ColbertModalError,
     ConfigurationError,
     IndexNotFoundError,
-    ModalCredentialsError,
     RemoteError,
-    RemoteTimeoutError,
-    RemoteUnavailableError,
 )
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
 from ..progress import Progress
 from ..store import Generation, IndexStore, Manifest
-from . import APP_NAME, KINDS, VOLUME_NAME
+from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
+from .connection import check_credentials, probe_server, translated
 from .server import volume_path
 
 __all__ = [
     "RemoteSession",
-    "check_credentials",
     "check_remote_model",
-    "probe_server",
+    "gpu_options",
     "pull",
     "push",
     "session_kind",
-    "translate_error",
-    "translated",
 ]
 
 logger = logging.getLogger(__name__)
-
-CREDENTIALS_HELP = (
-    "Run `modal setup` (or `modal token new`) once, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET "
-    "(e.g. from a CI secret). Remote mode runs on your Modal account."
-)
-DEPLOY_HINT = "deploy the app first: `colbert-modal deploy` (or `modal deploy -m colbert_modal.modal_app`)"
-
-
-# --- credentials and reachability -------------------------------------------
-
-
-def check_credentials() -> None:
-    """Raise :class:`ModalCredentialsError` at once where the modal client would refuse to authenticate.
-
-    Accepts what the client accepts: a token pair or complete OAuth settings,
-    from the environment or the active profile of ``~/.modal.toml``
-    (``MODAL_PROFILE`` picks another). Secrets are never put in messages.
-    """
-    import modal.config as mconfig
-
-    cfg = mconfig.config
-    token_id, token_secret = cfg.get("token_id"), cfg.get("token_secret")
-    oauth = {k: cfg.get(k) for k in ("oauth_refresh_token", "oauth_client_id", "oauth_client_secret", "oauth_jwt_key")}
-    has_token = bool(token_id or token_secret)
-    has_oauth = any(oauth.values())
-    if has_token and has_oauth:
-        raise ModalCredentialsError(
-            "Modal token credentials and OAuth credentials are both configured; the modal client refuses that. "
-            "Keep one of them."
-        )
-    if has_oauth:
-        if not (oauth["oauth_refresh_token"] and oauth["oauth_client_id"]) or bool(
-            oauth["oauth_client_secret"]
-        ) == bool(oauth["oauth_jwt_key"]):
-            raise ModalCredentialsError(
-                "Modal OAuth settings are incomplete: the client needs a refresh token, a client ID and exactly "
-                "one of a client secret or a JWT key (MODAL_OAUTH_*)."
-            )
-        return
-    if token_id and token_secret:
-        return
-    profile = getattr(mconfig, "_profile", None)
-    if os.environ.get("MODAL_PROFILE") and profile not in getattr(mconfig, "_user_config", {}):
-        raise ModalCredentialsError(
-            f"Modal profile {profile!r} was not found in {getattr(mconfig, 'user_config_path', '~/.modal.toml')}. "
-            f"Run `modal profile list`, or `modal token new --profile {profile}`."
-        )
-    if has_token:
-        raise ModalCredentialsError("Modal token ID and secret must both be configured. " + CREDENTIALS_HELP)
-    raise ModalCredentialsError("Modal credentials are not configured on this machine. " + CREDENTIALS_HELP)
-
-
-def server_urls() -> list[str]:
-    """The Modal API URLs the client will try: the active setting, split as the client splits it."""
-    import modal.config as mconfig
-
-    value = str(mconfig.config.get("server_url") or "")
-    return [u.strip() for u in value.split(",") if u.strip()]
-
-
-def probe_server(timeout: float | None = None) -> None:
-    """Fail fast (``timeout`` s) where none of Modal's API hosts can be reached at all.
-
-    Modal's own client retries for about a minute before giving up; a TCP
-    connect tells us much sooner. The server URL may be a comma-separated
-    list (the client's default is one): the hosts are raced, and one that
-    connects is enough. ``COLBERT_MODAL_PROBE_TIMEOUT=0`` disables the probe.
-    """
-    if timeout is None:
-        timeout = float(os.environ.get("COLBERT_MODAL_PROBE_TIMEOUT", "5") or 0)
-    if timeout <= 0:
-        return
-    targets = []
-    for url in server_urls():
-        parsed = urlparse(url)
-        if not parsed.hostname:
-            continue  # the client reports a malformed URL itself
-        targets.append((parsed.hostname, parsed.port or (443 if parsed.scheme in ("https", "grpcs") else 80)))
-    if not targets:
-        return
-
-    def connect(target: tuple[str, int]) -> None:
-        with socket.create_connection(target, timeout=timeout):
-            pass
-
-    errors: list[str] = []
-    pool = ThreadPoolExecutor(max_workers=len(targets))
-    try:
-        pending = {pool.submit(connect, t): t for t in targets}
-        while pending:
-            done, _ = wait(pending, timeout=timeout + 1, return_when=FIRST_COMPLETED)
-            if not done:
-                break
-            for fut in done:
-                host, port = pending.pop(fut)
-                exc = fut.exception()
-                if exc is None:
-                    return
-                errors.append(f"{host}:{port}: {exc}")
-    finally:
-        pool.shutdown(wait=False)
-    where = ", ".join(f"{h}:{p}" for h, p in targets)
-    raise RemoteUnavailableError(
-        f"cannot reach Modal at {where} within {timeout:g} s ({'; '.join(errors) or 'no answer'}). "
-        "Check your network/proxy, or use mode='local'."
-    )
-
-
-# --- errors -----------------------------------------------------------------
-
-
-def translate_error(exc: BaseException, what: str) -> ColbertModalError:
-    """The colbert_modal error for an exception raised by a remote call."""
-    if isinstance(exc, ColbertModalError):
-        return exc
-    import modal.exception as mexc
-
-    detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, mexc.AuthError):
-        return ModalCredentialsError(f"{what}: Modal refused the credentials ({detail}). {CREDENTIALS_HELP}")
-    if isinstance(exc, mexc.FunctionTimeoutError):  # before TimeoutError: it subclasses it
-        return RemoteTimeoutError(
-            f"{what} ran past its time limit on Modal ({detail}). Raise the limit with "
-            "ColbertIndexer(remote_timeout=seconds) or $COLBERT_MODAL_TIMEOUT, or index fewer files per call."
-        )
-    if isinstance(exc, mexc.NotFoundError):
-        return RemoteUnavailableError(f"{what}: {detail}. With COLBERT_MODAL_REMOTE_APP=deployed, {DEPLOY_HINT}.")
-    if isinstance(exc, (mexc.ConnectionError, ConnectionError, TimeoutError, mexc.TimeoutError)):
-        return RemoteUnavailableError(f"{what}: Modal cannot be reached ({detail})")
-    return RemoteError(f"{what} failed on Modal ({detail})")
-
-
-@contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Turn any non-library exception raised inside into our error tree (original as ``__cause__``)."""
-    try:
-        yield
-    except ColbertModalError:
-        raise
-    except Exception as exc:
-        raise translate_error(exc, what) from exc
-
 
 # --- sessions ---------------------------------------------------------------
 
@@ -301,6 +150,7 @@ class RemoteSession:
             raise ConfigurationError(f"remote session kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
         self.gpu = gpu
+        self._gpu_options = {role: gpu_options(gpu, kind, role) for role in ("Writer", "Searcher")}
         self.timeout = timeout
         self.verbose = verbose
         self.closed = False
@@ -317,6 +167,10 @@ class RemoteSession:
         return f"RemoteSession(kind={self.kind!r}, gpu={self.gpu!r}, closed={self.closed})"
 
     # --- handles -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or join) the app run now rather than at the first call; builds the images if needed."""
+        self._ensure_app()
 
     def _ensure_app(self) -> None:
         if self.closed:
@@ -348,18 +202,24 @@ class RemoteSession:
             return handle
 
     def _writer(self) -> Any:
-        options: dict[str, Any] = {}
-        if self.gpu:
-            options["gpu"] = self.gpu
+        options = dict(self._gpu_options["Writer"])
         if self.timeout:
             options["timeout"] = int(self.timeout)
         return self._handle("Writer", cls=True, options=options)()
 
-    def call(self, fn: Any, *args: Any, what: str, **kwargs: Any) -> Any:
+    def writer_timeout(self) -> float | None:
+        """Seconds an index build may run: ``remote_timeout``, else the app's (unknown for a deployed app)."""
+        if self.timeout or self.kind == "deployed":
+            return int(self.timeout) if self.timeout else None
+        from .. import modal_app
+
+        return modal_app.WRITER_TIMEOUT
+
+    def call(self, fn: Any, *args: Any, what: str, limit: float | None = None, **kwargs: Any) -> Any:
         """``fn.remote(...)``, or ``fn.local(...)`` with a pickle round trip in ``inprocess``."""
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
-        with translated(what):
+        with translated(what, limit=limit):
             if self.kind == "inprocess":
                 args, kwargs = _roundtrip((args, kwargs))
                 return _roundtrip(fn.local(*args, **kwargs))
@@ -375,11 +235,11 @@ class RemoteSession:
     def info(self, name: str) -> IndexInfo:
         return self.call(self._handle("info", cls=False), name, what=f"reading index {name!r}")
 
-    def stream(self, fn: Any, *args: Any, what: str, **kwargs: Any) -> Iterator[Any]:
+    def stream(self, fn: Any, *args: Any, what: str, limit: float | None = None, **kwargs: Any) -> Iterator[Any]:
         """The items of a Modal generator method: ``fn.remote_gen(...)``, or ``fn.local(...)`` in ``inprocess``."""
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
-        with translated(what):
+        with translated(what, limit=limit):
             items: Iterable[Any]
             if self.kind == "inprocess":
                 args, kwargs = _roundtrip((args, kwargs))
@@ -396,40 +256,53 @@ class RemoteSession:
         Stages: connecting (starting the app run; a first run builds the
         image, which takes minutes), the container start (until the
         container's first word), then the container's own (encoding in
-        chunks, PLAID's, publishing, committing the Volume).
+        chunks, PLAID's, publishing, committing the Volume). Where no bars
+        show, the plain ``Writer.apply`` call is made (no stream to follow).
         """
-        progress = progress if progress is not None else Progress(False)
         what = f"indexing {plan.name!r}"
-        report: IndexReport | None = None
+        limit = self.writer_timeout()
+        if progress is None or progress.kind is None:
+            report = self.call(
+                self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
+            )
+            if report.changed:
+                self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
+            return report
+        streamed: IndexReport | None = None
         try:
             with progress.stage("connecting to Modal", unit="step") as stage:
                 if self.kind == "ephemeral" and not APP_RUN.running:
                     stage.note("a first run builds the image (minutes); verbose=True shows Modal's log")
                 writer = self._writer()
             starting = progress.stage("starting the container", unit="step")
-            for item in self.stream(writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what):
+            items = self.stream(
+                writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
+            )
+            for item in items:
                 if item[0] == "started":
                     starting.close()
                 elif item[0] == "result":
-                    report = item[1]
+                    streamed = item[1]
                 else:
                     progress.replay(item)
         finally:
             progress.close()
-        if report is None:
+        if streamed is None:
             raise RemoteError(f"{what}: the Modal container ended without a report")
+        report = streamed
         if report.changed:
             self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
         return report
 
     def adopt(self, name: str, upload: str) -> IndexInfo:
-        info: IndexInfo = self.call(self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}")
+        info: IndexInfo = self.call(
+            self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}", limit=self.writer_timeout()
+        )
         self.written[name] = info.generation
         return info
 
     def search_batch(self, name: str, queries: list[str], k: int) -> list[SearchResults]:
-        options = {"gpu": self.gpu} if self.gpu else None
-        searcher = self._handle("Searcher", cls=True, options=options)(index_name=name)
+        searcher = self._handle("Searcher", cls=True, options=self._gpu_options["Searcher"])(index_name=name)
         results = self.call(
             searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}"
         )
@@ -441,9 +314,9 @@ class RemoteSession:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
         if self.kind == "inprocess":
             return DirectoryVolume(volume_path())
-        import modal  # pragma: no cover - needs Modal's cloud
+        import modal
 
-        return ModalVolume(modal.Volume.from_name(VOLUME_NAME))  # pragma: no cover
+        return ModalVolume(modal.Volume.from_name(VOLUME_NAME))
 
     def close(self) -> None:
         if self.closed:
@@ -453,6 +326,31 @@ class RemoteSession:
             holds, self._holds_run = self._holds_run, False
         if holds:
             APP_RUN.release()
+
+
+def gpu_options(gpu: str | None, kind: str, role: str) -> dict[str, Any]:
+    """``with_options`` arguments for a per-indexer ``gpu`` (same syntax as ``$COLBERT_MODAL_GPU``).
+
+    ``with_options`` takes one GPU type and cannot remove a GPU: a fallback list
+    or ``"cpu"`` is accepted only where the app already uses it for ``role``.
+    """
+    if gpu is None or not gpu.strip():
+        return {}
+    wanted = gpu_setting(gpu, None)
+    if isinstance(wanted, str):
+        return {"gpu": wanted}
+    if kind != "deployed":
+        from .. import modal_app
+
+        if wanted == (modal_app.GPU if role == "Writer" else modal_app.SEARCH_GPU):
+            return {}
+    what = "no GPU" if wanted is None else f"the fallback list {wanted}"
+    raise ConfigurationError(
+        f"gpu={gpu!r} asks for {what}, but a per-indexer gpu can only name one GPU type (Modal's "
+        "with_options neither takes a list nor removes a GPU). Set COLBERT_MODAL_GPU (and "
+        "COLBERT_MODAL_SEARCH_GPU) instead: in this process before the first remote call for ephemeral "
+        "runs, at `colbert-modal deploy` for the deployed app."
+    )
 
 
 def check_remote_model(model: str, session: RemoteSession) -> None:
@@ -484,6 +382,9 @@ class VolumeFiles:
     def upload(self, local_dir: Path, path: str) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def remove(self, path: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
 
 class DirectoryVolume(VolumeFiles):
     """A directory standing in for the Volume (``inprocess`` sessions)."""
@@ -503,6 +404,13 @@ class DirectoryVolume(VolumeFiles):
 
     def upload(self, local_dir: Path, path: str) -> None:
         shutil.copytree(local_dir, self.root / path)
+
+    def remove(self, path: str) -> None:
+        target = self.root / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 class ModalVolume(VolumeFiles):
@@ -527,6 +435,9 @@ class ModalVolume(VolumeFiles):
     def upload(self, local_dir: Path, path: str) -> None:
         with self.volume.batch_upload() as batch:
             batch.put_directory(str(local_dir), path)
+
+    def remove(self, path: str) -> None:
+        self.volume.remove_file(path, recursive=True)
 
 
 def pull(session: RemoteSession, store: IndexStore, *, overwrite: bool = True, lock_timeout: float = 0.0) -> Path:

@@ -1,0 +1,250 @@
+"""``ColbertIndexer(mode="remote")`` end to end through the real modal client and the stand-in.
+
+Where tests/test_standin.py drives modal_app by hand, these go through the
+library as a user does: the session opens the shared app run, looks up
+deployed classes, maps Modal's exceptions to ours and reads the Volume with
+``modal.Volume.from_name`` (tests/modal_standin answers on loopback; the
+bodies run in this process).
+
+The model is a hub id, as remote mode requires, that resolves offline on
+both sides: the container side finds it baked under
+``$COLBERT_MODAL_MODELS_DIR/<hub id>`` (as in the image), this side in a
+Hugging Face cache of the test's own (the tiny test checkpoint under both).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import huggingface_hub.constants
+import pytest
+
+from colbert_modal import ColbertIndexer, modal_app
+from colbert_modal.errors import (
+    ConfigurationError,
+    IndexLockedError,
+    IndexNotFoundError,
+    RemoteError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
+)
+from colbert_modal.remote import client as remote_client
+from modal_standin import (  # noqa: F401 (fixture modal_standin)
+    TIMEOUT,
+    StandIn,
+    standin_fixture,
+    standin_server_fixture,
+)
+
+HUB_ID = "standin-org/tiny-colbert"
+REVISION = "0" * 40
+BLOB_THRESHOLD = 2 * 1024 * 1024  # modal._utils.blob_utils.MAX_OBJECT_SIZE_BYTES
+
+
+class HubModel:
+    """The tiny checkpoint as a baked model dir and as an offline HF cache entry."""
+
+    def __init__(self, base: Path, checkpoint: Path) -> None:
+        self.models_dir = base / "models"
+        shutil.copytree(checkpoint, self.models_dir / HUB_ID)
+        self.hf_cache = base / "hf-cache"
+        repo = self.hf_cache / ("models--" + HUB_ID.replace("/", "--"))
+        shutil.copytree(checkpoint, repo / "snapshots" / REVISION)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(REVISION, encoding="utf-8")
+
+    def apply(self, mp: pytest.MonkeyPatch) -> None:
+        mp.setenv("COLBERT_MODAL_MODELS_DIR", str(self.models_dir))
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(self.hf_cache))
+
+
+@pytest.fixture(scope="module")
+def hub_model(tmp_path_factory: pytest.TempPathFactory, colbert_checkpoint: Path) -> HubModel:
+    return HubModel(tmp_path_factory.mktemp("hub-model"), colbert_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def papers_index(tmp_path_factory: pytest.TempPathFactory, hub_model: HubModel, corpus_dir: Path) -> Path:
+    """An exact index 'papers' of the corpus built with the hub id; copied onto the Volume by tests."""
+    root = tmp_path_factory.mktemp("papers-root")
+    with pytest.MonkeyPatch.context() as mp:
+        hub_model.apply(mp)
+        ColbertIndexer("papers", model=HUB_ID, index_root=root, backend="exact", progress=False).index([corpus_dir])
+    return root / "papers"
+
+
+@pytest.fixture
+def standin(modal_standin: StandIn, hub_model: HubModel, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    hub_model.apply(monkeypatch)
+    yield modal_standin
+    assert not remote_client.APP_RUN.running, "a test left the shared app run open"
+
+
+def _volume(standin: StandIn) -> Path:
+    return standin.volume_dir(modal_app.VOLUME_NAME)
+
+
+def _put_papers(standin: StandIn, papers_index: Path) -> None:
+    shutil.copytree(papers_index, _volume(standin) / "papers")
+
+
+def _remote(tmp_path: Path, name: str = "papers", **kwargs) -> ColbertIndexer:
+    kwargs.setdefault("backend", "exact")
+    return ColbertIndexer(name, mode="remote", index_root=tmp_path / "local", progress=False, **kwargs)
+
+
+def _app_creates(standin: StandIn) -> int:
+    return standin.rpcs.count("AppCreate")
+
+
+@pytest.mark.slow
+def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_path: Path) -> None:
+    with _remote(tmp_path, model=HUB_ID) as idx:
+        report = idx.index(corpus_dir)
+        assert report.chunks_written > 0 and report.documents_total >= 5
+        assert (_volume(standin) / "papers" / "CURRENT").read_text().strip() == "g000001"
+        assert idx.search("penguin quartz rhubarb", k=3)[0].source.endswith("bestiary.pdf")
+        info = idx.info()
+        assert (info.generation, info.model, info.documents) == (1, HUB_ID, report.documents_total)
+        assert idx.index(corpus_dir).chunks_written == 0  # planned against the remote manifest: nothing new
+
+        before = len(standin.rpcs)
+        path = idx.pull()
+        pull_rpcs = standin.rpcs[before:]
+        assert "VolumeGetFile2" in pull_rpcs and "VolumeListFiles2" in pull_rpcs
+        assert not {"AppCreate", "FunctionMap"} & set(pull_rpcs)  # no app run, no container, for reading files
+        assert idx.search.local("flamingo glacier", k=1)[0].source.endswith("atlas.pdf")
+        assert path == tmp_path / "local" / "papers"
+
+        idx.push()  # the pulled index goes back up as the next generation
+        assert idx.info().generation == 2
+        assert idx.search("meteor shower harbour", k=1)[0].source.endswith("meteor.md")
+    assert _app_creates(standin) == 1
+    assert [c.tag for c in standin.calls].count("Writer.adopt") == 1
+
+
+def test_pull_alone_starts_no_app(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    _put_papers(standin, papers_index)
+    with _remote(tmp_path) as idx:
+        idx.pull()
+        assert idx.info.local().documents > 0
+    assert "AppCreate" not in standin.rpcs and not standin.calls
+
+
+def test_two_indexers_share_one_app_run(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    _put_papers(standin, papers_index)
+    a, b = _remote(tmp_path / "a"), _remote(tmp_path / "b")
+    assert a.info().documents > 0  # opens the run
+    assert b.search("penguin", k=1)[0].source.endswith("bestiary.pdf")  # joins it
+    a.close()  # b still holds the run
+    assert b.search("flamingo", k=1)[0].source.endswith("atlas.pdf")
+    assert _app_creates(standin) == 1 and not standin.disconnects
+    b.close()  # the last one stops it
+    assert len(standin.disconnects) == 1
+
+    with _remote(tmp_path / "c") as c:  # one after another: a new run
+        assert c.info().documents > 0
+    assert _app_creates(standin) == 2
+
+    results: dict[str, object] = {}
+
+    def search(who: str, query: str) -> None:
+        with _remote(tmp_path / who) as idx:
+            try:
+                results[who] = idx.search(query, k=1)[0].source
+            except Exception as exc:  # reported below
+                results[who] = exc
+
+    threads = [threading.Thread(target=search, args=(w, q)) for w, q in (("t1", "penguin"), ("t2", "flamingo"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert str(results["t1"]).endswith("bestiary.pdf") and str(results["t2"]).endswith("atlas.pdf"), results
+    assert _app_creates(standin) in (3, 4)  # one shared run, unless one thread finished before the other began
+
+
+@pytest.mark.slow
+def test_update_plan_over_2mib_travels_as_blob(standin: StandIn, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.md").write_text("# Penguins\n\nA penguin on the glacier.\n", encoding="utf-8")
+    for i in range(7000):  # files the loaders skip: each a line of the report, together over 2 MiB
+        (docs / f"{i:05d}-{'x' * 200}.bin").touch()
+    with _remote(tmp_path, "big", model=HUB_ID) as idx:
+        report = idx.index(docs)
+    assert report.chunks_written > 0 and len(report.skipped) == 7000
+    (call,) = standin.calls_of("Writer.apply")
+    assert call.args_from_blob  # the plan went as a blob
+    assert len(cloudpickle.dumps(report)) > BLOB_THRESHOLD and standin.blob_outputs  # and the report came back as one
+
+
+def test_errors_in_the_container_arrive_as_ours(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    with _remote(tmp_path, "missing") as idx:
+        with pytest.raises(IndexNotFoundError):
+            idx.info()
+        with pytest.raises(IndexNotFoundError):
+            idx.search("penguin")
+    _put_papers(standin, papers_index)
+    with _remote(tmp_path) as idx:
+        standin.inject("Writer.apply", IndexLockedError("index 'papers' is being written by another writer"))
+        with pytest.raises(IndexLockedError, match="another writer"):
+            idx.delete(["/nowhere/atlas.pdf"])
+        standin.inject("Writer.apply", MemoryError("container ran out of memory"))
+        with pytest.raises(RemoteError, match=r"failed on Modal.*MemoryError") as info:
+            idx.delete(["/nowhere/atlas.pdf"])
+        assert isinstance(info.value.__cause__, MemoryError)
+
+
+def test_app_never_deployed_says_to_deploy(standin: StandIn, tmp_path: Path) -> None:
+    with _remote(tmp_path, remote_app="deployed") as idx:
+        with pytest.raises(RemoteUnavailableError, match="colbert-modal deploy"):
+            idx.info()
+        with pytest.raises(RemoteUnavailableError, match="colbert-modal deploy"):
+            idx.search("penguin")
+    assert "AppCreate" not in standin.rpcs
+
+
+def test_deployed_app_is_used_without_a_run(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    _put_papers(standin, papers_index)
+    modal_app.app.deploy()
+    creates = _app_creates(standin)
+    with _remote(tmp_path, remote_app="deployed") as idx:
+        assert idx.search("penguin", k=1)[0].source.endswith("bestiary.pdf")
+    assert _app_creates(standin) == creates
+
+
+def test_function_timeout_names_the_limit(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    _put_papers(standin, papers_index)
+    with _remote(tmp_path, remote_timeout=123) as idx:
+        standin.inject("Writer.apply", TIMEOUT)
+        with pytest.raises(RemoteTimeoutError, match="123 s") as info:
+            idx.delete(["/nowhere/atlas.pdf"])
+    assert "remote_timeout" in str(info.value)
+    (call,) = standin.calls_of("Writer.apply")
+    assert call.status == "TIMEOUT" and call.options.timeout_secs == 123  # the limit reached with_options
+    with _remote(tmp_path) as idx:  # no remote_timeout: the app's limit, no override
+        standin.inject("Writer.apply", TIMEOUT)
+        with pytest.raises(RemoteTimeoutError, match=f"{modal_app.WRITER_TIMEOUT} s"):
+            idx.delete(["/nowhere/atlas.pdf"])
+    assert standin.calls_of("Writer.apply")[1].options is None
+
+
+def test_per_indexer_gpu_takes_what_the_app_setting_takes(
+    standin: StandIn, papers_index: Path, tmp_path: Path
+) -> None:
+    _put_papers(standin, papers_index)
+    with _remote(tmp_path, gpu=" a100 ") as idx:
+        idx.search("penguin")
+    with _remote(tmp_path, gpu=",".join(modal_app.DEFAULT_GPUS)) as idx:  # the app's own fallback list
+        idx.search("penguin")
+    first, second = standin.calls_of("Searcher.search_batch")
+    assert first.gpus == ["A100"] and first.options.resources.gpu_config.gpu_type == "A100"
+    assert second.gpus == modal_app.SEARCH_GPU and second.options is None
+    for gpu in ("cpu", "H100,A100"):  # with_options can neither remove a GPU nor take a list
+        with _remote(tmp_path, gpu=gpu) as idx, pytest.raises(ConfigurationError, match="COLBERT_MODAL_GPU"):
+            idx.search("penguin")
