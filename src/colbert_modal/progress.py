@@ -190,6 +190,11 @@ class Progress:
     def __repr__(self) -> str:
         return f"Progress(kind={self.kind!r}, stages={list(self.stages)})"
 
+    @property
+    def watched(self) -> bool:
+        """True where someone sees the stages: bars show, or stage lines are logged at INFO."""
+        return self.kind is not None or (self.log and logger.isEnabledFor(logging.INFO))
+
     def new_bar(self, name: str, total: int | None, unit: str) -> Any:
         """A tqdm bar of this progress's kind."""
         if self.kind == "notebook":

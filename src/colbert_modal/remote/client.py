@@ -256,12 +256,12 @@ class RemoteSession:
         Stages: connecting (starting the app run; a first run builds the
         image, which takes minutes), the container start (until the
         container's first word), then the container's own (encoding in
-        chunks, PLAID's, publishing, committing the Volume). Where no bars
-        show, the plain ``Writer.apply`` call is made (no stream to follow).
+        chunks, PLAID's, publishing, committing the Volume). Where nobody
+        watches (no bars, no INFO log), the plain ``Writer.apply`` is called.
         """
         what = f"indexing {plan.name!r}"
         limit = self.writer_timeout()
-        if progress is None or progress.kind is None:
+        if progress is None or not progress.watched:
             report = self.call(
                 self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
             )
