@@ -271,25 +271,25 @@ def corpus_records(ckpt: str, n: int, max_tokens: int = 256) -> tuple[list[str],
 
 
 class EncodeOnce:
-    """Memoises ``colbert_modal.engine._encode_tokens`` per text (its token ids), in float32.
+    """Memoises ``colbert_modal.engine.encoder.encode_tokens`` per text (its token ids), in float32.
 
     Exact and PLAID builds of the same texts, and the 2k corpus inside the
     10k one, then encode each text once (per encoder precision): on 2 CPU cores one pass over 10k
     chunks with this model takes tens of minutes. Both builds call
-    ``_encode_tokens`` (the exact one for float16 output, PLAID's for float32
+    ``encode_tokens`` (the exact one for float16 output, PLAID's for float32
     on a CPU); the cached rows are the float32 outputs, cast as each caller
     asks, so each build stores what it would have computed itself (up to
     batch-shape rounding, ~1e-6).
     """
 
     def __init__(self) -> None:
-        from colbert_modal import engine
+        from colbert_modal.engine import encoder
 
-        self.engine = engine
-        self.orig = engine._encode_tokens
+        self.engine = encoder
+        self.orig = encoder.encode_tokens
         self.cache: dict[bytes, Any] = {}
         self.hits = self.misses = 0
-        engine._encode_tokens = self
+        encoder.encode_tokens = self
 
     def __call__(self, ckpt: Any, ids: Any, lengths: Any, bsize: int, dtype: Any = None) -> tuple[Any, Any]:
         import numpy as np
