@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
 from .engine import BACKENDS, check_precision
 from .errors import ConfigurationError, IndexNotFoundError
+from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
 from .models import IndexInfo, IndexReport, SearchResult
-from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .pipeline import MetadataSpec, Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
 from .search import LiveIndex, OpenGeneration, check_queries
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
 
@@ -252,6 +253,7 @@ class ColbertIndexer:
         passwords: Passwords = None,
         rebuild: bool = False,
         keep_missing: bool = False,
+        metadata: MetadataSpec = None,
     ) -> IndexReport:
         """Index files and folders (recursively); returns what was done.
 
@@ -261,15 +263,24 @@ class ColbertIndexer:
         ``report.skipped`` with the reason; the rest is indexed.
         ``passwords``: one password for every encrypted PDF, or a mapping of
         file path (or file name) to password.
+        ``metadata``: a mapping from a path, file name or glob to a dict of
+        JSON scalars (or lists of them), or a callable ``(Path) -> dict``;
+        stored per file and copied into every chunk's and result's
+        ``metadata``, and searchable with ``where=``. Files it says nothing
+        of keep their metadata; changing only metadata encodes nothing.
         """
         paths = _as_path_list(paths)
         with self.store.lock(self.lock_timeout):
-            plan = self._plan(paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+            plan = self._plan(
+                paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+                metadata=metadata,
+            )
             return self._apply_local(plan)
 
     @index.remote_impl
     def _index_remote(
-        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False
+        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False,
+        metadata: MetadataSpec = None,
     ) -> IndexReport:
         """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
         from .remote.client import check_remote_model
@@ -279,7 +290,10 @@ class ColbertIndexer:
             check_remote_model(self._settings(None, True).model, session)
         manifest = session.manifest(self.name)
         check_remote_model(self._settings(manifest, rebuild).model, session)
-        plan = self._plan(_as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+        plan = self._plan(
+            _as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+            metadata=metadata,
+        )
         if manifest is None and not plan.new_chunks:
             raise nothing_to_index(plan)  # with the report; no GPU container started
         return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
@@ -305,28 +319,39 @@ class ColbertIndexer:
         return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
 
     @dispatchable
-    def search(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        """The ``k`` best passages for ``query``, best first (always a list)."""
-        return self.search_batch.local(_one_query(query), k=k)[0]
+    def search(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
+        """The ``k`` best passages for ``query``, best first (always a list).
+
+        ``where``: search only the chunks that match these conditions (see
+        :mod:`colbert_modal.filters`), e.g. ``{"year": 2023, "page": {"$gte": 10}}``;
+        the best ``min(k, matching chunks)`` of them are returned.
+        """
+        return self.search_batch.local(_one_query(query), k=k, where=where)[0]
 
     @search.remote_impl
-    def _search_remote(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        return self.search_batch.remote(_one_query(query), k=k)[0]
+    def _search_remote(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
+        return self.search_batch.remote(_one_query(query), k=k, where=where)[0]
 
     @dispatchable
-    def search_batch(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
-        """One result list per query, in order (always a list of lists)."""
+    def search_batch(
+        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
+    ) -> list[list[SearchResult]]:
+        """One result list per query, in order (always a list of lists); ``where`` as in :meth:`search`."""
         queries = check_queries(queries, k)
+        parse_where(where)  # a bad filter fails before the index is opened
         if not queries:
             return []
-        return list(self._live.current().search_batch(queries, k))
+        return list(self._live.current().search_batch(queries, k, where))
 
     @search_batch.remote_impl
-    def _search_batch_remote(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
+    def _search_batch_remote(
+        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
+    ) -> list[list[SearchResult]]:
         queries = check_queries(queries, k)
+        parse_where(where)  # a bad filter fails before any remote call
         if not queries:
             return []
-        return list(self._session().search_batch(self.name, queries, k))
+        return list(self._session().search_batch(self.name, queries, k, where=dict(where) if where else None))
 
     @dispatchable
     def info(self) -> IndexInfo:
@@ -372,7 +397,8 @@ class ColbertIndexer:
     # --- helpers -------------------------------------------------------------
 
     def _plan(
-        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool
+        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
+        metadata: MetadataSpec = None,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -386,6 +412,7 @@ class ColbertIndexer:
             rebuild=rebuild,
             keep_missing=keep_missing,
             progress=self._file_progress(),
+            metadata=metadata,
         )
 
     def _apply_local(self, plan: UpdatePlan) -> IndexReport:

@@ -107,6 +107,8 @@ class FileEntry:
     chunk_ids: list[str]
     size: int = 0
     mtime: float = 0.0
+    #: the user's metadata for the file (``index(..., metadata=...)``); absent in older manifests
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +150,14 @@ class Manifest:
     def n_chunks(self) -> int:
         return sum(len(e.chunk_ids) for e in self.files.values())
 
+    def metadata_keys(self) -> dict[str, int]:
+        """The user metadata keys in use, with the number of files that have each."""
+        counts: dict[str, int] = {}
+        for e in self.files.values():
+            for key in e.metadata:
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -185,6 +195,7 @@ class Generation:
             created_at=m.created_at,
             updated_at=m.updated_at,
             sources=sorted(m.files),
+            metadata_keys=m.metadata_keys(),
         )
 
 

@@ -387,11 +387,15 @@ class RemoteSession:
         self.written[name] = info.generation
         return info
 
-    def search_batch(self, name: str, queries: list[str], k: int) -> list[SearchResults]:
+    def search_batch(
+        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
+    ) -> list[SearchResults]:
         options = {"gpu": self.gpu} if self.gpu else None
         searcher = self._handle("Searcher", cls=True, options=options)(index_name=name)
+        kwargs: dict[str, Any] = {"where": where} if where else {}  # an older deployed app takes no where
         results = self.call(
-            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}"
+            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}",
+            **kwargs,
         )
         return [SearchResults(r) for r in results]
 
