@@ -190,6 +190,20 @@ def test_resolve_metadata_by_path_name_glob_and_callable(tmp_path: Path, monkeyp
         resolve_metadata(lambda p: None, f)
 
 
+def test_manifest_metadata_round_trip_and_old_format() -> None:
+    from colbert_modal.store import FileEntry, Manifest
+
+    m = Manifest(name="m", model="x", max_tokens=8, overlap=0, backend="exact")
+    m.files["/a.pdf"] = FileEntry("h", "d", ["d-0"], metadata={"year": 2023})
+    m.files["/b.pdf"] = FileEntry("h2", "d2", ["d2-0"])
+    data = json.loads(json.dumps(m.to_json()))
+    assert data["files"]["/a.pdf"]["metadata"] == {"year": 2023}
+    assert "metadata" not in data["files"]["/b.pdf"]  # a release without metadata still reads it
+    again = Manifest.from_json(data)
+    assert again.files["/a.pdf"].metadata == {"year": 2023} and again.files["/b.pdf"].metadata == {}
+    assert again.metadata_keys() == {"year": 1}
+
+
 # --- end to end, exact backend --------------------------------------------------------------
 
 

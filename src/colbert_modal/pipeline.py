@@ -298,8 +298,9 @@ def apply_update(
 
     old_files = dict(prev.manifest.files) if prev and not plan.rebuild else {}
     keep_paths = [p for p in plan.unchanged if p in old_files and p not in plan.new_files]
+    keep_set = set(keep_paths)
     meta_changes = {
-        p: m for p, m in getattr(plan, "metadata", {}).items() if p in keep_paths and old_files[p].metadata != m
+        p: m for p, m in getattr(plan, "metadata", {}).items() if p in keep_set and old_files[p].metadata != m
     }
     report_base: dict[str, Any] = {
         "index_name": plan.name,
@@ -325,7 +326,6 @@ def apply_update(
         )
 
     # Chunks of the new generation: kept files' chunks in their old order, then new ones.
-    keep_set = set(keep_paths)
     prev_chunks = prev.chunks() if prev else []
     kept_chunks = [
         _with_metadata(c, old_files[c.source].metadata, meta_changes[c.source]) if c.source in meta_changes else c

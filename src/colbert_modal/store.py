@@ -110,6 +110,13 @@ class FileEntry:
     #: the user's metadata for the file (``index(..., metadata=...)``); absent in older manifests
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """The entry as stored; empty metadata is left out, so releases without metadata read the manifest."""
+        data = dict(vars(self))
+        if not data["metadata"]:
+            del data["metadata"]
+        return data
+
 
 @dataclass
 class Manifest:
@@ -137,7 +144,7 @@ class Manifest:
             "generation": self.generation,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "files": {p: vars(e) for p, e in sorted(self.files.items())},
+            "files": {p: e.to_json() for p, e in sorted(self.files.items())},
         }
 
     @classmethod
