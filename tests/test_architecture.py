@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub"],
-    ["loaders", "chunking", "store"],
+    ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
     ["engine._upstream"],
     ["engine.precision", "engine.clustering"],

@@ -234,6 +234,89 @@ def parse_passwords(values: Sequence[str]) -> str | Mapping[str, str] | None:
     return PasswordBook(by_file, default)
 
 
+_WHERE_OPS = (("!=", "$ne"), (">=", "$gte"), ("<=", "$lte"), (">", "$gt"), ("<", "$lt"), ("~", "$glob"), ("=", "$eq"))
+
+
+def _json_or_text(text: str) -> Any:
+    """``text`` parsed as JSON where it can be (numbers, true/false/null, lists, quoted strings), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_where_options(values: Sequence[str], where_json: str | None = None) -> dict[str, Any] | None:
+    """``--where`` / ``--where-json`` to the ``where`` dict :meth:`ColbertIndexer.search` takes.
+
+    Each ``--where`` is ``FIELD OP VALUE`` with OP one of ``= != > >= < <=``
+    and ``~`` (a shell pattern, ``$glob``); VALUE parses as JSON where it can
+    (a list means any of). Conditions on one field combine (all must hold).
+
+    >>> parse_where_options(["year=2023", "page>=10", "page<=40", "source~reports/*.pdf"])
+    {'year': {'$eq': 2023}, 'page': {'$gte': 10, '$lte': 40}, 'source': {'$glob': 'reports/*.pdf'}}
+    >>> parse_where_options(['lang=["en", "de"]', "title=Annual report"])
+    {'lang': {'$in': ['en', 'de']}, 'title': {'$eq': 'Annual report'}}
+    >>> parse_where_options([], '{"year": {"$gt": 2020}}')
+    {'year': {'$gt': 2020}}
+    """
+    where: dict[str, Any] = {}
+    if where_json is not None:
+        try:
+            loaded = json.loads(where_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--where-json") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object of conditions", param_hint="--where-json")
+        where.update(loaded)
+    for value in values:
+        # the first operator in the text; at one position the longer one (">=" before ">")
+        found = [(value.find(sym), -len(sym), sym, op) for sym, op in _WHERE_OPS if value.find(sym) > 0]
+        if not found:
+            raise click.BadParameter(
+                f"{value!r}: use FIELD=VALUE, FIELD!=VALUE, FIELD>=VALUE (> < <=) or FIELD~PATTERN", param_hint="--where"
+            )
+        pos, _, sym, op = min(found)
+        field = value[:pos].strip()
+        text = value[pos + len(sym):].strip()
+        arg = text if op == "$glob" else _json_or_text(text)
+        if op == "$eq" and isinstance(arg, list):
+            op = "$in"
+        conds = where.setdefault(field, {})
+        if not isinstance(conds, dict) or op in conds:
+            raise click.BadParameter(f"{value!r}: {field!r} already has a condition {op}", param_hint="--where")
+        conds[op] = arg
+    return where or None
+
+
+def parse_meta_options(values: Sequence[str], meta_json: Path | None = None) -> dict[str, dict[str, Any]] | None:
+    """``--meta`` / ``--meta-json`` to the ``metadata`` mapping :meth:`ColbertIndexer.index` takes.
+
+    ``--meta FILE:KEY=VALUE`` (FILE a path, file name or glob; VALUE parses
+    as JSON where it can); ``--meta-json`` names a JSON file holding an
+    object from path or glob to a dict.
+
+    >>> parse_meta_options(["report.pdf:year=2023", "report.pdf:team=search", "*.md:draft=true"])
+    {'report.pdf': {'year': 2023, 'team': 'search'}, '*.md': {'draft': True}}
+    """
+    meta: dict[str, dict[str, Any]] = {}
+    if meta_json is not None:
+        try:
+            loaded = json.loads(Path(meta_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{meta_json}: {exc}", param_hint="--meta-json") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+            raise click.BadParameter(f"{meta_json}: must be a JSON object from path or glob to an object",
+                                     param_hint="--meta-json")
+        meta.update(loaded)
+    for value in values:
+        left, eq, text = value.partition("=")
+        target, colon, key = left.rpartition(":")
+        if not eq or not colon or not target or not key:
+            raise click.BadParameter(f"{value!r}: use FILE:KEY=VALUE, e.g. report.pdf:year=2023", param_hint="--meta")
+        meta.setdefault(target, {})[key] = _json_or_text(text)
+    return meta or None
+
+
 # --- the commands -------------------------------------------------------------
 
 
@@ -272,6 +355,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
               "or PW for all others. Repeatable.")
 @click.option("--rebuild", is_flag=True, help="Re-index every file, e.g. after changing --model or --max-tokens.")
 @click.option("--keep-missing", is_flag=True, help="Keep the chunks of indexed files that no longer exist.")
+@click.option("--meta", "metas", multiple=True, metavar="FILE:KEY=VALUE",
+              help="Metadata of a file (path, file name or glob), searchable with --where; VALUE parses as "
+              "JSON where it can. Repeatable.")
+@click.option("--meta-json", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A JSON file: an object from path or glob to a metadata object.")
 @index_root_option
 @remote_option
 @json_option
@@ -284,6 +372,8 @@ def index(
     passwords: tuple[str, ...],
     rebuild: bool,
     keep_missing: bool,
+    metas: tuple[str, ...],
+    meta_json: Path | None,
     index_root: Path | None,
     remote: bool,
     as_json: bool,
@@ -295,11 +385,13 @@ def index(
     read are skipped with the reason; the rest is indexed.
     """
     password_arg = parse_passwords(passwords)
+    metadata = parse_meta_options(metas, meta_json)
     indexer = _indexer(name, index_root=index_root, remote=remote, model=model, max_tokens=max_tokens, overlap=overlap)
     started = time.perf_counter()
     try:
         report = indexer.index(
-            [os.fspath(p) for p in paths], passwords=password_arg, rebuild=rebuild, keep_missing=keep_missing
+            [os.fspath(p) for p in paths], passwords=password_arg, rebuild=rebuild, keep_missing=keep_missing,
+            metadata=metadata,
         )
     except NoDocumentsError as exc:
         if isinstance(exc.report, IndexReport):
@@ -323,6 +415,8 @@ def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str 
         f"{verb} {_plural(len(report.indexed), 'file')} into {report.index_name!r} ({where}): "
         f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, {len(report.skipped)} skipped."
     )
+    if report.metadata_updated:
+        click.echo(f"Metadata updated: {_plural(len(report.metadata_updated), 'file')} (nothing re-encoded).")
     if verbose:
         for path in report.indexed:
             click.echo(f"Indexed {path}")
@@ -346,13 +440,19 @@ def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str 
               help="How many passages to return.")
 @click.option("--width", type=click.IntRange(min=40), default=200, show_default=True,
               help="Characters of each passage to show (text output).")
+@click.option("--where", "wheres", multiple=True, metavar="FIELD[=|!=|>|>=|<|<=|~]VALUE",
+              help="Search only chunks where this holds, e.g. year=2023, 'page>=10', 'source~reports/*.pdf'; "
+              "VALUE parses as JSON where it can (a list: any of). Repeatable (all must hold).")
+@click.option("--where-json", default=None, metavar="JSON",
+              help='The filter as a JSON object, e.g. \'{"year": {"$gte": 2020}}\'.')
 @click.option("--open", "open_best", is_flag=True,
               help="Open the best hit's file in your viewer (PDFs at the hit's page where the viewer allows).")
 @index_root_option
 @remote_option
 @json_option
 def search(
-    query: str, name: str, k: int, width: int, open_best: bool, index_root: Path | None, remote: bool, as_json: bool
+    query: str, name: str, k: int, width: int, wheres: tuple[str, ...], where_json: str | None,
+    open_best: bool, index_root: Path | None, remote: bool, as_json: bool,
 ) -> None:
     """Search an index: the best passages for QUERY, best first.
 
@@ -360,8 +460,9 @@ def search(
     word (query words in bold on a terminal; -v adds the full path). --json
     prints the full results.
     """
+    where = parse_where_options(wheres, where_json)
     with _indexer(name, index_root=index_root, remote=remote) as indexer:
-        results = indexer.search(query, k=k)
+        results = indexer.search(query, k=k, where=where)
     if open_best and results:
         from .view import open_file
 
@@ -447,6 +548,10 @@ def info(name: str, index_root: Path | None, remote: bool, as_json: bool) -> Non
     ]
     for key, value in rows:
         click.echo(f"{key + ':':<12}{value}")
+    if data.metadata_keys:
+        click.echo("metadata:")
+        for key, count in data.metadata_keys.items():
+            click.echo(f"  {key} ({_plural(count, 'file')})")
     if data.sources:
         click.echo("sources:")
         for source in data.sources:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
 from .engine import BACKENDS, check_precision
 from .errors import ConfigurationError, IndexNotFoundError
+from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
 from .models import IndexInfo, IndexReport, SearchResult
-from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .pipeline import MetadataSpec, Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
 from .progress import Progress
 from .search import LiveIndex, OpenGeneration, check_queries
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
@@ -241,6 +242,7 @@ class ColbertIndexer:
         passwords: Passwords = None,
         rebuild: bool = False,
         keep_missing: bool = False,
+        metadata: MetadataSpec = None,
     ) -> IndexReport:
         """Index files and folders (recursively); returns what was done.
 
@@ -250,6 +252,11 @@ class ColbertIndexer:
         ``report.skipped`` with the reason; the rest is indexed.
         ``passwords``: one password for every encrypted PDF, or a mapping of
         file path (or file name) to password.
+        ``metadata``: a mapping from a path, file name or glob to a dict of
+        JSON scalars (or lists of them), or a callable ``(Path) -> dict``;
+        stored per file and copied into every chunk's and result's
+        ``metadata``, and searchable with ``where=``. Files it says nothing
+        of keep their metadata; changing only metadata encodes nothing.
         """
         paths = _as_path_list(paths)
         progress = self._progress()
@@ -257,12 +264,14 @@ class ColbertIndexer:
             plan = self._plan(
                 paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
                 progress=progress,
+                metadata=metadata,
             )
             return self._apply_local(plan, progress)
 
     @index.remote_impl
     def _index_remote(
-        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False
+        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False,
+        metadata: MetadataSpec = None,
     ) -> IndexReport:
         """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
         from .remote.client import check_remote_model
@@ -276,6 +285,7 @@ class ColbertIndexer:
         plan = self._plan(
             _as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
             progress=progress,
+            metadata=metadata,
         )
         if manifest is None and not plan.new_chunks:
             raise nothing_to_index(plan)  # with the report; no GPU container started
@@ -302,28 +312,39 @@ class ColbertIndexer:
         return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout, progress=self._progress())
 
     @dispatchable
-    def search(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        """The ``k`` best passages for ``query``, best first (always a list)."""
-        return self.search_batch.local(_one_query(query), k=k)[0]
+    def search(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
+        """The ``k`` best passages for ``query``, best first (always a list).
+
+        ``where``: search only the chunks that match these conditions (see
+        :mod:`colbert_modal.filters`), e.g. ``{"year": 2023, "page": {"$gte": 10}}``;
+        the best ``min(k, matching chunks)`` of them are returned.
+        """
+        return self.search_batch.local(_one_query(query), k=k, where=where)[0]
 
     @search.remote_impl
-    def _search_remote(self, query: str, *, k: int = 10) -> list[SearchResult]:
-        return self.search_batch.remote(_one_query(query), k=k)[0]
+    def _search_remote(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
+        return self.search_batch.remote(_one_query(query), k=k, where=where)[0]
 
     @dispatchable
-    def search_batch(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
-        """One result list per query, in order (always a list of lists)."""
+    def search_batch(
+        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
+    ) -> list[list[SearchResult]]:
+        """One result list per query, in order (always a list of lists); ``where`` as in :meth:`search`."""
         queries = check_queries(queries, k)
+        parse_where(where)  # a bad filter fails before the index is opened
         if not queries:
             return []
-        return list(self._live.current().search_batch(queries, k))
+        return list(self._live.current().search_batch(queries, k, where))
 
     @search_batch.remote_impl
-    def _search_batch_remote(self, queries: Sequence[str], *, k: int = 10) -> list[list[SearchResult]]:
+    def _search_batch_remote(
+        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
+    ) -> list[list[SearchResult]]:
         queries = check_queries(queries, k)
+        parse_where(where)  # a bad filter fails before any remote call
         if not queries:
             return []
-        return list(self._session().search_batch(self.name, queries, k))
+        return list(self._session().search_batch(self.name, queries, k, where=dict(where) if where else None))
 
     @dispatchable
     def info(self) -> IndexInfo:
@@ -371,6 +392,7 @@ class ColbertIndexer:
     def _plan(
         self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
         progress: Progress,
+        metadata: MetadataSpec = None,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -384,6 +406,7 @@ class ColbertIndexer:
             rebuild=rebuild,
             keep_missing=keep_missing,
             progress=progress,
+            metadata=metadata,
         )
 
     def _apply_local(self, plan: UpdatePlan, progress: Progress) -> IndexReport:

@@ -34,6 +34,7 @@ from .errors import (
 from .models import Document, FileWarning, Page, SkippedFile
 
 __all__ = [
+    "LOADER_KEYS",
     "PDF_SUFFIXES",
     "TEXT_SUFFIXES",
     "LoadResult",
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 PDF_SUFFIXES = frozenset({".pdf"})
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown"})
 SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES
+#: Every metadata key the loaders set on a Document (a user's metadata may not reuse one).
+LOADER_KEYS = frozenset({"file_name", "page_count", "type", "encoding", "sections", "title", "author", "subject"})
 
 #: Text files are split into sections of about this many characters, so that
 #: memory stays bounded however large the file is.

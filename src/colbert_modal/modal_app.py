@@ -257,9 +257,9 @@ class Searcher:
             self.index_server.refresh()
 
     @modal.method()
-    def search_batch(self, queries, k: int = 10, min_generation=None):
-        """One result list per query; switches to a newer published generation first."""
-        return self.index_server.search_batch(queries, k, min_generation=min_generation)
+    def search_batch(self, queries, k: int = 10, min_generation=None, where=None):
+        """One result list per query; switches to a newer published generation first. ``where``: a filter."""
+        return self.index_server.search_batch(queries, k, min_generation=min_generation, where=where)
 
     @modal.method()
     def generation(self):

@@ -157,6 +157,9 @@ class IndexReport(_Record):
     removed: list[str] = Field(default_factory=list, description="Files whose chunks were dropped.")
     skipped: list[SkippedFile] = Field(default_factory=list)
     warnings: list[FileWarning] = Field(default_factory=list)
+    metadata_updated: list[str] = Field(
+        default_factory=list, description="Files whose metadata alone changed (nothing re-encoded)."
+    )
     chunks_written: int = Field(0, description="Chunks encoded by this call.")
     chunks_total: int = Field(0, description="Chunks in the index after this call.")
     documents_total: int = 0
@@ -165,7 +168,7 @@ class IndexReport(_Record):
     @property
     def changed(self) -> bool:
         """True when this call changed the index."""
-        return bool(self.indexed or self.removed)
+        return bool(self.indexed or self.removed or self.metadata_updated)
 
     @property
     def files_indexed(self) -> list[str]:
@@ -195,3 +198,6 @@ class IndexInfo(_Record):
     created_at: str
     updated_at: str
     sources: list[str] = Field(default_factory=list)
+    metadata_keys: dict[str, int] = Field(
+        default_factory=dict, description="User metadata keys in use, with how many files have each."
+    )

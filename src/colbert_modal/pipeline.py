@@ -13,20 +13,23 @@ can, builds the new generation aside and publishes it atomically.
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .chunking import Chunker
-from .errors import IndexLockedError, NoDocumentsError, SettingsMismatchError
-from .loaders import Passwords, discover, hash_file, iter_documents
+from .errors import ConfigurationError, IndexLockedError, NoDocumentsError, SettingsMismatchError
+from .filters import check_metadata, glob_path
+from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .progress import Progress
 from .store import FileEntry, IndexStore, Manifest, now_iso
 
 __all__ = [
+    "MetadataSpec",
     "Settings",
     "UpdatePlan",
     "apply_update",
@@ -34,7 +37,11 @@ __all__ = [
     "nothing_to_index",
     "plan_deletion",
     "plan_update",
+    "resolve_metadata",
 ]
+
+#: ``index(..., metadata=)``: a mapping from a path, file name or glob to a dict, or a callable ``(Path) -> dict``.
+MetadataSpec = Mapping[str, Mapping[str, Any]] | Callable[[Path], Mapping[str, Any]] | None
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,52 @@ class UpdatePlan:
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[FileWarning] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: new user metadata of files whose content is unchanged (nothing to encode)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_noop(self) -> bool:
-        return not (self.new_files or self.remove or self.rebuild)
+        return not (self.new_files or self.remove or self.rebuild or self.metadata)
+
+
+def resolve_metadata(spec: MetadataSpec, path: Path) -> dict[str, Any] | None:
+    """The user metadata ``spec`` gives file ``path`` (checked), or None where it says nothing of it.
+
+    A mapping's keys are matched against the absolute path, a path as given
+    (``~`` expanded), the file name, or a shell glob on the whole path or its
+    tail; every matching entry applies, in the mapping's order (later keys
+    win). A callable is called with the path and its dict is the metadata.
+    Raises ConfigurationError for a value that is not a dict of JSON scalars
+    (or lists of them), or a key colliding with a built-in one.
+    """
+    if spec is None:
+        return None
+    if callable(spec):
+        try:
+            got = spec(path)
+        except Exception as exc:
+            raise ConfigurationError(f"the metadata callable failed for {path}: {type(exc).__name__}: {exc}") from exc
+        return check_metadata(got, str(path), LOADER_KEYS)
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError(
+            f"metadata must be a mapping from path, file name or glob to a dict, or a callable, got {type(spec).__name__}"
+        )
+    found: dict[str, Any] | None = None
+    full = str(path)
+    for key, value in spec.items():
+        if not isinstance(key, str):
+            raise ConfigurationError(f"metadata keys must be paths, file names or globs (strings), got {key!r}")
+        given = os.path.abspath(os.path.expanduser(key))
+        if key in (full, path.name) or given == full or glob_path(full, key):
+            found = {**(found or {}), **check_metadata(value, f"{key!r}", LOADER_KEYS)}
+    return found
+
+
+def _with_metadata(chunk: Chunk, old: Mapping[str, Any], new: Mapping[str, Any]) -> Chunk:
+    """``chunk`` with the user metadata ``old`` replaced by ``new`` (the loaders' keys kept)."""
+    meta = {k: v for k, v in chunk.metadata.items() if k not in old}
+    meta.update(new)
+    return chunk if meta == chunk.metadata else chunk.model_copy(update={"metadata": meta})
 
 
 def plan_update(
@@ -94,10 +143,14 @@ def plan_update(
     rebuild: bool = False,
     keep_missing: bool = False,
     progress: Progress | None = None,
+    metadata: MetadataSpec = None,
 ) -> UpdatePlan:
     """Decide what changed under ``paths`` and load/chunk just that.
 
     ``progress`` shows the stages: discovering, loading (files), chunking (files).
+    ``metadata`` (see :func:`resolve_metadata`) sets the user metadata of
+    the files it names; the others keep theirs. A file whose metadata alone
+    changed goes into ``plan.metadata``: nothing is loaded or encoded.
     """
     check_settings(manifest, settings, rebuild=rebuild)
     progress = progress if progress is not None else Progress(False)
@@ -109,10 +162,14 @@ def plan_update(
         stage.update(len(files))
     plan.skipped.extend(skipped)
 
+    wanted = {str(f): resolve_metadata(metadata, f) for f in files} if metadata is not None else {}
     to_load: list[Path] = []
     for f in files:
         key = str(f)
         entry = old.get(key)
+        meta = wanted.get(key)
+        if entry is not None and meta is not None and meta != entry.metadata:
+            plan.metadata[key] = meta  # dropped again below if the file is re-indexed
         if entry is not None:
             try:
                 st = f.stat()
@@ -159,7 +216,11 @@ def plan_update(
         chunker = chunker()
     chunking = progress.stage("chunking", total=len(documents), unit="file") if documents else None
     for doc in documents:
-        chunks = list(chunker.chunk(doc))  # type: ignore[union-attr]
+        meta = wanted.get(doc.source)
+        if meta is None:
+            meta = old[doc.source].metadata if doc.source in old else {}
+        plan.metadata.pop(doc.source, None)
+        chunks = [_with_metadata(c, {}, meta) for c in chunker.chunk(doc)]  # type: ignore[union-attr]
         st = Path(doc.source).stat()
         plan.new_files[doc.source] = FileEntry(
             content_hash=doc.content_hash,
@@ -167,6 +228,7 @@ def plan_update(
             chunk_ids=[c.id for c in chunks],
             size=st.st_size,
             mtime=st.st_mtime,
+            metadata=meta,
         )
         plan.new_chunks.extend(chunks)
         if chunking is not None:
@@ -252,17 +314,24 @@ def apply_update(
 
     old_files = dict(prev.manifest.files) if prev and not plan.rebuild else {}
     keep_paths = [p for p in plan.unchanged if p in old_files and p not in plan.new_files]
+    keep_set = set(keep_paths)
+    meta_changes = {
+        p: m for p, m in getattr(plan, "metadata", {}).items() if p in keep_set and old_files[p].metadata != m
+    }
     report_base: dict[str, Any] = {
         "index_name": plan.name,
         "indexed": sorted(plan.new_files),
-        "unchanged": sorted(keep_paths),
+        "unchanged": sorted(p for p in keep_paths if p not in meta_changes),
         "removed": sorted(p for p in plan.remove if p in old_files),
+        "metadata_updated": sorted(meta_changes),
         "skipped": plan.skipped,
         "warnings": plan.warnings,
     }
     if prev is None and not plan.new_chunks:
         raise nothing_to_index(plan)
-    if plan.is_noop or (not plan.new_files and not report_base["removed"] and prev is not None):
+    if plan.is_noop or (
+        not plan.new_files and not report_base["removed"] and not meta_changes and prev is not None
+    ):
         total = prev.manifest.n_chunks if prev else 0
         return IndexReport(
             **report_base,
@@ -273,12 +342,18 @@ def apply_update(
         )
 
     # Chunks of the new generation: kept files' chunks in their old order, then new ones.
-    keep_set = set(keep_paths)
     prev_chunks = prev.chunks() if prev else []
-    kept_chunks = [c for c in prev_chunks if c.source in keep_set]
+    kept_chunks = [
+        _with_metadata(c, old_files[c.source].metadata, meta_changes[c.source]) if c.source in meta_changes else c
+        for c in prev_chunks
+        if c.source in keep_set
+    ]
     chunks = kept_chunks + list(plan.new_chunks)
     files = {p: old_files[p] for p in keep_paths}
+    files.update({p: replace(old_files[p], metadata=m) for p, m in meta_changes.items()})
     files.update(plan.new_files)
+    if prev is not None and not plan.new_files and not report_base["removed"]:
+        return _publish_metadata_only(store, prev, plan, files, chunks, report_base, t0)
     chosen = choose_backend(backend, len(chunks))
     if not chunks:
         chosen = "exact"  # an empty index: PLAID cannot hold one
@@ -326,3 +401,32 @@ def apply_update(
         documents_total=len(files),
         timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
     )
+
+
+def _publish_metadata_only(
+    store: IndexStore, prev: Any, plan: UpdatePlan, files: dict[str, FileEntry], chunks: list[Chunk],
+    report_base: dict[str, Any], t0: float,
+) -> IndexReport:
+    """Publish ``prev`` with new chunk metadata: the engine files are linked (or copied), nothing is encoded."""
+    manifest = replace(prev.manifest, generation=store.next_generation_number(), files=files)
+    build_dir = store.new_build_dir(manifest.generation)
+    t1 = time.perf_counter()
+    shutil.copytree(prev.engine_dir, build_dir / "engine", copy_function=_link_or_copy)
+    t2 = time.perf_counter()
+    store.publish(build_dir, manifest, chunks)
+    t3 = time.perf_counter()
+    return IndexReport(
+        **report_base,
+        chunks_written=0,
+        chunks_total=len(chunks),
+        documents_total=len(files),
+        timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
+    )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Generations are immutable (files are replaced, never written in place), so they can share inodes.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -9,10 +9,12 @@ once and reopened when a newer one is published.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError
+from .filters import ChunkColumns, parse_where
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
@@ -70,6 +72,8 @@ class OpenGeneration:
     ) -> None:
         self.generation = generation
         self.chunks = generation.chunks()
+        self._columns: ChunkColumns | None = None  # built on the first filtered search
+        self._columns_lock = threading.Lock()
         engine = get_engine(model or generation.manifest.model, verbose=verbose, precision=precision)
         self.index: SearchIndex = engine.open(
             generation.engine_dir, generation.manifest.backend, [c.text for c in self.chunks]
@@ -84,12 +88,29 @@ class OpenGeneration:
     def manifest(self) -> Manifest:
         return self.generation.manifest
 
-    def search_batch(self, queries: Sequence[str], k: int) -> list[SearchResults]:
-        """One result list per query (queries already checked with :func:`check_queries`)."""
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[SearchResults]:
+        """One result list per query (queries already checked with :func:`check_queries`).
+
+        ``where`` (see :mod:`colbert_modal.filters`): rank only the chunks
+        that match it; the filter is checked before any query is encoded.
+        """
+        conditions = parse_where(where)
+        subset = self.select(conditions) if conditions else None
         if not queries:
             return []
-        hits = self.index.search(list(queries), k)
+        if subset is not None and len(subset) == 0:
+            return [SearchResults(query=q) for q in queries]
+        hits = self.index.search(list(queries), k, subset) if subset is not None else self.index.search(list(queries), k)
         return [to_results(h, self.chunks, q) for q, h in zip(queries, hits, strict=True)]
+
+    def select(self, conditions: Any) -> Any:
+        """The positions (sorted int array) of the chunks matching parsed ``where`` conditions."""
+        with self._columns_lock:
+            if self._columns is None:
+                self._columns = ChunkColumns(self.chunks)
+        return self._columns.select(conditions)
 
 
 class LiveIndex:

@@ -107,6 +107,15 @@ class FileEntry:
     chunk_ids: list[str]
     size: int = 0
     mtime: float = 0.0
+    #: the user's metadata for the file (``index(..., metadata=...)``); absent in older manifests
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as stored; empty metadata is left out, so releases without metadata read the manifest."""
+        data = dict(vars(self))
+        if not data["metadata"]:
+            del data["metadata"]
+        return data
 
 
 @dataclass
@@ -135,7 +144,7 @@ class Manifest:
             "generation": self.generation,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "files": {p: vars(e) for p, e in sorted(self.files.items())},
+            "files": {p: e.to_json() for p, e in sorted(self.files.items())},
         }
 
     @classmethod
@@ -147,6 +156,14 @@ class Manifest:
     @property
     def n_chunks(self) -> int:
         return sum(len(e.chunk_ids) for e in self.files.values())
+
+    def metadata_keys(self) -> dict[str, int]:
+        """The user metadata keys in use, with the number of files that have each."""
+        counts: dict[str, int] = {}
+        for e in self.files.values():
+            for key in e.metadata:
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -185,6 +202,7 @@ class Generation:
             created_at=m.created_at,
             updated_at=m.updated_at,
             sources=sorted(m.files),
+            metadata_keys=m.metadata_keys(),
         )
 
 

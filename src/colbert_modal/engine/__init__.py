@@ -98,8 +98,13 @@ class SearchIndex(Protocol):
         """Chunks in the index."""
         ...
 
-    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
-        """The ``k`` best hits of each query, best first."""
+    def search(self, queries: Sequence[str], k: int, subset: Any = None) -> list[Hits]:
+        """The ``k`` best hits of each query, best first.
+
+        ``subset``: None (every chunk), or a sorted int array of the chunk
+        positions to rank; then each query gets ``min(k, len(subset))`` hits,
+        all from the subset (exact backend: exact MaxSim over the subset).
+        """
         ...
 
 

@@ -191,34 +191,68 @@ class ExactIndex:
                 block = np.asarray(embs[take.ravel()], dtype=np_dtype).reshape(len(part), int(length), dim)
                 group[s : s + len(part)] = torch.from_numpy(block).to(self.device, dtype)
             self._groups.append((torch.from_numpy(docs).to(self.device), group))
+        # where each chunk is held: its group, and its row there (-1: no tokens, in no group)
+        self._group_of = np.full(len(self.doclens), -1, dtype=np.int32)
+        self._row_of = np.zeros(len(self.doclens), dtype=np.int64)
+        for g, (docs, _) in enumerate(self._groups):
+            d = docs.cpu().numpy()
+            self._group_of[d] = g
+            self._row_of[d] = np.arange(len(d))
 
     def __len__(self) -> int:
         return len(self.doclens)
 
-    def _scores(self, Q: Any) -> Any:
-        """MaxSim scores [nq, n_docs] (float32, host) of query embeddings Q [nq, qlen, dim]."""
+    def _scores(self, Q: Any, subset: Any = None) -> Any:
+        """MaxSim scores [nq, n] (float32, host) of query embeddings Q [nq, qlen, dim].
+
+        ``n`` is every chunk, or the chunks at positions ``subset`` (int array)
+        in that order: only those are read and scored.
+        """
+        import numpy as np
         import torch
 
         nq, qlen, dim = Q.shape
         m = nq * qlen
         Qt = Q.reshape(m, dim).T.contiguous().to(self.device, self._dtype)  # [dim, m]
+        n = len(self.doclens) if subset is None else len(subset)
         # chunks without tokens (none in practice) score -inf, never 0
-        best = torch.full((len(self.doclens), m), float("-inf"), dtype=torch.float32, device=self.device)
+        best = torch.full((n, m), float("-inf"), dtype=torch.float32, device=self.device)
         budget = self.block_elements if self.device == "cpu" else self.gpu_block_elements
-        for docs, group in self._groups:
-            nd, length, _ = group.shape
+        # (output rows, group tensor, rows of the group or None for all of it)
+        plan: list[tuple[Any, Any, Any]] = []
+        if subset is None:
+            plan = [(docs, group, None) for docs, group in self._groups]
+        else:
+            gs = self._group_of[subset]
+            for g in np.unique(gs[gs >= 0]):
+                out_rows = np.flatnonzero(gs == g)
+                rows = torch.from_numpy(self._row_of[subset[out_rows]]).to(self.device)
+                plan.append((torch.from_numpy(out_rows).to(self.device), self._groups[g][1], rows))
+        for out_rows, group, rows in plan:
+            nd = len(out_rows)
+            length = group.shape[1]
             step = max(1, budget // (length * m))
             for s in range(0, nd, step):
-                sims = group[s : s + step].reshape(-1, dim) @ Qt  # [chunks * length, m]
-                best[docs[s : s + step]] = sims.reshape(-1, length, m).amax(1).float()
+                block = group[s : s + step] if rows is None else group.index_select(0, rows[s : s + step])
+                sims = block.reshape(-1, dim) @ Qt  # [chunks * length, m]
+                best[out_rows[s : s + step]] = sims.reshape(-1, length, m).amax(1).float()
         # masked query vectors are all zero and add nothing
         return best.reshape(-1, nq, qlen).sum(-1).T.cpu()  # [nq, n]
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
-        """The ``k`` best (chunk position, score) of each query, best first (the engine's ``Hits``)."""
+    def search(self, queries: Sequence[str], k: int, subset: Any = None) -> list[list[tuple[int, float]]]:
+        """The ``k`` best (chunk position, score) of each query, best first (the engine's ``Hits``).
+
+        ``subset`` (an int array of chunk positions, or None for all): rank
+        only those chunks; only they are scored, so the cost follows their
+        number. The result is exact MaxSim over them.
+        """
+        import numpy as np
         import torch
 
         n_docs = len(self.doclens)
+        if subset is not None:
+            subset = np.asarray(subset, dtype=np.int64)
+            n_docs = len(subset)
         if n_docs == 0:
             return [[] for _ in queries]
         Q = self.engine.encode_queries(queries)  # [nq, qlen, dim]
@@ -226,8 +260,9 @@ class ExactIndex:
         out: list[list[tuple[int, float]]] = []
         with torch.inference_mode():
             for b in range(0, Q.shape[0], self.query_block):
-                scores = self._scores(Q[b : b + self.query_block])
+                scores = self._scores(Q[b : b + self.query_block], subset)
                 top = torch.topk(scores, k, dim=1)
                 for vals, idx in zip(top.values, top.indices, strict=True):
-                    out.append([(int(i), float(v)) for v, i in zip(vals, idx, strict=True)])
+                    pos = idx.numpy() if subset is None else subset[idx.numpy()]
+                    out.append([(int(i), float(v)) for v, i in zip(vals, pos, strict=True)])
         return out

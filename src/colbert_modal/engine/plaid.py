@@ -246,8 +246,15 @@ class PlaidIndex:
     def __len__(self) -> int:
         return self.n
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
-        """The ``k`` best (chunk position, score) of each query, best first (the engine's ``Hits``)."""
+    def search(self, queries: Sequence[str], k: int, subset: Any = None) -> list[list[tuple[int, float]]]:
+        """The ``k`` best (chunk position, score) of each query, best first (the engine's ``Hits``).
+
+        ``subset`` (an int array of chunk positions, or None for all): rank
+        only those chunks, and return ``min(k, len(subset))`` of them
+        whatever their share of the index (see :meth:`search_subset`).
+        """
+        if subset is not None:
+            return self.search_subset(queries, k, subset)
         if self.n == 0:
             return [[] for _ in queries]
         k = min(k, self.n)
@@ -260,6 +267,87 @@ class PlaidIndex:
         if len(queries) == 1 and res and isinstance(res[0], dict):
             res = [res]  # ragatouille flattens single-query results
         return [[(int(r["passage_id"]), float(r["score"])) for r in hits] for hits in res]
+
+    #: Subsets of at most this many chunks are scored exhaustively.
+    exhaustive_max = 2048
+    #: Chunks decompressed and scored together on the exhaustive route.
+    exhaustive_block = 1024
+
+    def search_subset(self, queries: Sequence[str], k: int, subset: Any) -> list[list[tuple[int, float]]]:
+        """The ``k`` best hits among the chunks at positions ``subset``, through colbert-ai's searcher.
+
+        A subset of at most :attr:`exhaustive_max` chunks is scored
+        exhaustively: colbert-ai's ``dense_search(pids=...)`` ranks every
+        chunk of it on its decompressed embeddings (PLAID's full-precision
+        stage, with no centroid pruning), block by block. A larger subset
+        restricts colbert-ai's candidates (``filter_fn``) as its centroid
+        search generates them; where fewer than ``k`` candidates survive,
+        the query falls back to the exhaustive route. Either way a query gets
+        ``min(k, len(subset))`` hits.
+        """
+        import numpy as np
+        import torch
+
+        subset = np.asarray(subset, dtype=np.int64)
+        if len(subset) == 0 or self.n == 0:
+            return [[] for _ in queries]
+        k = min(k, len(subset))
+        mask = torch.zeros(self.n, dtype=torch.bool)
+        mask[torch.from_numpy(subset)] = True
+
+        def restrict(pids: Any) -> Any:
+            return pids[mask.to(pids.device)[pids.long()]]
+
+        out: list[list[tuple[int, float]]] = []
+        try:
+            with quiet(self.engine.verbose), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                searcher = self._searcher(queries[0])
+                for q in queries:
+                    with self._configured(searcher, q, k):
+                        Q = searcher.encode(q)
+                        hits: list[tuple[int, float]] = []
+                        if len(subset) > self.exhaustive_max:
+                            pids, _, scores = searcher.dense_search(Q, k, filter_fn=restrict)
+                            hits = [(int(p), float(s)) for p, s in zip(pids, scores, strict=True)]
+                        if len(hits) < k:
+                            hits = self._exhaustive(searcher, Q, k, subset)
+                    out.append(hits)
+        except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
+            raise EngineError(f"PLAID search failed: {type(exc).__name__}: {exc}") from exc
+        return out
+
+    def _exhaustive(self, searcher: Any, Q: Any, k: int, subset: Any) -> list[tuple[int, float]]:
+        hits: list[tuple[int, float]] = []
+        for s in range(0, len(subset), self.exhaustive_block):
+            block = subset[s : s + self.exhaustive_block].tolist()
+            pids, _, scores = searcher.dense_search(Q, min(k, len(block)), pids=block)
+            hits.extend((int(p), float(v)) for p, v in zip(pids, scores, strict=True))
+        hits.sort(key=lambda h: (-h[1], h[0]))
+        return hits[:k]
+
+    def _searcher(self, warm_query: str) -> Any:
+        """colbert-ai's ``Searcher`` that ragatouille opened (a first search through ragatouille opens it)."""
+        model_index = self.rag.model.model_index
+        if getattr(model_index, "searcher", None) is None:
+            self.rag.search(warm_query, k=1)
+        return model_index.searcher
+
+    @contextlib.contextmanager
+    def _configured(self, searcher: Any, query: str, k: int) -> Iterator[None]:
+        """The searcher set up as ragatouille sets it for one query of ``k`` hits (query length, ncells, ndocs)."""
+        config = searcher.config
+        base_ncells, base_ndocs = config.ncells, config.ndocs
+        if k > 32 * config.ncells:
+            searcher.configure(ncells=min(k // 32 + 2, base_ncells))
+        searcher.configure(ndocs=max(k * 4, base_ndocs))
+        maxlen = min(max(int(len(query.split(" ")) * 1.35), 32), self.rag.model.base_model_max_tokens)
+        config.query_maxlen = maxlen
+        searcher.checkpoint.query_tokenizer.query_maxlen = maxlen
+        try:
+            yield
+        finally:
+            searcher.configure(ncells=base_ncells, ndocs=base_ndocs)
 
 
 def _point_index_at_checkpoint(index_path: Path, model_path: str) -> None:

@@ -301,10 +301,14 @@ class RemoteSession:
         self.written[name] = info.generation
         return info
 
-    def search_batch(self, name: str, queries: list[str], k: int) -> list[SearchResults]:
+    def search_batch(
+        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
+    ) -> list[SearchResults]:
         searcher = self._handle("Searcher", cls=True, options=self._gpu_options["Searcher"])(index_name=name)
+        kwargs: dict[str, Any] = {"where": where} if where else {}  # an older deployed app takes no where
         results = self.call(
-            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}"
+            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), what=f"searching {name!r}",
+            **kwargs,
         )
         return [SearchResults(r, query=getattr(r, "query", None) or q) for q, r in zip(queries, results, strict=True)]
 

@@ -18,12 +18,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..chunking import Chunker, load_tokenizer
 from ..errors import IndexNotFoundError
+from ..filters import parse_where
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import Settings, UpdatePlan, apply_update, plan_update
 from ..progress import Event, Progress
@@ -276,18 +277,21 @@ class IndexServer:
         return opened
 
     def search_batch(
-        self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None
+        self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[SearchResults]:
         """One result list per query. ``min_generation``: a client that has just published
-        that generation reads its own write (the refresh interval is skipped)."""
+        that generation reads its own write (the refresh interval is skipped). ``where``:
+        rank only the matching chunks (the filter runs here, in the container)."""
         queries = check_queries(queries, k)
+        parse_where(where)
         stale = min_generation is not None and (self.generation or 0) < min_generation
         self.refresh(force=stale)
         if not queries:
             return []
         opened = self._live.loaded
         assert opened is not None
-        return opened.search_batch(queries, k)
+        return opened.search_batch(queries, k, where)
 
     def close(self) -> None:
         self._live.forget()
