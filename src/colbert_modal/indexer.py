@@ -10,11 +10,19 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
 from .engine import BACKENDS, check_precision
-from .errors import ConfigurationError, IndexNotFoundError
+from .errors import ConfigurationError, IndexNotFoundError, IndexStorageError
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
 from .models import IndexInfo, IndexReport, SearchResult
-from .pipeline import Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .pipeline import (
+    MAX_CHUNKS_PER_FILE,
+    Settings,
+    UpdatePlan,
+    apply_update,
+    nothing_to_index,
+    plan_deletion,
+    plan_update,
+)
 from .search import LiveIndex, OpenGeneration, check_queries
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
 
@@ -196,6 +204,15 @@ class ColbertIndexer:
     def _manifest_or_none(self) -> Manifest | None:
         return self.store.current().manifest if self.store.exists() else None
 
+    def _manifest_for_update(self, rebuild: bool) -> Manifest | None:
+        """The manifest an update builds on; a rebuild ignores a damaged one."""
+        try:
+            return self._manifest_or_none()
+        except IndexStorageError:
+            if rebuild:
+                return None
+            raise
+
     def _chunk_settings(self, manifest: Manifest | None) -> tuple[int, int]:
         max_tokens = self._max_tokens_arg
         overlap = self._overlap_arg
@@ -252,6 +269,8 @@ class ColbertIndexer:
         passwords: Passwords = None,
         rebuild: bool = False,
         keep_missing: bool = False,
+        follow_symlinks: bool = False,
+        max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> IndexReport:
         """Index files and folders (recursively); returns what was done.
 
@@ -261,15 +280,23 @@ class ColbertIndexer:
         ``report.skipped`` with the reason; the rest is indexed.
         ``passwords``: one password for every encrypted PDF, or a mapping of
         file path (or file name) to password.
+        ``rebuild=True`` re-indexes everything, and repairs a damaged index.
+        ``follow_symlinks``: symlinks inside the folders given that lead
+        outside them (and symlinked folders) are skipped and reported unless
+        True. ``max_chunks_per_file``: a file that would make more chunks is
+        skipped and reported (default 5000), never truncated.
         """
         paths = _as_path_list(paths)
         with self.store.lock(self.lock_timeout):
-            plan = self._plan(paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+            manifest = self._manifest_for_update(rebuild)
+            plan = self._plan(paths, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+                              follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file)
             return self._apply_local(plan)
 
     @index.remote_impl
     def _index_remote(
-        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False
+        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False,
+        follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> IndexReport:
         """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
         from .remote.client import check_remote_model
@@ -279,7 +306,8 @@ class ColbertIndexer:
             check_remote_model(self._settings(None, True).model, session)
         manifest = session.manifest(self.name)
         check_remote_model(self._settings(manifest, rebuild).model, session)
-        plan = self._plan(_as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing)
+        plan = self._plan(_as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+                          follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file)
         if manifest is None and not plan.new_chunks:
             raise nothing_to_index(plan)  # with the report; no GPU container started
         return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout)
@@ -372,7 +400,8 @@ class ColbertIndexer:
     # --- helpers -------------------------------------------------------------
 
     def _plan(
-        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool
+        self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
+        follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -386,6 +415,8 @@ class ColbertIndexer:
             rebuild=rebuild,
             keep_missing=keep_missing,
             progress=self._file_progress(),
+            follow_symlinks=follow_symlinks,
+            max_chunks_per_file=max_chunks_per_file,
         )
 
     def _apply_local(self, plan: UpdatePlan) -> IndexReport:
