@@ -21,7 +21,6 @@ from click.testing import CliRunner
 
 from colbert_modal import (
     ColbertIndexer,
-    ColbertModalError,
     ConfigurationError,
     IndexStorageError,
     InvalidIndexNameError,
@@ -438,7 +437,3 @@ def test_mtime_only_change_is_recorded_so_the_next_run_does_not_hash(damaged, mo
     assert not idx.index([docs]).indexed
     assert hashed == []
     assert isinstance(IndexStore(idx.index_root, "safe").current().manifest.files, dict)
-
-
-def test_every_storage_error_is_a_library_error() -> None:
-    assert issubclass(IndexStorageError, ColbertModalError)
