@@ -31,6 +31,7 @@ from .errors import (
     ConfigurationError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexStorageError,
     NoDocumentsError,
     RemoteError,
     RemoteUnavailableError,
@@ -38,6 +39,7 @@ from .errors import (
 from .indexer import ColbertIndexer
 from .loaders import PasswordBook
 from .models import IndexInfo, IndexReport, SearchResult, SkippedFile
+from .pipeline import MAX_CHUNKS_PER_FILE
 from .progress import should_show
 from .store import default_index_root, list_indexes
 
@@ -106,6 +108,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ColbertModalError as exc:
             raise CliError(exc) from exc
+        except KeyboardInterrupt:
+            error = click.ClickException(
+                "interrupted (Ctrl-C); the index is intact: an interrupted update publishes nothing, "
+                "the previous version stays searchable"
+            )
+            raise error from None
 
 
 # --- logging and options ------------------------------------------------------
@@ -173,8 +181,19 @@ def _cli_words(text: str) -> str:
     return " ".join(text.split()).replace("passwords={'<file>': '...'}", "--password FILE.pdf=PW")
 
 
+def _shown(text: str) -> str:
+    r"""``text`` (a file name) on one line: control characters escaped.
+
+    >>> _shown("two\nlines.txt")
+    'two\\nlines.txt'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
+
+
 def _skip_line(skipped: SkippedFile) -> str:
-    return f"Skipped {skipped.path}: {_cli_words(skipped.reason)} [{skipped.error}]"
+    return f"Skipped {_shown(skipped.path)}: {_cli_words(skipped.reason)} [{skipped.error}]"
 
 
 def _plural(n: int, word: str) -> str:
@@ -360,6 +379,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
               "JSON where it can. Repeatable.")
 @click.option("--meta-json", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="A JSON file: an object from path or glob to a metadata object.")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symlinks in the folders that lead outside them, and symlinked folders "
+              "(default: skip and report them).")
+@click.option("--max-chunks-per-file", type=click.IntRange(min=1), default=MAX_CHUNKS_PER_FILE, show_default=True,
+              help="Skip (and report) a file that would make more chunks than this.")
 @index_root_option
 @remote_option
 @json_option
@@ -374,6 +398,8 @@ def index(
     keep_missing: bool,
     metas: tuple[str, ...],
     meta_json: Path | None,
+    follow_symlinks: bool,
+    max_chunks_per_file: int,
     index_root: Path | None,
     remote: bool,
     as_json: bool,
@@ -392,6 +418,7 @@ def index(
         report = indexer.index(
             [os.fspath(p) for p in paths], passwords=password_arg, rebuild=rebuild, keep_missing=keep_missing,
             metadata=metadata,
+            follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
         )
     except NoDocumentsError as exc:
         if isinstance(exc.report, IndexReport):
@@ -419,13 +446,13 @@ def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str 
         click.echo(f"Metadata updated: {_plural(len(report.metadata_updated), 'file')} (nothing re-encoded).")
     if verbose:
         for path in report.indexed:
-            click.echo(f"Indexed {path}")
+            click.echo(f"Indexed {_shown(path)}")
     for path in report.removed:
-        click.echo(f"Removed {path}")
+        click.echo(f"Removed {_shown(path)}")
     for skipped in report.skipped:
         click.echo(_skip_line(skipped))
     for warning in report.warnings:
-        click.echo(f"Warning {warning.path}: {warning.message}")
+        click.echo(f"Warning {_shown(warning.path)}: {warning.message}")
     click.echo(
         f"Chunks: {report.chunks_written} written, {report.chunks_total} in the index "
         f"({_plural(report.documents_total, 'file')})."
@@ -483,13 +510,13 @@ def search(
 
 def _print_result(result: SearchResult, query: str, *, width: int, full_path: bool) -> None:
     pages = format_pages(result.pages)
-    head = f"{result.rank}. {click.style(Path(result.source).name, bold=True)}"
+    head = f"{result.rank}. {click.style(_shown(Path(result.source).name), bold=True)}"
     if pages:
         head += f"  {pages}"
     head += click.style(f"  score {result.score:.2f}", dim=True)
     click.echo(head)
     if full_path:
-        click.echo("   " + click.style(result.source, dim=True))
+        click.echo("   " + click.style(_shown(result.source), dim=True))
     snippet = make_snippet(result.text, query, width=width, highlight=lambda w: click.style(w, bold=True))
     click.echo("   " + snippet)
 
@@ -555,7 +582,7 @@ def info(name: str, index_root: Path | None, remote: bool, as_json: bool) -> Non
     if data.sources:
         click.echo("sources:")
         for source in data.sources:
-            click.echo(f"  {source}")
+            click.echo(f"  {_shown(source)}")
 
 
 @cli.command(epilog=SUB_EPILOG)
@@ -578,19 +605,19 @@ def delete(
         if remote:
             raise click.UsageError("--remote deletes files from an index; give the PATHS to delete")
         indexer = _indexer(name, index_root=index_root)
-        data = indexer.info()  # IndexNotFoundError before asking
+        try:
+            data = indexer.info()  # IndexNotFoundError before asking
+            what = f"({_plural(data.documents, 'file')}, {_plural(data.chunks, 'chunk')})"
+        except IndexStorageError:  # a damaged index can still be deleted
+            what = "(damaged)"
+        where = str(indexer.store.path)
         if not yes:
-            click.confirm(
-                f"Delete index {name!r} at {data.path} ({_plural(data.documents, 'file')}, "
-                f"{_plural(data.chunks, 'chunk')})?",
-                abort=True,
-                err=True,
-            )
+            click.confirm(f"Delete index {name!r} at {where} {what}?", abort=True, err=True)
         indexer.drop()
         if as_json:
-            _echo_json({"deleted": name, "path": data.path})
+            _echo_json({"deleted": name, "path": where})
         else:
-            click.echo(f"Deleted index {name!r} ({data.path}).")
+            click.echo(f"Deleted index {name!r} ({where}).")
         return
     started = time.perf_counter()
     with _indexer(name, index_root=index_root, remote=remote) as indexer:
@@ -603,9 +630,9 @@ def delete(
         f"{_plural(report.documents_total, 'file')} and {_plural(report.chunks_total, 'chunk')} left."
     )
     for path in report.removed:
-        click.echo(f"Removed {path}")
+        click.echo(f"Removed {_shown(path)}")
     for skipped in report.skipped:
-        click.echo(f"Not in the index: {skipped.path}")
+        click.echo(f"Not in the index: {_shown(skipped.path)}")
     click.echo(f"Done in {time.perf_counter() - started:.1f} s.")
 
 

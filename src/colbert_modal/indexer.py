@@ -10,12 +10,21 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
 from .engine import BACKENDS, check_precision
-from .errors import ConfigurationError, IndexNotFoundError
+from .errors import ConfigurationError, IndexNotFoundError, IndexStorageError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
 from .models import IndexInfo, IndexReport, SearchResult
-from .pipeline import MetadataSpec, Settings, UpdatePlan, apply_update, nothing_to_index, plan_deletion, plan_update
+from .pipeline import (
+    MAX_CHUNKS_PER_FILE,
+    MetadataSpec,
+    Settings,
+    UpdatePlan,
+    apply_update,
+    nothing_to_index,
+    plan_deletion,
+    plan_update,
+)
 from .progress import Progress
 from .search import LiveIndex, OpenGeneration, check_queries
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
@@ -204,6 +213,15 @@ class ColbertIndexer:
     def _manifest_or_none(self) -> Manifest | None:
         return self.store.current().manifest if self.store.exists() else None
 
+    def _manifest_for_update(self, rebuild: bool) -> Manifest | None:
+        """The manifest an update builds on; a rebuild ignores a damaged one."""
+        try:
+            return self._manifest_or_none()
+        except IndexStorageError:
+            if rebuild:
+                return None
+            raise
+
     def _chunk_settings(self, manifest: Manifest | None) -> tuple[int, int]:
         max_tokens = self._max_tokens_arg
         overlap = self._overlap_arg
@@ -243,6 +261,8 @@ class ColbertIndexer:
         rebuild: bool = False,
         keep_missing: bool = False,
         metadata: MetadataSpec = None,
+        follow_symlinks: bool = False,
+        max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> IndexReport:
         """Index files and folders (recursively); returns what was done.
 
@@ -257,14 +277,20 @@ class ColbertIndexer:
         stored per file and copied into every chunk's and result's
         ``metadata``, and searchable with ``where=``. Files it says nothing
         of keep their metadata; changing only metadata encodes nothing.
+        ``rebuild=True`` re-indexes everything, and repairs a damaged index.
+        ``follow_symlinks``: symlinks inside the folders given that lead
+        outside them (and symlinked folders) are skipped and reported unless
+        True. ``max_chunks_per_file``: a file that would make more chunks is
+        skipped and reported (default 5000), never truncated.
         """
         paths = _as_path_list(paths)
         progress = self._progress()
         with self.store.lock(self.lock_timeout):
+            manifest = self._manifest_for_update(rebuild)
             plan = self._plan(
-                paths, self._manifest_or_none(), passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
-                progress=progress,
-                metadata=metadata,
+                paths, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+                progress=progress, metadata=metadata,
+                follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
             )
             return self._apply_local(plan, progress)
 
@@ -272,6 +298,7 @@ class ColbertIndexer:
     def _index_remote(
         self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False,
         metadata: MetadataSpec = None,
+        follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> IndexReport:
         """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
         from .remote.client import check_remote_model
@@ -284,8 +311,8 @@ class ColbertIndexer:
         progress = self._progress()
         plan = self._plan(
             _as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
-            progress=progress,
-            metadata=metadata,
+            progress=progress, metadata=metadata,
+            follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
         )
         if manifest is None and not plan.new_chunks:
             raise nothing_to_index(plan)  # with the report; no GPU container started
@@ -393,6 +420,7 @@ class ColbertIndexer:
         self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
         progress: Progress,
         metadata: MetadataSpec = None,
+        follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -407,6 +435,8 @@ class ColbertIndexer:
             keep_missing=keep_missing,
             progress=progress,
             metadata=metadata,
+            follow_symlinks=follow_symlinks,
+            max_chunks_per_file=max_chunks_per_file,
         )
 
     def _apply_local(self, plan: UpdatePlan, progress: Progress) -> IndexReport:

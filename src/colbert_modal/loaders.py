@@ -75,12 +75,19 @@ def _skip(path: str | Path, exc: LoadError) -> SkippedFile:
     return SkippedFile(path=str(path), reason=exc.reason, error=type(exc).__name__)
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[SkippedFile]]:
+def discover(
+    paths: Iterable[str | os.PathLike[str]], *, follow_symlinks: bool = False
+) -> tuple[list[Path], list[SkippedFile]]:
     """Expand files and folders (recursively) into the files to load.
 
     Returns absolute file paths in a stable order, without duplicates, and the
     paths that cannot be used (missing, symlink loops, unsupported types,
-    folders with nothing to read).
+    folders with nothing to read, names that are not valid UTF-8).
+
+    Inside the folders given, a symlink to a file outside all of them, and a
+    symlinked folder, are skipped and reported unless ``follow_symlinks``;
+    followed folder links that lead back to a folder already walked (loops)
+    are reported too. Paths given directly are always followed.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -93,16 +100,20 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[
             seen.add(p)
             files.append(p)
 
-    for raw in paths:
-        path = Path(os.fspath(raw)).expanduser()
-        path = Path(os.path.abspath(path))
+    given = [Path(os.path.abspath(Path(os.fspath(raw)).expanduser())) for raw in paths]
+    roots = [_real(p) for p in given]
+    for path in given:
+        bad = _bad_name(path)
+        if bad is not None:
+            skipped.append(bad)
+            continue
         try:
             st = path.stat()
         except OSError as exc:
             skipped.append(_skip(path, _access_error(path, exc)))
             continue
         if path.is_dir():
-            found = sorted(_walk(path, skipped))
+            found = sorted(_walk(path, skipped, roots=roots, follow_symlinks=follow_symlinks))
             if not found:
                 skipped.append(
                     _skip(path, EmptyDocumentError(path, "folder holds no .pdf, .txt or .md files"))
@@ -117,17 +128,39 @@ def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[
     return files, skipped
 
 
-def _walk(folder: Path, skipped: list[SkippedFile]) -> Iterator[Path]:
+def _walk(folder: Path, skipped: list[SkippedFile], *, roots: list[Path], follow_symlinks: bool) -> Iterator[Path]:
     def onerror(exc: OSError) -> None:
         skipped.append(_skip(exc.filename or folder, _access_error(Path(exc.filename or folder), exc)))
 
-    # followlinks=False: a symlinked folder (and so a symlink loop) is not entered.
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    visited: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=follow_symlinks):
+        here = _real(Path(dirpath))
+        visited.add(here)
+        kept: list[str] = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            p = Path(dirpath) / d
+            if _bad_name(p) is not None:
+                skipped.append(_bad_name(p))  # type: ignore[arg-type]
+            elif not p.is_symlink():
+                kept.append(d)
+            elif not follow_symlinks:
+                skipped.append(_skip(p, FileAccessError(
+                    p, f"symlinked folder (to {_real(p)}) not followed; pass follow_symlinks=True to follow it")))
+            elif _within(here, _real(p)):
+                skipped.append(_skip(p, FileAccessError(p, f"symlink loop (to {_real(p)}, a folder it is in)")))
+            elif _real(p) in visited:
+                skipped.append(_skip(p, FileAccessError(p, f"symlinked folder {_real(p)} already walked")))
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith("."):
                 continue  # .DS_Store, editor swap files, ...
             p = Path(dirpath) / name
+            bad = _bad_name(p)
+            if bad is not None:
+                skipped.append(bad)
+                continue
             if p.suffix.lower() not in SUPPORTED_SUFFIXES:
                 skipped.append(_skip(p, _unsupported(p)))
                 continue
@@ -136,7 +169,33 @@ def _walk(folder: Path, skipped: list[SkippedFile]) -> Iterator[Path]:
             except OSError as exc:
                 skipped.append(_skip(p, _access_error(p, exc)))
                 continue
+            if p.is_symlink() and not follow_symlinks and not any(_within(_real(p), r) for r in roots):
+                skipped.append(_skip(p, FileAccessError(
+                    p, f"symlink to {_real(p)}, outside the folders given; pass follow_symlinks=True to follow it")))
+                continue
             yield p
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _bad_name(path: Path) -> SkippedFile | None:
+    """A skip entry for a path whose name is not valid UTF-8 (None when it is fine)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        return SkippedFile(
+            path=shown, error="FileAccessError",
+            reason="file name is not valid UTF-8; rename it (e.g. with convmv) to index it",
+        )
+    return None
 
 
 def _unsupported(path: Path) -> UnsupportedFileTypeError:

@@ -12,6 +12,7 @@ can, builds the new generation aside and publishes it atomically.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -21,14 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from .chunking import Chunker
-from .errors import ConfigurationError, IndexLockedError, NoDocumentsError, SettingsMismatchError
+from .errors import (
+    ColbertModalError,
+    ConfigurationError,
+    IndexLockedError,
+    IndexStorageError,
+    NoDocumentsError,
+    SettingsMismatchError,
+)
 from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .progress import Progress
-from .store import FileEntry, IndexStore, Manifest, now_iso
+from .store import FileEntry, Generation, IndexStore, Manifest, now_iso, storage_error
 
 __all__ = [
+    "MAX_CHUNKS_PER_FILE",
     "MetadataSpec",
     "Settings",
     "UpdatePlan",
@@ -42,6 +51,11 @@ __all__ = [
 
 #: ``index(..., metadata=)``: a mapping from a path, file name or glob to a dict, or a callable ``(Path) -> dict``.
 MetadataSpec = Mapping[str, Mapping[str, Any]] | Callable[[Path], Mapping[str, Any]] | None
+
+
+#: Default cap on the chunks one file may add (about 1.3M tokens at 256-token
+#: chunks, a ~2,500-page book); a file over it is skipped, never truncated.
+MAX_CHUNKS_PER_FILE = 5000
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,8 @@ class UpdatePlan:
     timings: dict[str, float] = field(default_factory=dict)
     #: new user metadata of files whose content is unchanged (nothing to encode)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: unchanged files whose size or mtime moved: path -> (size, mtime) to record
+    refreshed: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def is_noop(self) -> bool:
@@ -144,6 +160,8 @@ def plan_update(
     keep_missing: bool = False,
     progress: Progress | None = None,
     metadata: MetadataSpec = None,
+    follow_symlinks: bool = False,
+    max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
 ) -> UpdatePlan:
     """Decide what changed under ``paths`` and load/chunk just that.
 
@@ -151,14 +169,19 @@ def plan_update(
     ``metadata`` (see :func:`resolve_metadata`) sets the user metadata of
     the files it names; the others keep theirs. A file whose metadata alone
     changed goes into ``plan.metadata``: nothing is loaded or encoded.
+    ``follow_symlinks``: see :func:`~colbert_modal.loaders.discover`. A file
+    that would make more than ``max_chunks_per_file`` chunks is skipped (with
+    the reason), never truncated.
     """
     check_settings(manifest, settings, rebuild=rebuild)
+    if isinstance(max_chunks_per_file, bool) or not isinstance(max_chunks_per_file, int) or max_chunks_per_file < 1:
+        raise ConfigurationError(f"max_chunks_per_file must be a positive integer, got {max_chunks_per_file!r}")
     progress = progress if progress is not None else Progress(False)
     t0 = time.perf_counter()
     plan = UpdatePlan(name=name, settings=settings, base_generation=manifest.generation if manifest else 0, rebuild=rebuild)
     old = dict(manifest.files) if manifest and not rebuild else {}
     with progress.stage("discovering", unit="file") as stage:
-        files, skipped = discover(paths)
+        files, skipped = discover(paths, follow_symlinks=follow_symlinks)
         stage.update(len(files))
     plan.skipped.extend(skipped)
 
@@ -181,6 +204,7 @@ def plan_update(
                 continue
             if _safe_hash(f) == entry.content_hash:
                 plan.unchanged.append(key)
+                plan.refreshed[key] = (st.st_size, st.st_mtime)
                 continue
         to_load.append(f)
     t1 = time.perf_counter()
@@ -191,14 +215,15 @@ def plan_update(
     if to_load:
         loading = progress.stage("loading", total=len(to_load), unit="file")
         items = progress.count(items, loading, counts=lambda item: not isinstance(item, FileWarning))
+
+    def skip(item: SkippedFile) -> None:
+        if item.path in old:
+            plan.warnings.append(FileWarning(path=item.path, message=f"kept the previously indexed version: {item.reason}"))
+            plan.unchanged.append(item.path)
+        plan.skipped.append(item)
     for item in items:
         if isinstance(item, SkippedFile):
-            if item.path in old:
-                plan.warnings.append(
-                    FileWarning(path=item.path, message=f"kept the previously indexed version: {item.reason}")
-                )
-                plan.unchanged.append(item.path)
-            plan.skipped.append(item)
+            skip(item)
         elif isinstance(item, FileWarning):
             plan.warnings.append(item)
         else:
@@ -220,7 +245,15 @@ def plan_update(
         if meta is None:
             meta = old[doc.source].metadata if doc.source in old else {}
         plan.metadata.pop(doc.source, None)
-        chunks = [_with_metadata(c, {}, meta) for c in chunker.chunk(doc)]  # type: ignore[union-attr]
+        chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))  # type: ignore[union-attr]
+        if len(chunks) > max_chunks_per_file:
+            skip(SkippedFile(
+                path=doc.source, error="TooManyChunks",
+                reason=f"more than {max_chunks_per_file} chunks, over max_chunks_per_file={max_chunks_per_file}; "
+                "raise it (index(..., max_chunks_per_file=...)) to index this file whole",
+            ))
+            continue
+        chunks = [_with_metadata(c, {}, meta) for c in chunks]
         st = Path(doc.source).stat()
         plan.new_files[doc.source] = FileEntry(
             content_hash=doc.content_hash,
@@ -303,7 +336,7 @@ def apply_update(
     progress = progress if progress is not None else Progress(False)
 
     t0 = time.perf_counter()
-    prev = store.current() if store.exists() else None
+    prev = _previous(store, rebuild=plan.rebuild)
     prev_gen = prev.manifest.generation if prev else 0
     if plan.base_generation != prev_gen:
         raise IndexLockedError(
@@ -333,6 +366,11 @@ def apply_update(
         not plan.new_files and not report_base["removed"] and not meta_changes and prev is not None
     ):
         total = prev.manifest.n_chunks if prev else 0
+        if prev is not None and plan.refreshed:
+            try:
+                store.refresh_files(prev, plan.refreshed)
+            except OSError as exc:
+                raise storage_error(exc, f"recording file times in index {plan.name!r}") from exc
         return IndexReport(
             **report_base,
             chunks_written=0,
@@ -342,15 +380,15 @@ def apply_update(
         )
 
     # Chunks of the new generation: kept files' chunks in their old order, then new ones.
-    prev_chunks = prev.chunks() if prev else []
+    prev_chunks = prev.verified_chunks() if prev and not plan.rebuild else []
     kept_chunks = [
         _with_metadata(c, old_files[c.source].metadata, meta_changes[c.source]) if c.source in meta_changes else c
         for c in prev_chunks
         if c.source in keep_set
     ]
     chunks = kept_chunks + list(plan.new_chunks)
-    files = {p: old_files[p] for p in keep_paths}
-    files.update({p: replace(old_files[p], metadata=m) for p, m in meta_changes.items()})
+    files = {p: _refreshed(old_files[p], plan.refreshed.get(p)) for p in keep_paths}
+    files.update({p: replace(files[p], metadata=m) for p, m in meta_changes.items()})
     files.update(plan.new_files)
     if prev is not None and not plan.new_files and not report_base["removed"]:
         return _publish_metadata_only(store, prev, plan, files, chunks, report_base, t0)
@@ -367,7 +405,53 @@ def apply_update(
         created_at=prev.manifest.created_at if prev and not plan.rebuild else now_iso(),
         files=files,
     )
-    build_dir = store.new_build_dir(manifest.generation)
+    try:
+        build_dir = store.new_build_dir(manifest.generation)
+    except OSError as exc:
+        raise storage_error(exc, f"writing generation {manifest.generation} of index {plan.name!r}") from exc
+    try:
+        written, t1, t2 = _build(store, plan, prev, prev_chunks, kept_chunks, chunks, manifest, build_dir,
+                                 engine_factory=engine_factory, progress=progress)
+    except OSError as exc:
+        if isinstance(exc, ColbertModalError):
+            raise
+        raise storage_error(exc, f"writing generation {manifest.generation} of index {plan.name!r}") from exc
+    finally:
+        if build_dir.exists():
+            shutil.rmtree(build_dir, ignore_errors=True)  # frees the space of a failed build at once
+    t3 = time.perf_counter()
+    return IndexReport(
+        **report_base,
+        chunks_written=written,
+        chunks_total=len(chunks),
+        documents_total=len(files),
+        timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
+    )
+
+
+def _previous(store: IndexStore, *, rebuild: bool) -> Generation | None:
+    """The published generation (None without one); with ``rebuild``, None where it is damaged too."""
+    try:
+        return store.current() if store.exists() else None
+    except IndexStorageError:
+        if rebuild:
+            return None
+        raise
+
+
+def _refreshed(entry: FileEntry, stat: tuple[int, float] | None) -> FileEntry:
+    if stat is None:
+        return entry
+    return replace(entry, size=stat[0], mtime=stat[1])
+
+
+def _build(
+    store: IndexStore, plan: UpdatePlan, prev: Generation | None, prev_chunks: list[Chunk], kept_chunks: list[Chunk],
+    chunks: list[Chunk], manifest: Manifest, build_dir: Path, *, engine_factory: Callable[[str], Any],
+    progress: Progress,
+) -> tuple[int, float, float]:
+    """Encode and build the engine index in ``build_dir``, then publish it: (chunks written, start, built)."""
+    chosen = manifest.backend
     engine = engine_factory(plan.settings.model)
     texts = [c.text for c in chunks]
     t1 = time.perf_counter()
@@ -393,14 +477,7 @@ def apply_update(
     with progress.stage("publishing", unit="generation") as stage:
         store.publish(build_dir, manifest, chunks)
         stage.update(1)
-    t3 = time.perf_counter()
-    return IndexReport(
-        **report_base,
-        chunks_written=written,
-        chunks_total=len(chunks),
-        documents_total=len(files),
-        timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
-    )
+    return written, t1, t2
 
 
 def _publish_metadata_only(
@@ -430,3 +507,4 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .engine import Hits, SearchIndex, get_engine
-from .errors import ConfigurationError
+from .errors import ConfigurationError, EngineError, IndexStorageError
 from .filters import ChunkColumns, parse_where
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
@@ -29,7 +29,13 @@ def check_queries(queries: Sequence[str], k: int) -> list[str]:
     for q in queries:
         if not isinstance(q, str) or not q.strip():
             raise ConfigurationError(f"every query must be a non-empty string, got {q!r}")
-    if not isinstance(k, int) or k < 1:
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigurationError(
+                f"query {q!r} holds characters that are not valid Unicode (lone surrogates); fix its text"
+            ) from None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigurationError(f"k must be a positive integer, got {k!r}")
     return queries
 
@@ -71,7 +77,7 @@ class OpenGeneration:
         precision: str | None = None,
     ) -> None:
         self.generation = generation
-        self.chunks = generation.chunks()
+        self.chunks = generation.verified_chunks()
         self._columns: ChunkColumns | None = None  # built on the first filtered search
         self._columns_lock = threading.Lock()
         engine = get_engine(model or generation.manifest.model, verbose=verbose, precision=precision)
@@ -132,16 +138,32 @@ class LiveIndex:
         """The generation opened last, without checking for a newer one."""
         return self._open
 
+    #: Times :meth:`current` tries again when a writer replaced the generation it was opening.
+    retries = 5
+
     def current(self) -> OpenGeneration:
-        """The open current generation; opens (or reopens) it if ``CURRENT`` moved."""
+        """The open current generation; opens (or reopens) it if ``CURRENT`` moved.
+
+        A writer may publish and prune between reading ``CURRENT`` and opening
+        the generation it names; then the open fails and is retried with the
+        new ``CURRENT``. An open that fails while ``CURRENT`` still names the
+        same generation is a damaged index, and raises.
+        """
         with self._lock:
-            name = self.store.current_generation_name()
-            if name is None:
-                self.store.current()  # raises IndexNotFoundError with the message
-            assert name is not None
-            if self._open is None or self._open.name != name:
-                self._open = self._opener(name)
-            return self._open
+            for attempt in range(self.retries + 1):
+                name = self.store.current_generation_name()
+                if name is None:
+                    self.store.current()  # raises IndexNotFoundError with the message
+                assert name is not None
+                if self._open is not None and self._open.name == name:
+                    return self._open
+                try:
+                    self._open = self._opener(name)
+                    return self._open
+                except (IndexStorageError, EngineError):
+                    if attempt == self.retries or self.store.current_generation_name() == name:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
 
     def forget(self) -> None:
         """Drop the open generation (the next :meth:`current` opens it again)."""

@@ -14,13 +14,24 @@ A write builds a new generation aside, then publishes it by replacing
 ``CURRENT`` atomically (``os.replace``). Readers only ever see a complete
 generation; an interrupted build (exception, Ctrl-C, kill -9) leaves the
 previous one published and searchable. Old generations are removed after a
-publish, except the one just replaced (a reader may still be using it).
+publish, except the one just replaced (a reader may still be using it); the
+next writer also removes what a killed or failed writer left (builds,
+unpublished generations, ``.CURRENT.<pid>.tmp`` files).
+
+The manifest records a checksum of ``chunks.jsonl`` and of each engine file
+(``checksums``, absent in indexes made before it); a generation is checked
+against them before it is searched or built on
+(:meth:`Generation.verified_chunks`), so a damaged index raises
+:class:`~colbert_modal.errors.IndexStorageError` naming the file, never
+serves wrong hits. Only a manifest's file sizes and mtimes may change after
+publish (:meth:`IndexStore.refresh_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -46,30 +57,45 @@ from .models import Chunk, IndexInfo
 
 __all__ = [
     "FORMAT_VERSION",
+    "REBUILD_HINT",
     "FileEntry",
     "Generation",
     "IndexStore",
     "Manifest",
+    "damaged_error",
     "default_index_root",
+    "file_checksum",
+    "generation_checksums",
     "list_indexes",
     "load_generation",
     "now_iso",
+    "storage_error",
     "validate_index_name",
 ]
 
 FORMAT_VERSION = 1
 logger = logging.getLogger(__name__)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_GEN = re.compile(r"^g(\d{6})$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_GEN = re.compile(r"g(\d{6})")
+#: Names Windows reserves for devices, in any case and with any extension.
+_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
+#: What a damaged-index error tells the user to do.
+REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and name.lower() not in _RESERVED
 
 
 def validate_index_name(name: str) -> str:
     """Return ``name`` if it is a plain index name, else raise InvalidIndexNameError."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not _plain_name(name):
         raise InvalidIndexNameError(
             f"invalid index name {name!r}: use 1-128 letters, digits, '-' or '_', "
-            "starting with a letter or digit (no '/', '..', spaces or absolute paths)"
+            "starting with a letter or digit (no '/', '..', spaces, newlines or absolute paths, "
+            "nor a name Windows reserves such as CON or NUL)"
         )
     return name
 
@@ -132,6 +158,9 @@ class Manifest:
     updated_at: str = field(default_factory=now_iso)
     files: dict[str, FileEntry] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    #: "sha256:<hex>" of chunks.jsonl and each engine file (paths relative to
+    #: the generation), written at publish; None in indexes made before them.
+    checksums: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -145,12 +174,14 @@ class Manifest:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "files": {p: e.to_json() for p, e in sorted(self.files.items())},
+            **({"checksums": self.checksums} if self.checksums is not None else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         files = {p: FileEntry(**e) for p, e in data.get("files", {}).items()}
-        keys = ("name", "model", "max_tokens", "overlap", "backend", "generation", "created_at", "updated_at", "format")
+        keys = ("name", "model", "max_tokens", "overlap", "backend", "generation", "created_at", "updated_at", "format",
+                "checksums")
         return cls(files=files, **{k: data[k] for k in keys if k in data})
 
     @property
@@ -178,13 +209,49 @@ class Generation:
         return self.path / "engine"
 
     def iter_chunks(self) -> Iterator[Chunk]:
-        with (self.path / "chunks.jsonl").open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield Chunk.model_validate_json(line)
+        """The chunks, in engine order; raises IndexStorageError where chunks.jsonl is damaged."""
+        path = self.path / "chunks.jsonl"
+        try:
+            with path.open(encoding="utf-8") as fh:
+                for number, line in enumerate(fh, start=1):
+                    if line.strip():
+                        try:
+                            yield Chunk.model_validate_json(line)
+                        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                            raise damaged_error(path, f"line {number} is not a chunk") from exc
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, IndexStorageError):
+                raise
+            raise damaged_error(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
 
     def chunks(self) -> list[Chunk]:
         return list(self.iter_chunks())
+
+    def verified_chunks(self) -> list[Chunk]:
+        """:meth:`chunks`, after checking this generation against its manifest.
+
+        The chunk ids must be the manifest's, and where the manifest has
+        :attr:`Manifest.checksums` (written at publish), chunks.jsonl and
+        every engine file must match them. Raises IndexStorageError naming
+        the first file that does not.
+        """
+        sums = self.manifest.checksums or {}
+        for rel, expected in sorted(sums.items()):
+            path = self.path / rel
+            try:
+                found = file_checksum(path)
+            except OSError as exc:
+                raise damaged_error(path, f"cannot be read ({exc.strerror or exc})") from exc
+            if found != expected:
+                raise damaged_error(path, "does not match the checksum written when it was published")
+        chunks = self.chunks()
+        want = [i for e in self.manifest.files.values() for i in e.chunk_ids]
+        if len(chunks) != len(want) or {c.id for c in chunks} != set(want):
+            raise damaged_error(
+                self.path / "chunks.jsonl",
+                f"holds {len(chunks)} chunks where manifest.json lists {len(want)} (or other ids)",
+            )
+        return chunks
 
     def info(self) -> IndexInfo:
         """What this generation holds, as :class:`~colbert_modal.models.IndexInfo`."""
@@ -210,18 +277,55 @@ def load_generation(path: Path) -> Generation:
     """The generation stored in directory ``path`` (its ``manifest.json`` read and checked)."""
     try:
         data = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexStorageError(f"index generation {path} is damaged: manifest.json unreadable ({exc})") from exc
-    return Generation(path, Manifest.from_json(data))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        manifest = Manifest.from_json(data)
+        if not isinstance(manifest.files, dict) or not all(isinstance(e.chunk_ids, list) for e in manifest.files.values()):
+            raise TypeError("malformed 'files'")
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {exc})") from exc
+    return Generation(path, manifest)
+
+
+def damaged_error(path: Path, problem: str) -> IndexStorageError:
+    """The error for a damaged index file: names it and says how to repair the index."""
+    return IndexStorageError(f"index file {path} is damaged: {problem}; {REBUILD_HINT}")
+
+
+def file_checksum(path: Path) -> str:
+    """``"sha256:<hex>"`` of the file at ``path``."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def generation_checksums(path: Path) -> dict[str, str]:
+    """Checksums of chunks.jsonl and every engine file of the generation in ``path``."""
+    files = [path / "chunks.jsonl", *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
+    return {p.relative_to(path).as_posix(): file_checksum(p) for p in files}
+
+
+def storage_error(exc: OSError, what: str) -> IndexStorageError:
+    """``exc`` (raised while ``what``) as an IndexStorageError that says what to do."""
+    if exc.errno in _FULL:
+        return IndexStorageError(f"no space left on the device while {what}; free space and run it again "
+                                 "(the published index is unchanged)")
+    return IndexStorageError(f"{what} failed ({exc.strerror or exc}); the published index is unchanged")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class IndexStore:
@@ -239,12 +343,9 @@ class IndexStore:
 
     def current(self) -> Generation:
         """The published generation. Raises IndexNotFoundError if there is none."""
-        try:
-            gen_name = (self.path / "CURRENT").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise IndexNotFoundError(
-                f"no index named {self.name!r} under {self.root} (build it with index() first)"
-            ) from None
+        gen_name = self.current_generation_name()
+        if gen_name is None:
+            raise IndexNotFoundError(f"no index named {self.name!r} under {self.root} (build it with index() first)")
         return load_generation(self.generation_path(gen_name))
 
     def generation_path(self, gen_name: str) -> Path:
@@ -252,9 +353,22 @@ class IndexStore:
         return self.path / "generations" / gen_name
 
     def current_generation_name(self) -> str | None:
+        """What ``CURRENT`` names (e.g. "g000003"), None without one; IndexStorageError if damaged."""
+        path = self.path / "CURRENT"
         try:
-            return (self.path / "CURRENT").read_text(encoding="utf-8").strip()
+            name = path.read_bytes().decode("utf-8").strip()
         except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise damaged_error(path, f"cannot be read ({exc})") from exc
+        if not _GEN.fullmatch(name):
+            raise damaged_error(path, f"does not name a generation ({name[:40]!r})")
+        return name
+
+    def _current_or_none(self) -> str | None:
+        try:
+            return self.current_generation_name()
+        except IndexStorageError:
             return None
 
     # --- writing ---------------------------------------------------------
@@ -308,12 +422,21 @@ class IndexStore:
             fh.close()
 
     def _remove_stale_builds(self) -> None:
+        """Remove what interrupted writers left (we hold the lock): builds in
+        progress, temporary files, and generations that are neither current
+        nor the one kept for readers (the newest before it)."""
         gens = self.path / "generations"
-        for p in gens.glob(".g*"):  # builds interrupted before publish; we hold the lock
+        for p in gens.glob(".g*"):  # builds interrupted before publish
             shutil.rmtree(p, ignore_errors=True)
+        for p in self.path.glob(".*.tmp"):  # .CURRENT.<pid>.tmp after a kill -9 or a full disk
+            p.unlink(missing_ok=True)
+        current = self._current_or_none()
+        if current is not None and (gens / current).is_dir():
+            older = [p.name for p in gens.iterdir() if _GEN.fullmatch(p.name) and p.name < current]
+            self._prune(keep={current, max(older, default=None)})
 
     def next_generation_number(self) -> int:
-        nums = [int(m.group(1)) for p in (self.path / "generations").iterdir() if (m := _GEN.match(p.name))]
+        nums = [int(m.group(1)) for p in (self.path / "generations").iterdir() if (m := _GEN.fullmatch(p.name))]
         return max(nums, default=0) + 1
 
     def new_build_dir(self, number: int) -> Path:
@@ -353,17 +476,34 @@ class IndexStore:
             for chunk in chunks:
                 fh.write(chunk.model_dump_json())
                 fh.write("\n")
+        manifest.checksums = generation_checksums(build_dir)
         _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
         final = self.path / "generations" / f"g{manifest.generation:06d}"
-        previous = self.current_generation_name()
+        previous = self._current_or_none()
         os.replace(build_dir, final)
-        _write_text_atomic(self.path / "CURRENT", final.name + "\n")
+        try:
+            _write_text_atomic(self.path / "CURRENT", final.name + "\n")
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)  # never leave an unpublished generation behind
+            raise
         self._prune(keep={final.name, previous})
         return Generation(final, manifest)
 
+    def refresh_files(self, generation: Generation, stats: dict[str, tuple[int, float]]) -> None:
+        """Record new (size, mtime) of files whose content did not change, in
+        ``generation``'s manifest (so the next update does not hash them
+        again); call under :meth:`lock`. Only this metadata changes: the
+        chunks and engine files, and their checksums, stay as published."""
+        manifest = generation.manifest
+        for path, (size, mtime) in stats.items():
+            entry = manifest.files.get(path)
+            if entry is not None:
+                entry.size, entry.mtime = size, mtime
+        _write_json_atomic(generation.path / "manifest.json", manifest.to_json())
+
     def _prune(self, keep: set[str | None]) -> None:
         for p in (self.path / "generations").iterdir():
-            if _GEN.match(p.name) and p.name not in keep:
+            if _GEN.fullmatch(p.name) and p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
 
     def destroy(self) -> None:
@@ -378,11 +518,15 @@ class IndexStore:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def list_indexes(root: str | os.PathLike[str]) -> list[str]:
@@ -390,7 +534,7 @@ def list_indexes(root: str | os.PathLike[str]) -> list[str]:
     base = Path(root).expanduser()
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and _NAME.match(p.name))
+    return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and _plain_name(p.name))
 
 
 if sys.platform == "win32":  # pragma: no cover - Windows

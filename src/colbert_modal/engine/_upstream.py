@@ -10,10 +10,12 @@ replace attributes on. Importing this module imports neither library.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import io
+import contextvars
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ __all__ = [
     "colbert_config",
     "extensions_dir",
     "import_ragatouille",
+    "load_lock",
     "plaid_build_targets",
     "quiet",
 ]
@@ -65,22 +68,97 @@ def _prepare_environment() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+#: Whether upstream output in this context goes to the console (``quiet(verbose=True)``).
+_VERBOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("colbert_modal_upstream_verbose", default=False)
+_UPSTREAM = ("colbert", "ragatouille")
+_patched: set[str] = set()
+_modules_seen = 0
+_PATCH_LOCK = threading.Lock()
+
+
+def _upstream_print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+    """``print`` as colbert-ai and ragatouille see it: logged at DEBUG unless verbose."""
+    if file is not None or _VERBOSE.get():
+        builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
+    elif logger.isEnabledFor(logging.DEBUG):
+        logger.debug("engine output: %s", (sep if sep is not None else " ").join(map(str, args)).rstrip())
+
+
+def _upstream_tqdm(*args: Any, **kwargs: Any) -> Any:
+    """``tqdm.tqdm`` as colbert-ai sees it: no bar unless verbose."""
+    import tqdm
+
+    if not _VERBOSE.get():
+        kwargs["disable"] = True
+    return tqdm.tqdm(*args, **kwargs)
+
+
+def _silence_upstream_modules() -> None:
+    """Give every loaded colbert-ai / ragatouille module our ``print`` (and a
+    quiet ``tqdm``): their console output goes to our logger, while the
+    process's ``sys.stdout`` / ``sys.stderr`` are never touched (other
+    threads keep printing; the app's streams stay its own)."""
+    global _modules_seen
+    if len(sys.modules) == _modules_seen:
+        return  # nothing imported since the last pass
+    with _PATCH_LOCK:
+        _modules_seen = len(sys.modules)
+        for name, module in list(sys.modules.items()):
+            if name in _patched or module is None or name.split(".", 1)[0] not in _UPSTREAM:
+                continue
+            namespace = getattr(module, "__dict__", None)
+            if namespace is None:
+                continue
+            namespace["print"] = _upstream_print
+            tq = namespace.get("tqdm")
+            if getattr(tq, "__name__", None) == "tqdm" and getattr(tq, "tqdm", None) is not None:
+                import types
+
+                namespace["tqdm"] = types.SimpleNamespace(tqdm=_upstream_tqdm, **{
+                    k: getattr(tq, k) for k in ("trange", "auto") if hasattr(tq, k)})
+            elif isinstance(tq, type) and tq.__name__ == "tqdm":
+                namespace["tqdm"] = _upstream_tqdm
+            _patched.add(name)
+
+
+def _ignore_upstream_warnings() -> None:
+    """Warnings users cannot act on ("CUDA is not available ... Disabling autocast",
+    upstream deprecations): filtered by module and message. Re-adding a filter
+    that is there already only moves it first, so each :func:`quiet` does it
+    (an app or a test runner may have reset the filters since);
+    ``warnings.catch_warnings`` would swap the process-wide filters and is
+    not thread-safe."""
+    warnings.filterwarnings("ignore", module=r"(colbert|ragatouille)(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*CUDA is not available")
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\..* is deprecated")
+
+
 @contextlib.contextmanager
 def quiet(verbose: bool = False) -> Iterator[None]:
-    """colbert-ai and ragatouille print a lot even at verbose=0 and warn about
-    things users cannot act on; keep both off the console (logged at DEBUG)."""
-    with warnings.catch_warnings():
-        # upstream chatter: "CUDA is not available ... Disabling autocast", deprecations
-        warnings.simplefilter("ignore")
-        if verbose:
-            yield
-            return
-        buf_out, buf_err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-            yield
-    noise = buf_out.getvalue() + buf_err.getvalue()
-    if noise.strip():
-        logger.debug("engine output:\n%s", noise[-4000:])
+    """colbert-ai and ragatouille print a lot even at verbose=0: keep their
+    output off the console (logged at DEBUG on this module's logger) unless
+    ``verbose``, without replacing the process's streams (thread-safe)."""
+    _silence_upstream_modules()
+    _ignore_upstream_warnings()
+    token = _VERBOSE.set(verbose)
+    try:
+        yield
+    finally:
+        _VERBOSE.reset(token)
+
+
+_LOAD_LOCK = threading.RLock()
+
+
+def load_lock() -> threading.RLock:
+    """The process-wide lock every checkpoint load holds.
+
+    transformers builds models under a process-global patch (weights first
+    created on the ``meta`` device); two loads at once in two threads mix
+    their patches ("Cannot copy out of meta tensor") and can leave the patch
+    in place for every later load. One load at a time avoids both.
+    """
+    return _LOAD_LOCK
 
 
 def import_ragatouille() -> Any:
@@ -91,16 +169,20 @@ def import_ragatouille() -> Any:
     """
     _prepare_environment()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the 0.0.10 / PyLate notice, deprecations
-            with quiet():
-                import ragatouille
+        with _LOAD_LOCK:
+            if "ragatouille" not in sys.modules:
+                _ignore_upstream_warnings()
+                with warnings.catch_warnings():  # once, at import: the 0.0.10 / PyLate notice, deprecations
+                    warnings.simplefilter("ignore")
+                    import ragatouille
+            import ragatouille
     except ImportError as exc:
         raise DependencyMissingError(
             "local mode needs the ColBERT engine: pip install 'colbert-modal[local]' "
             f"(install torch first to pick CPU wheels), or use mode='remote'. ({exc})"
         ) from exc
     _defer_segmented_maxsim()
+    _silence_upstream_modules()
     return ragatouille
 
 

@@ -16,13 +16,12 @@ import logging
 import os
 import tempfile
 import threading
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EngineError, ModelLoadError
 from ..hub import resolve_model
-from ._upstream import import_ragatouille, quiet
+from ._upstream import import_ragatouille, load_lock, quiet
 from .precision import check_precision, checkpoint_device, set_precision
 
 __all__ = ["Encoder", "doc_bsize", "doc_tokens", "encode_documents", "encode_tokens", "speed_up", "vectorised_mask"]
@@ -167,8 +166,7 @@ class Encoder:
         """A new ragatouille ``RAGPretrainedModel`` of this checkpoint whose indexes go under ``index_root``."""
         ragatouille = import_ragatouille()
         try:
-            with quiet(self.verbose), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with load_lock(), quiet(self.verbose):  # one checkpoint load at a time, process-wide
                 return ragatouille.RAGPretrainedModel.from_pretrained(
                     self.model_path, index_root=index_root, verbose=1 if self.verbose else 0
                 )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import EngineError
+from ..errors import EngineError, IndexStorageError
 from .encoder import Encoder
 
 __all__ = ["ExactIndex", "Reuse", "build", "load", "reuse_from"]
@@ -164,6 +164,7 @@ class ExactIndex:
         import torch
 
         self.engine = engine
+        self.engine_dir = engine_dir
         embs, doclens = load(engine_dir)
         self.doclens = doclens.astype(np.int64)
         self.embeddings = embs
@@ -261,6 +262,11 @@ class ExactIndex:
         with torch.inference_mode():
             for b in range(0, Q.shape[0], self.query_block):
                 scores = self._scores(Q[b : b + self.query_block], subset)
+                if bool(torch.isnan(scores).any()):
+                    raise IndexStorageError(
+                        f"index file {self.engine_dir / 'embeddings.npy'} is damaged: it gives NaN scores; "
+                        "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
+                    )
                 top = torch.topk(scores, k, dim=1)
                 for vals, idx in zip(top.values, top.indices, strict=True):
                     pos = idx.numpy() if subset is None else subset[idx.numpy()]

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from ..errors import EngineError
 from ..progress import Progress
 from . import clustering, encoder
-from ._upstream import import_ragatouille, plaid_build_targets, quiet
+from ._upstream import import_ragatouille, load_lock, plaid_build_targets, quiet
 from .precision import Autocast, checkpoint_device, set_precision
 
 __all__ = ["FAISS_KMEANS_MIN_CHUNKS", "PlaidIndex", "build", "plaid_build_options", "plaid_build_patches"]
@@ -206,8 +205,7 @@ def build(
     rag = engine.load(index_root=str(dest))
     device = checkpoint_device(rag.model.inference_ckpt)
     try:
-        with quiet(engine.verbose), warnings.catch_warnings(), plaid_build_patches(engine.precision, progress):
-            warnings.simplefilter("ignore")
+        with quiet(engine.verbose), plaid_build_patches(engine.precision, progress):
             path = rag.index(
                 collection=list(texts),
                 document_ids=list(ids),
@@ -229,14 +227,16 @@ class PlaidIndex:
 
     def __init__(self, engine: encoder.Encoder, engine_dir: Path, texts: Sequence[str]) -> None:
         ragatouille = import_ragatouille()
-        rel = (engine_dir / "plaid_path").read_text(encoding="utf-8").strip()
+        try:
+            rel = (engine_dir / "plaid_path").read_text(encoding="utf-8").strip()
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"PLAID index in {engine_dir} could not be opened: {exc}") from exc
         path = engine_dir / rel
         self.engine = engine
         self.n = len(texts)
         _point_index_at_checkpoint(path, engine.model_path)
         try:
-            with quiet(engine.verbose), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with load_lock(), quiet(engine.verbose):  # it loads the checkpoint too
                 self.rag = ragatouille.RAGPretrainedModel.from_index(str(path), verbose=0)
         except (OSError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
             raise EngineError(f"PLAID index {path} could not be opened: {type(exc).__name__}: {exc}") from exc
@@ -259,8 +259,7 @@ class PlaidIndex:
             return [[] for _ in queries]
         k = min(k, self.n)
         try:
-            with quiet(self.engine.verbose), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet(self.engine.verbose):
                 res = self.rag.search(list(queries), k=k)
         except (RuntimeError, ValueError, AssertionError, IndexError, KeyError) as exc:
             raise EngineError(f"PLAID search failed: {type(exc).__name__}: {exc}") from exc
@@ -300,8 +299,7 @@ class PlaidIndex:
 
         out: list[list[tuple[int, float]]] = []
         try:
-            with quiet(self.engine.verbose), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet(self.engine.verbose):
                 searcher = self._searcher(queries[0])
                 for q in queries:
                     with self._configured(searcher, q, k):
