@@ -87,6 +87,8 @@ def _reader_process(root: str, stop_file: str, out: str) -> None:
     lat: list[float] = []
     ids: set[str] = set()
     errors: list[str] = []
+    idx.search(QUERIES[0], k=5)  # warm-up: model load and index open, not timed
+    Path(out + ".ready").write_text("ready", encoding="utf-8")
     i = 0
     while not os.path.exists(stop_file):
         t = time.perf_counter()
@@ -140,7 +142,8 @@ def readers(base: Path, updates: int) -> dict[str, Any]:
              for j in range(2)]
     for p in procs:
         p.start()
-    time.sleep(20)  # let the processes load the model
+    while not all((base / f"proc{j}.json.ready").exists() for j in range(2)):  # models loaded
+        time.sleep(0.2)
     threads = [threading.Thread(target=reader, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
@@ -253,6 +256,8 @@ def kills(base: Path, trials: int) -> dict[str, Any]:
                 results["clean_after_next_update"] += 1
         except Exception as exc:  # counted
             results["failures"].append(f"trial {trial}: {type(exc).__name__}: {exc}")
+        print(f"trial {trial + 1}/{trials}: {results['opened_and_searched']} opened, "
+              f"{results['clean_after_next_update']} clean", flush=True)
     results["update_seconds"] = round(args_update_seconds / 1.5, 2)
     return results
 
