@@ -316,16 +316,7 @@ def storage_error(exc: OSError, what: str) -> IndexStorageError:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False))
 
 
 class IndexStore:
