@@ -23,6 +23,7 @@ import sys
 import time
 
 from colbert_modal import ColbertIndexer, ColbertModalError
+from colbert_modal.display import format_pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = idx.search(query, k=args.k)
                 print(f"\n{query!r} ({(time.perf_counter() - t0) * 1000:.0f} ms)")
                 for r in results:
-                    where = f"{os.path.basename(r.source)} p.{r.page}" if r.page else os.path.basename(r.source)
+                    where = f"{os.path.basename(r.source)} {format_pages(r.pages)}".strip()
                     snippet = " ".join(r.text.split())[:120]
                     print(f"  {r.rank}. [{r.score:.2f}] {where}: {snippet}")
             if args.pull:

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from colbert_modal import ColbertIndexer, ModelLoadError
+from colbert_modal.display import format_pages
 
 HERE = Path(__file__).parent
 QUERIES = ["what is this text about", "oral argument before the court", "two column layout"]
@@ -59,7 +60,7 @@ def main() -> int:
         print(f"\n> {query}")
         for hit in indexer.search(query, k=args.k):
             snippet = " ".join(hit.text.split())[:110]
-            print(f"  {hit.rank}. {hit.score:6.2f}  {Path(hit.source).name} p.{hit.pages}  {snippet}")
+            print(f"  {hit.rank}. {hit.score:6.2f}  {Path(hit.source).name} {format_pages(hit.pages)}  {snippet}")
     return 0
 
 
