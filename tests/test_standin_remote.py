@@ -14,8 +14,10 @@ Hugging Face cache of the test's own (the tiny test checkpoint under both).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +127,29 @@ def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_pat
         assert idx.search("meteor shower harbour", k=1)[0].source.endswith("meteor.md")
     assert _app_creates(standin) == 1
     assert [c.tag for c in standin.calls].count("Writer.adopt") == 1
+
+
+@pytest.mark.slow
+def test_remote_progress_streams_through_the_modal_client(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Progress watched (INFO log): ``Writer.apply_stream.remote_gen()``, the container's stages arriving as items."""
+    caplog.set_level(logging.INFO, logger="colbert_modal.progress")
+    with _remote(tmp_path, model=HUB_ID) as idx:
+        report = idx.index(corpus_dir)
+    assert report.chunks_written > 0
+    stages = Counter(r.getMessage().split(":")[0] for r in caplog.records if r.name == "colbert_modal.progress")
+    assert list(stages) == [
+        "discovering", "loading", "chunking",  # planned here
+        "connecting to Modal", "starting the container",  # the client's own
+        "encoding", "publishing", "committing",  # streamed from the container
+    ]
+    assert set(stages.values()) == {1}
+    assert [c.tag for c in standin.calls if c.tag.startswith("Writer.")] == ["Writer.apply_stream"]
+    (call,) = standin.calls_of("Writer.apply_stream")
+    assert call.status == "SUCCESS" and len(call.chunks) >= 5  # started, encoding..., publishing, committing, result
+    assert "FunctionCallGetDataOut" in standin.rpcs
+    assert (_volume(standin) / "papers" / "CURRENT").read_text().strip() == "g000001"
 
 
 def test_pull_alone_starts_no_app(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:

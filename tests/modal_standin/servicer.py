@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import importlib
+import inspect
 import itertools
 import os
 import shutil
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 TIMEOUT = object()
 
 _PICKLE = api_pb2.DATA_FORMAT_PICKLE
+_GENERATOR_DONE = api_pb2.DATA_FORMAT_GENERATOR_DONE
+_DATA_POLL = 0.02  # seconds between looks at a running generator's new items
 _OUTPUTS_WAIT_CAP = 55.0  # seconds; the client polls again after this
 
 
@@ -88,6 +91,8 @@ class Call:
     gpus: list[str]
     output: api_pb2.FunctionGetOutputsItem | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A generator body's items as they come (the function call's ``data_out`` stream), index 1 first.
+    chunks: list[api_pb2.DataChunk] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -544,6 +549,9 @@ class Servicer(ModalClientBase):
                 # Like Modal, answer TIMEOUT; unlike Modal, the body is not killed (it is a thread).
                 result = self._timeout_result(call.tag, timeout)
             else:
+                if isinstance(outcome[1], api_pb2.GeneratorDone):
+                    # A generator body: the items went out on data_out; the output says how many.
+                    data_format = _GENERATOR_DONE
                 result = self._result(call, *outcome, data_format)
         call.output = api_pb2.FunctionGetOutputsItem(
             result=result,
@@ -582,10 +590,40 @@ class Servicer(ModalClientBase):
                 value = getattr(obj, method_name).local(*args, **kwargs)
             else:
                 value = getattr(module, base.tag).local(*args, **kwargs)
+            if inspect.isgenerator(value):
+                value = self._drain(call, value, data_format)
         except BaseException as exc:
             future.set_result((False, exc, "".join(traceback.format_exception(exc))))
         else:
             future.set_result((True, value, ""))
+
+    def _drain(self, call: Call, items: Any, data_format: int) -> api_pb2.GeneratorDone:
+        """Run a generator body to its end, each item a ``DataChunk`` of the call's ``data_out`` stream (as Modal's
+        container runtime sends them); the body's return is ``GeneratorDone`` with the count."""
+        for item in items:
+            data = serialize_data_format(item, data_format)
+            call.chunks.append(api_pb2.DataChunk(index=len(call.chunks) + 1, data_format=data_format, **self._data(data)))
+        return api_pb2.GeneratorDone(items_total=len(call.chunks))
+
+    async def FunctionCallGetDataOut(self, stream: Any) -> None:
+        """The ``data_out`` stream of a generator call: the items after ``last_index``, as they come, until the
+        body ends (the client reconnects with its last index if the stream ends early)."""
+        req = await self._recv(stream)
+        call = self.s.calls_by_id.get(req.function_call_id)
+        if call is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function call {req.function_call_id} not found")
+        sent = req.last_index
+        while True:
+            finished = call.done.is_set()  # read before the chunks: none can follow once it is set
+            while sent < len(call.chunks):
+                await stream.send_message(call.chunks[sent])
+                sent += 1
+            if finished:
+                return
+            try:
+                await asyncio.wait_for(call.done.wait(), timeout=_DATA_POLL)
+            except asyncio.TimeoutError:
+                pass
 
     def _result(self, call: Call, ok: bool, value: Any, tb_text: str, data_format: int) -> api_pb2.GenericResult:
         if ok:
