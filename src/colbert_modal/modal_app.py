@@ -89,6 +89,11 @@ MODELS = _model_specs(os.environ.get("COLBERT_MODAL_MODELS"))
 
 app = modal.App(APP_NAME)
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+#: The write leases of the indexes (``server.WriteLease``): one entry per
+#: index being written, shared by every app and container, so writers from
+#: two apps or two ``with_options`` variants never build one index at once.
+LEASES_NAME = "colbert-modal-leases"
+leases = modal.Dict.from_name(LEASES_NAME, create_if_missing=True)
 
 
 def download_models(specs):
@@ -173,6 +178,24 @@ def _commit_volume():
         volume.commit()
 
 
+def _leases():
+    """Where write leases live: the Dict in Modal; a folder of the Volume directory in ``.local()`` runs."""
+    if modal.is_local():
+        return server.DirectoryLeases(server.volume_path() / ".leases")
+    return leases  # pragma: no cover - inside a Modal container
+
+
+def _owner():
+    """This writer, as another writer's IndexLockedError names it."""
+    if modal.is_local():
+        return server.default_owner()
+    return f"app {app.app_id or APP_NAME}, container {os.environ.get('MODAL_TASK_ID', '?')}"  # pragma: no cover
+
+
+def _lease(index_name, lock_timeout=0.0):
+    return server.write_lease(_leases(), index_name, owner=_owner(), timeout=lock_timeout)
+
+
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def manifest(index_name: str):
     """The published manifest of ``index_name`` as JSON, or None (for planning on the client)."""
@@ -195,9 +218,8 @@ def info(index_name: str):
     memory=WRITER_MEMORY_MB,
     cpu=WRITER_CPU,
     scaledown_window=2 * MINUTES,
-    # One writer container: writes to the Volume are serialised. Across apps
-    # (two ephemeral runs), apply_update's base-generation check catches a
-    # concurrent update.
+    # One writer container per app; across apps and with_options variants,
+    # the index's write lease (the `leases` Dict) serialises writers.
     max_containers=1,
 )
 class Writer:
@@ -206,9 +228,10 @@ class Writer:
     @modal.method()
     def apply(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
         """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume."""
-        _reload_volume()
-        report = server.apply_plan(server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
-        _commit_volume()
+        with _lease(plan.name, lock_timeout):
+            _reload_volume()
+            report = server.apply_plan(server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
+            _commit_volume()
         return report
 
     @modal.method()
@@ -225,14 +248,17 @@ class Writer:
             lock_timeout=lock_timeout,
             reload=_reload_volume,
             commit=_commit_volume,
+            leases=_leases(),
+            owner=_owner(),
         )
 
     @modal.method()
     def adopt(self, index_name: str, upload: str):
         """Publish a generation that ``push()`` uploaded; commit the Volume."""
-        _reload_volume()
-        result = server.adopt_upload(server.volume_path(), index_name, upload)
-        _commit_volume()
+        with _lease(index_name):
+            _reload_volume()
+            result = server.adopt_upload(server.volume_path(), index_name, upload)
+            _commit_volume()
         return result
 
 
