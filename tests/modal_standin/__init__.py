@@ -24,6 +24,8 @@ What it does not model: image builds (every image is "built"), the input
 plane, retries, autoscaling (``max_containers`` does not serialise calls; each
 call runs in its own thread), Volume reload/commit semantics (the bodies see
 the directory directly, and ``modal.is_local()`` is True in them), ``@exit``.
+A generator body (``.remote_gen()``) runs to its end in its thread, each item
+sent on the call's ``data_out`` stream as it comes, then ``GeneratorDone``.
 One instance per class variant (class parameters + ``with_options``) stands in
 for a warm container: its ``@enter`` runs once. A call that times out answers
 TIMEOUT but its thread runs on.
