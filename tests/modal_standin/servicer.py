@@ -382,28 +382,25 @@ class Servicer(ModalClientBase):
             api_pb2.ClassCreateResponse(class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata())
         )
 
+    def _deployed_object(self, req: Any, kind: str) -> str:
+        """The id of the class or function ``req.object_tag`` of a deployed app; NOT_FOUND as Modal answers."""
+        app = self._deployed_app(req.app_name)
+        ids = app.class_ids if kind == "Class" else app.function_ids
+        object_id = ids.get(req.object_tag)
+        if object_id is None:
+            raise GRPCError(Status.NOT_FOUND, f"{kind} '{req.object_tag}' not found in app '{req.app_name}'")
+        return object_id
+
     async def ClassGet(self, stream: Any) -> None:
         req = await self._recv(stream)
-        app = self._deployed_app(req.app_name)
-        class_id = app.class_ids.get(req.object_tag)
-        if class_id is None:
-            raise GRPCError(
-                Status.NOT_FOUND,
-                f"Class '{req.object_tag}' not found in app '{req.app_name}'",
-            )
+        class_id = self._deployed_object(req, "Class")
         await stream.send_message(
             api_pb2.ClassGetResponse(class_id=class_id, handle_metadata=api_pb2.ClassHandleMetadata())
         )
 
     async def FunctionGet(self, stream: Any) -> None:
         req = await self._recv(stream)
-        app = self._deployed_app(req.app_name)
-        function_id = app.function_ids.get(req.object_tag)
-        if function_id is None:
-            raise GRPCError(
-                Status.NOT_FOUND,
-                f"Function '{req.object_tag}' not found in app '{req.app_name}'",
-            )
+        function_id = self._deployed_object(req, "Function")
         fn = self._function(function_id)
         data = fn.definition if isinstance(fn.definition, api_pb2.FunctionData) else None
         if data is None:

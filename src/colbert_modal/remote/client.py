@@ -259,15 +259,23 @@ class RemoteSession:
         chunks, PLAID's, publishing, committing the Volume). Where nobody
         watches (no bars, no INFO log), the plain ``Writer.apply`` is called.
         """
+        if progress is None or not progress.watched:
+            report: IndexReport = self.call(
+                self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout,
+                what=f"indexing {plan.name!r}", limit=self.writer_timeout(),
+            )
+        else:
+            report = self._apply_streamed(plan, backend=backend, lock_timeout=lock_timeout, progress=progress)
+        if report.changed:
+            self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
+        return report
+
+    def _apply_streamed(
+        self, plan: UpdatePlan, *, backend: str, lock_timeout: float, progress: Progress
+    ) -> IndexReport:
+        """``Writer.apply_stream`` read with ``.remote_gen()``, its stages replayed on ``progress``."""
         what = f"indexing {plan.name!r}"
         limit = self.writer_timeout()
-        if progress is None or not progress.watched:
-            report = self.call(
-                self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
-            )
-            if report.changed:
-                self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
-            return report
         streamed: IndexReport | None = None
         try:
             with progress.stage("connecting to Modal", unit="step") as stage:
@@ -289,10 +297,7 @@ class RemoteSession:
             progress.close()
         if streamed is None:
             raise RemoteError(f"{what}: the Modal container ended without a report")
-        report = streamed
-        if report.changed:
-            self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
-        return report
+        return streamed
 
     def adopt(self, name: str, upload: str) -> IndexInfo:
         info: IndexInfo = self.call(
