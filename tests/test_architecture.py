@@ -31,7 +31,8 @@ LAYERS: list[list[str]] = [
     ["engine.exact", "engine.plaid"],
     ["engine"],
     ["pipeline", "search"],
-    ["remote", "remote.connection"],  # names shared by both halves; credentials, probe, error mapping
+    ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
+    ["remote", "remote.connection", "remote.leases"],  # names shared by both halves; credentials, probe, error mapping
     ["remote.server"],  # the container half: never imports modal
     ["modal_app"],  # the only module importing modal at top level
     ["remote.client"],

@@ -86,6 +86,25 @@ def test_keep_missing_keeps_chunks_of_deleted_files(indexer: ColbertIndexer, fol
     assert "bestiary.pdf" in _sources(indexer, "penguin quartz")
 
 
+def test_indexing_another_folder_keeps_what_is_indexed(indexer: ColbertIndexer, folder: Path, tmp_path: Path) -> None:
+    """index(A) then index(B): A's files stay (they were dropped, unreported, when B added a file)."""
+    first = indexer.index([folder])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "harbour.txt").write_text("A dolphin in the harbour.\n", encoding="utf-8")
+    report = indexer.index([other])
+    assert report.indexed == [str(other / "harbour.txt")] and report.removed == []
+    assert str(folder / "bestiary.pdf") in report.unchanged
+    assert report.documents_total == len(indexer.info().sources) == first.documents_total + 1
+    assert "bestiary.pdf" in _sources(indexer, "penguin quartz")
+    # and keep_missing keeps a deleted file while another one changes
+    (folder / "bestiary.pdf").unlink()
+    (folder / "notes" / "plain.txt").write_text("A walrus and a zeppelin.\n", encoding="utf-8")
+    report = indexer.index([folder], keep_missing=True)
+    assert report.indexed == [str(folder / "notes" / "plain.txt")] and report.removed == []
+    assert "bestiary.pdf" in _sources(indexer, "penguin quartz")
+
+
 def test_delete_paths(indexer: ColbertIndexer, folder: Path) -> None:
     indexer.index([folder])
     report = indexer.delete([folder / "bestiary.pdf", folder / "notes", folder / "never-indexed.pdf"])

@@ -35,6 +35,7 @@ from .errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
     SettingsMismatchError,
+    ShardBuildError,
     UnsupportedFileTypeError,
 )
 
@@ -119,6 +120,7 @@ __all__ = [
     "SearchResult",
     "SearchResults",
     "SettingsMismatchError",
+    "ShardBuildError",
     "SkippedFile",
     "UnsupportedFileTypeError",
     "__version__",

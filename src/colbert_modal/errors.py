@@ -22,6 +22,7 @@ they cross into this library, with the original kept as ``__cause__``.
     ├── IndexNotFoundError (LookupError)     no index of that name
     ├── IndexStorageError (OSError)          index root not writable, damaged index
     ├── IndexLockedError                     another process is writing the index
+    ├── ShardBuildError                      a shard of a sharded index failed to build
     ├── ModelLoadError                       checkpoint cannot be fetched or loaded
     ├── EngineError                          ragatouille/colbert-ai failed
     └── RemoteError                          the Modal side failed
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteTimeoutError",
     "RemoteUnavailableError",
     "SettingsMismatchError",
+    "ShardBuildError",
     "UnsupportedFileTypeError",
 ]
 
@@ -155,6 +157,21 @@ class IndexStorageError(ColbertModalError, OSError):
 
 class IndexLockedError(ColbertModalError):
     """Another process holds the write lock of this index."""
+
+
+class ShardBuildError(ColbertModalError):
+    """One or more shards of a sharded index failed to build; nothing was published.
+
+    ``failures`` maps each failed shard's id to its error. The index keeps
+    its previous generation, whole and searchable.
+    """
+
+    def __init__(self, message: str, failures: dict[str, BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures or {})
+
+    def __reduce__(self):  # keep the failures when raised in a Modal container
+        return (type(self), (str(self), self.failures))
 
 
 class ModelLoadError(ColbertModalError):

@@ -20,13 +20,14 @@ from .pipeline import (
     MetadataSpec,
     Settings,
     UpdatePlan,
-    apply_update,
     nothing_to_index,
     plan_deletion,
     plan_update,
 )
 from .progress import Progress
-from .search import LiveIndex, OpenGeneration, check_queries
+from .search import LiveIndex, OpenIndex, check_queries
+from .sharding import apply as apply_sharded
+from .sharding import check_shards, open_generation
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,6 +142,13 @@ class ColbertIndexer:
         Remote mode: seconds an index build may run on Modal before it is
         stopped (default 2 hours, or ``$COLBERT_MODAL_TIMEOUT`` at deploy
         time); past it, :class:`~colbert_modal.RemoteTimeoutError`.
+    shards:
+        Split a new index (or one rebuilt with ``rebuild=True``) into this
+        many shards, by document: built in parallel in remote mode (one
+        container each), searched shard by shard and merged (see
+        :mod:`colbert_modal.sharding`). Default: the index's own count, else
+        one shard per :data:`~colbert_modal.sharding.MAX_CHUNKS_PER_SHARD`
+        (50,000) chunks of the first ``index`` call.
     """
 
     def __init__(
@@ -159,6 +167,7 @@ class ColbertIndexer:
         remote_app: Literal["ephemeral", "deployed"] | None = None,
         precision: Literal["auto", "fp32", "bf16"] | None = None,
         remote_timeout: float | None = None,
+        shards: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.name = validate_index_name(name)
@@ -184,6 +193,7 @@ class ColbertIndexer:
         self.precision = check_precision(precision)
         self.verbose = verbose
         self.remote_timeout = remote_timeout
+        self.shards = check_shards(shards)
         self._live = LiveIndex(self.store, self._open_generation)
         self._remote_session: RemoteSession | None = None
 
@@ -239,9 +249,9 @@ class ColbertIndexer:
         max_tokens, overlap = self._chunk_settings(None if rebuild else manifest)
         model = self._model_arg
         if model is None and manifest is not None and not rebuild:
-            return Settings(manifest.model, max_tokens, overlap)
+            return Settings(manifest.model, max_tokens, overlap, self.shards)
         model = _normalise_model(model or os.environ.get("COLBERT_MODAL_MODEL") or DEFAULT_MODEL)
-        return Settings(model, max_tokens, overlap)
+        return Settings(model, max_tokens, overlap, self.shards)
 
     def _chunker(self, settings: Settings) -> Callable[[], Chunker]:
         return lambda: Chunker(load_tokenizer(settings.model), max_tokens=settings.max_tokens, overlap=settings.overlap)
@@ -443,7 +453,7 @@ class ColbertIndexer:
         from .engine import get_engine
 
         try:
-            report = apply_update(
+            report = apply_sharded(
                 self.store,
                 plan,
                 engine_factory=lambda m: get_engine(m, verbose=self.verbose, precision=self.precision),
@@ -455,9 +465,9 @@ class ColbertIndexer:
         self._live.forget()
         return report
 
-    def _open_generation(self, gen_name: str) -> OpenGeneration:
+    def _open_generation(self, gen_name: str) -> OpenIndex:
         gen = load_generation(self.store.generation_path(gen_name))
-        return OpenGeneration(gen, verbose=self.verbose, precision=self.precision)
+        return open_generation(gen, verbose=self.verbose, precision=self.precision)
 
     def _session(self) -> RemoteSession:
         """This indexer's Modal session, opened (credentials checked first) on first use."""

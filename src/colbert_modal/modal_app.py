@@ -204,6 +204,13 @@ def manifest(index_name: str):
 
 
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+def shards(index_name: str):
+    """The shard ids of the published index (None: unsharded), for searching shard by shard."""
+    _reload_volume()
+    return server.read_shards(server.volume_path(), index_name)
+
+
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def info(index_name: str):
     """:class:`~colbert_modal.models.IndexInfo` of the published index."""
     _reload_volume()
@@ -230,7 +237,9 @@ class Writer:
         """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume."""
         with _lease(plan.name, lock_timeout):
             _reload_volume()
-            report = server.apply_plan(server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout)
+            report = server.apply_plan(
+                server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout, build_shards=_shard_builder()
+            )
             _commit_volume()
         return report
 
@@ -250,6 +259,7 @@ class Writer:
             commit=_commit_volume,
             leases=_leases(),
             owner=_owner(),
+            build_shards=_shard_builder(),
         )
 
     @modal.method()
@@ -264,6 +274,40 @@ class Writer:
 
 @app.cls(
     image=image,
+    gpu=GPU,
+    volumes={VOLUME_PATH: volume},
+    timeout=WRITER_TIMEOUT,
+    memory=WRITER_MEMORY_MB,
+    cpu=WRITER_CPU,
+    scaledown_window=2 * MINUTES,
+)
+class ShardWriter:
+    """Builds one shard of a sharded index's update (the Writer maps its shards over these)."""
+
+    @modal.method()
+    def build(self, job):
+        """Seal the next generation of ``job.shard`` on the Volume; commit. The Writer publishes it."""
+        _reload_volume()
+        result = server.build_shard_job(server.volume_path(), job)
+        _commit_volume()
+        return result
+
+
+def _shard_builder():
+    """How the Writer builds a sharded index's shards: in parallel, one ShardWriter container
+    each (``.map``, results as they finish, failures returned), on Modal; in the Writer's own
+    process when its body runs through ``.local()`` (the handle is not hydrated there)."""
+    if not getattr(ShardWriter, "_is_hydrated", False):
+        return None
+
+    def build(jobs):
+        return ShardWriter().build.map(jobs, order_outputs=False, return_exceptions=True)
+
+    return build
+
+
+@app.cls(
+    image=image,
     gpu=SEARCH_GPU,
     volumes={VOLUME_PATH: volume},
     timeout=10 * MINUTES,
@@ -271,13 +315,17 @@ class Writer:
 )
 @modal.concurrent(max_inputs=4)
 class Searcher:
-    """Warm search of one index: model and index loaded once per container."""
+    """Warm search of one index (or of one shard of a sharded index): model and index loaded once per container."""
 
     index_name: str = modal.parameter()
+    #: a sharded index's shard this container searches ("" : the whole index)
+    shard: str = modal.parameter(default="")
 
     @modal.enter()
     def load(self):
-        self.index_server = server.IndexServer(server.volume_path(), self.index_name, reload=_reload_volume)
+        self.index_server = server.IndexServer(
+            server.volume_path(), self.index_name, reload=_reload_volume, shard=self.shard or None
+        )
         self.index_server.load_model()
         if self.index_server.store.exists():
             self.index_server.refresh()
@@ -286,6 +334,14 @@ class Searcher:
     def search_batch(self, queries, k: int = 10, min_generation=None, where=None):
         """One result list per query; switches to a newer published generation first. ``where``: a filter."""
         return self.index_server.search_batch(queries, k, min_generation=min_generation, where=where)
+
+    @modal.method()
+    def search_shard(self, queries, k: int = 10, min_generation=None, where=None):
+        """``{"generation": g, "results": [...]}``: :meth:`search_batch` and the generation it served."""
+        generation, results = self.index_server.search(queries, k, min_generation=min_generation, where=where)
+        loaded = self.index_server.loaded
+        shards = len(loaded.manifest.shards or {}) if loaded is not None else 0
+        return {"generation": generation, "results": results, "shards": shards}
 
     @modal.method()
     def generation(self):

@@ -201,3 +201,7 @@ class IndexInfo(_Record):
     metadata_keys: dict[str, int] = Field(
         default_factory=dict, description="User metadata keys in use, with how many files have each."
     )
+    shards: int = Field(1, description="Shards the index is split into (1: unsharded).")
+    shard_chunks: dict[str, int] = Field(
+        default_factory=dict, description="Chunks per shard of a sharded index, by shard id."
+    )

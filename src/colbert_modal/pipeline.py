@@ -46,7 +46,9 @@ __all__ = [
     "nothing_to_index",
     "plan_deletion",
     "plan_update",
+    "previous_generation",
     "resolve_metadata",
+    "shard_count",
 ]
 
 #: ``index(..., metadata=)``: a mapping from a path, file name or glob to a dict, or a callable ``(Path) -> dict``.
@@ -65,6 +67,13 @@ class Settings:
     model: str
     max_tokens: int
     overlap: int
+    #: shards asked for (see :mod:`colbert_modal.sharding`); None: the index's, or as its size needs
+    shards: int | None = None
+
+
+def shard_count(manifest: Manifest | None) -> int:
+    """How many shards the index of ``manifest`` has (1: unsharded, or no index)."""
+    return len(manifest.shards) if manifest is not None and manifest.shards else 1
 
 
 def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bool) -> None:
@@ -75,6 +84,9 @@ def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bo
         for key in ("model", "max_tokens", "overlap")
         if getattr(manifest, key) != getattr(settings, key)
     ]
+    wanted = getattr(settings, "shards", None)  # plans pickled by older clients have none
+    if wanted is not None and wanted != shard_count(manifest):
+        diffs.append(f"shards: index has {shard_count(manifest)}, asked for {wanted}")
     if diffs:
         raise SettingsMismatchError(
             f"index {manifest.name!r} was built with other settings ({'; '.join(diffs)}). "
@@ -274,6 +286,8 @@ def plan_update(
     present = set(plan.unchanged) | set(plan.new_files)
     if not keep_missing:
         plan.remove = sorted(p for p in old if p not in present and not os.path.exists(p))
+    gone = set(plan.remove)  # the index's other files (outside ``paths``, or kept missing) stay as they are
+    plan.unchanged.extend(p for p in old if p not in present and p not in gone)
     plan.timings = {"discover": t1 - t0, "load": t2 - t1, "chunk": t3 - t2}
     return plan
 
@@ -336,7 +350,7 @@ def apply_update(
     progress = progress if progress is not None else Progress(False)
 
     t0 = time.perf_counter()
-    prev = _previous(store, rebuild=plan.rebuild)
+    prev = previous_generation(store, rebuild=plan.rebuild)
     prev_gen = prev.manifest.generation if prev else 0
     if plan.base_generation != prev_gen:
         raise IndexLockedError(
@@ -429,7 +443,7 @@ def apply_update(
     )
 
 
-def _previous(store: IndexStore, *, rebuild: bool) -> Generation | None:
+def previous_generation(store: IndexStore, *, rebuild: bool) -> Generation | None:
     """The published generation (None without one); with ``rebuild``, None where it is damaged too."""
     try:
         return store.current() if store.exists() else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError, EngineError, IndexStorageError
@@ -18,7 +18,7 @@ from .filters import ChunkColumns, parse_where
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
-__all__ = ["LiveIndex", "OpenGeneration", "check_queries", "to_results"]
+__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -119,6 +119,21 @@ class OpenGeneration:
         return self._columns.select(conditions)
 
 
+class OpenIndex(Protocol):
+    """What :class:`LiveIndex` serves: an :class:`OpenGeneration`, or a sharded index's
+    :class:`~colbert_modal.sharding.OpenShards`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[SearchResults]: ...
+
+
 class LiveIndex:
     """The current generation of the index in ``store``, reopened when a newer one is published.
 
@@ -127,21 +142,21 @@ class LiveIndex:
     open generation.
     """
 
-    def __init__(self, store: IndexStore, opener: Callable[[str], OpenGeneration]) -> None:
+    def __init__(self, store: IndexStore, opener: Callable[[str], OpenIndex]) -> None:
         self.store = store
         self._opener = opener
-        self._open: OpenGeneration | None = None
+        self._open: OpenIndex | None = None
         self._lock = threading.Lock()
 
     @property
-    def loaded(self) -> OpenGeneration | None:
+    def loaded(self) -> OpenIndex | None:
         """The generation opened last, without checking for a newer one."""
         return self._open
 
     #: Times :meth:`current` tries again when a writer replaced the generation it was opening.
     retries = 5
 
-    def current(self) -> OpenGeneration:
+    def current(self) -> OpenIndex:
         """The open current generation; opens (or reopens) it if ``CURRENT`` moved.
 
         A writer may publish and prune between reading ``CURRENT`` and opening

@@ -58,6 +58,7 @@ from .models import Chunk, IndexInfo
 __all__ = [
     "FORMAT_VERSION",
     "REBUILD_HINT",
+    "SHARDED_FORMAT",
     "FileEntry",
     "Generation",
     "IndexStore",
@@ -74,6 +75,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+#: The format of a sharded index's top manifest (older releases cannot read one).
+SHARDED_FORMAT = 2
 logger = logging.getLogger(__name__)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -135,12 +138,16 @@ class FileEntry:
     mtime: float = 0.0
     #: the user's metadata for the file (``index(..., metadata=...)``); absent in older manifests
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the shard holding the file's chunks (sharded indexes' top manifests only)
+    shard: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The entry as stored; empty metadata is left out, so releases without metadata read the manifest."""
+        """The entry as stored; empty metadata and no shard are left out, so older releases read the manifest."""
         data = dict(vars(self))
         if not data["metadata"]:
             del data["metadata"]
+        if data["shard"] is None:
+            del data["shard"]
         return data
 
 
@@ -161,6 +168,9 @@ class Manifest:
     #: "sha256:<hex>" of chunks.jsonl and each engine file (paths relative to
     #: the generation), written at publish; None in indexes made before them.
     checksums: dict[str, str] | None = None
+    #: A sharded index's top manifest: shard id -> ``{"generation": its live generation
+    #: (None: empty), "backend", "chunks"}`` (:mod:`colbert_modal.sharding`); else None.
+    shards: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -175,13 +185,14 @@ class Manifest:
             "updated_at": self.updated_at,
             "files": {p: e.to_json() for p, e in sorted(self.files.items())},
             **({"checksums": self.checksums} if self.checksums is not None else {}),
+            **({"shards": dict(sorted(self.shards.items()))} if self.shards is not None else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         files = {p: FileEntry(**e) for p, e in data.get("files", {}).items()}
         keys = ("name", "model", "max_tokens", "overlap", "backend", "generation", "created_at", "updated_at", "format",
-                "checksums")
+                "checksums", "shards")
         return cls(files=files, **{k: data[k] for k in keys if k in data})
 
     @property
@@ -270,6 +281,8 @@ class Generation:
             updated_at=m.updated_at,
             sources=sorted(m.files),
             metadata_keys=m.metadata_keys(),
+            shards=len(m.shards) if m.shards else 1,
+            shard_chunks={sid: int(v.get("chunks") or 0) for sid, v in (m.shards or {}).items()},
         )
 
 
@@ -284,6 +297,9 @@ def load_generation(path: Path) -> Generation:
             raise TypeError("malformed 'files'")
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(manifest.format, int) or manifest.format > SHARDED_FORMAT:
+        raise IndexStorageError(f"index file {path / 'manifest.json'} has format {manifest.format!r}, newer than "
+                                f"this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
     return Generation(path, manifest)
 
 
@@ -460,18 +476,25 @@ class IndexStore:
         chunks = Generation(build, manifest).chunks()
         return self.publish(build, manifest, chunks)
 
-    def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk]) -> Generation:
-        """Finish a build in ``build_dir`` and make it the current generation."""
+    def seal(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
+        """Finish a build in ``build_dir`` as generation ``manifest.generation``, unpublished: write
+        ``chunks.jsonl`` (None: a sharded index's top generation has none), checksums, the manifest."""
         manifest.updated_at = now_iso()
-        with (build_dir / "chunks.jsonl").open("w", encoding="utf-8") as fh:
-            for chunk in chunks:
-                fh.write(chunk.model_dump_json())
-                fh.write("\n")
-        manifest.checksums = generation_checksums(build_dir)
+        if chunks is not None:
+            with (build_dir / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+                for chunk in chunks:
+                    fh.write(chunk.model_dump_json())
+                    fh.write("\n")
+            manifest.checksums = generation_checksums(build_dir)
         _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
-        final = self.path / "generations" / f"g{manifest.generation:06d}"
-        previous = self._current_or_none()
+        final = self.generation_path(f"g{manifest.generation:06d}")
         os.replace(build_dir, final)
+        return Generation(final, manifest)
+
+    def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
+        """Finish a build in ``build_dir`` and make it the current generation."""
+        previous = self._current_or_none()
+        final = self.seal(build_dir, manifest, chunks).path
         try:
             _write_text_atomic(self.path / "CURRENT", final.name + "\n")
         except BaseException:
@@ -496,6 +519,28 @@ class IndexStore:
         for p in (self.path / "generations").iterdir():
             if _GEN.fullmatch(p.name) and p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
+        if (self.path / "shards").is_dir():
+            self._prune_shards()
+
+    def _prune_shards(self) -> None:
+        """Remove shard generations no kept top generation names (a failed update's too) and shard builds."""
+        live: set[tuple[str, str | None]] = set()
+        for p in (self.path / "generations").iterdir():
+            if _GEN.fullmatch(p.name):
+                try:
+                    shards = load_generation(p).manifest.shards or {}
+                except IndexStorageError:
+                    return  # a damaged top generation: keep every shard until a rebuild replaces it
+                live.update((sid, v.get("generation")) for sid, v in shards.items())
+        for shard in (self.path / "shards").iterdir():
+            gens = shard / "generations"
+            if not gens.is_dir():
+                continue
+            for p in gens.iterdir():
+                if p.name.startswith(".g") or (_GEN.fullmatch(p.name) and (shard.name, p.name) not in live):
+                    shutil.rmtree(p, ignore_errors=True)
+            if not any(gens.iterdir()):
+                shutil.rmtree(shard, ignore_errors=True)
 
     def destroy(self) -> None:
         """Delete the whole index (takes the lock first)."""

@@ -23,10 +23,12 @@ from ..errors import (
     ConfigurationError,
     IndexNotFoundError,
     RemoteError,
+    RemoteUnavailableError,
 )
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
 from ..progress import Progress
+from ..sharding import merge_results
 from ..store import Generation, IndexStore, Manifest
 from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
 from .connection import check_credentials, probe_server, translated
@@ -159,6 +161,8 @@ class RemoteSession:
         self._lock = threading.Lock()
         #: The newest generation this session published per index: searches ask for at least that one.
         self.written: dict[str, int] = {}
+        #: Shard ids per index (None: unsharded), looked up once; dropped when this session writes the index.
+        self._shards: dict[str, list[str] | None] = {}
         if kind != "inprocess":
             check_credentials()
             probe_server()
@@ -268,6 +272,7 @@ class RemoteSession:
             report = self._apply_streamed(plan, backend=backend, lock_timeout=lock_timeout, progress=progress)
         if report.changed:
             self.written[plan.name] = max(self.written.get(plan.name, 0), plan.base_generation + 1)
+            self._shards.pop(plan.name, None)
         return report
 
     def _apply_streamed(
@@ -304,11 +309,27 @@ class RemoteSession:
             self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}", limit=self.writer_timeout()
         )
         self.written[name] = info.generation
+        self._shards.pop(name, None)
         return info
+
+    def shards(self, name: str, *, fresh: bool = False) -> list[str] | None:
+        """The shard ids of index ``name`` (None: unsharded), looked up once per session."""
+        if fresh or name not in self._shards:
+            try:
+                found = self.call(self._handle("shards", cls=False), name, what=f"reading the shards of {name!r}")
+            except RemoteUnavailableError:
+                if self.kind != "deployed":
+                    raise
+                found = None  # a deployed app from before sharded indexes: none of its indexes is sharded
+            self._shards[name] = found
+        return self._shards[name]
 
     def search_batch(
         self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
     ) -> list[SearchResults]:
+        shards = self.shards(name)
+        if shards:
+            return self._search_shards(name, shards, queries, k, where)
         searcher = self._handle("Searcher", cls=True, options=self._gpu_options["Searcher"])(index_name=name)
         kwargs: dict[str, Any] = {"where": where} if where else {}  # an older deployed app takes no where
         results = self.call(
@@ -316,6 +337,55 @@ class RemoteSession:
             **kwargs,
         )
         return [SearchResults(r, query=getattr(r, "query", None) or q) for q, r in zip(queries, results, strict=True)]
+
+    def _search_shards(
+        self, name: str, shards: list[str], queries: list[str], k: int, where: dict[str, Any] | None
+    ) -> list[SearchResults]:
+        """Every shard's Searcher (one warm container each) called at once; hits merged by score.
+
+        All shards must answer from one generation of the index: a shard
+        that served an older one is asked again for the newest seen. A shard
+        count that changed (a rebuild) looks the shards up again.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        searcher = self._handle("Searcher", cls=True, options=self._gpu_options["Searcher"])
+        kwargs: dict[str, Any] = {"where": where} if where else {}
+        target = self.written.get(name)
+        answers: dict[str, dict[str, Any]] = {}
+        for _ in range(4):
+            todo = [sid for sid in shards if sid not in answers or answers[sid]["generation"] < (target or 0)]
+
+            def ask(sid: str, target: int | None = target) -> dict[str, Any]:
+                return self.call(
+                    searcher(index_name=name, shard=sid).search_shard, queries, k=k, min_generation=target,
+                    what=f"searching shard {sid} of {name!r}", **kwargs,
+                )
+
+            try:
+                with ThreadPoolExecutor(max_workers=min(len(todo), 32), thread_name_prefix="shard-search") as pool:
+                    answers.update(zip(todo, pool.map(ask, todo), strict=True))
+            except IndexNotFoundError:
+                answers.clear()
+                shards = self.shards(name, fresh=True) or []
+                if not shards:  # rebuilt unsharded
+                    return self.search_batch(name, queries, k, where)
+                continue
+            counts = {a["shards"] for a in answers.values()}
+            gens = {a["generation"] for a in answers.values()}
+            if counts != {len(shards)}:
+                answers.clear()
+                shards = self.shards(name, fresh=True) or []
+                if not shards:
+                    return self.search_batch(name, queries, k, where)
+                target = max(gens)
+                continue
+            if len(gens) == 1:
+                return [merge_results([answers[sid]["results"][i] for sid in shards], k, q)
+                        for i, q in enumerate(queries)]
+            target = max(gens)
+        raise RemoteError(f"searching {name!r}: its shards kept answering from different generations "
+                          "(it is being rewritten); try again")
 
     def volume(self) -> VolumeFiles:
         """The Volume's files, read and written from here (no app run needed)."""

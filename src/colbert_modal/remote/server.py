@@ -10,30 +10,30 @@ hooks are passed in by ``modal_app``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import quote
+from typing import Any
 
 from ..chunking import Chunker, load_tokenizer
-from ..errors import IndexLockedError, IndexNotFoundError
+from ..errors import IndexNotFoundError
 from ..filters import parse_where
 from ..models import IndexInfo, IndexReport, SearchResults
-from ..pipeline import Settings, UpdatePlan, apply_update, plan_update
+from ..pipeline import Settings, UpdatePlan, plan_update
 from ..progress import Event, Progress
-from ..search import LiveIndex, OpenGeneration, check_queries
-from ..store import IndexStore, load_generation
+from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
+from ..sharding import OpenShard, OpenShards, ShardBuilder, ShardJob, ShardResult, build_shard, shard_generation
+from ..sharding import apply as apply_sharded
+from ..store import Generation, IndexStore, load_generation
 from . import VOLUME_MOUNT
+from .leases import LEASE_TTL, DirectoryLeases, LeaseStore, WriteLease, default_owner, write_lease
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
@@ -44,10 +44,13 @@ __all__ = [
     "WriteLease",
     "adopt_upload",
     "apply_plan",
+    "build_shard_job",
     "container_model",
+    "default_owner",
     "engine_factory",
     "read_info",
     "read_manifest",
+    "read_shards",
     "stream_apply",
     "volume_path",
     "warm_up",
@@ -108,173 +111,21 @@ def read_info(root: str | os.PathLike[str], name: str) -> IndexInfo:
     return IndexStore(root, name).current().info()
 
 
-#: Seconds a write lease lasts unless its holder renews it (it does, every
-#: quarter of this, while it builds): a writer that crashed or was killed
-#: holds the index for at most this long.
-LEASE_TTL = 600.0
+def read_shards(root: str | os.PathLike[str], name: str) -> list[str] | None:
+    """The shard ids of index ``name`` (None: unsharded); IndexNotFoundError without an index."""
+    shards = IndexStore(root, name).current().manifest.shards
+    return sorted(shards) if shards is not None else None
 
 
-class LeaseStore(Protocol):
-    """A shared mapping with an atomic put-if-absent; ``modal.Dict`` has these methods."""
+def build_shard_job(root: str | os.PathLike[str], job: ShardJob) -> ShardResult:
+    """Build one shard of a sharded update (the body of a shard container), under ``root``."""
+    import dataclasses
 
-    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool: ...
-
-    def get(self, key: Any, default: Any = None) -> Any: ...
-
-    def pop(self, key: Any, default: Any = None) -> Any: ...
-
-
-class DirectoryLeases:
-    """A :class:`LeaseStore` in a directory, one JSON file per key.
-
-    Put-if-absent links a complete file into place (``os.link`` fails if the
-    name exists), so processes sharing the directory's filesystem see each
-    other's leases. The store of ``.local()`` and ``inprocess`` runs; Modal
-    containers use a ``modal.Dict`` (a Volume has no atomic create).
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def _file(self, key: Any) -> Path:
-        return self.path / f"{quote(str(key), safe='')}.json"
-
-    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
-        tmp = self.path / f".{uuid.uuid4().hex}.tmp"
-        for attempt in range(3):  # pop removes the folder once it is empty
-            self.path.mkdir(parents=True, exist_ok=True)
-            try:
-                tmp.write_text(json.dumps(value), encoding="utf-8")
-                break
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-        try:
-            if not skip_if_exists:
-                os.replace(tmp, self._file(key))
-                return True
-            try:
-                os.link(tmp, self._file(key))
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        try:
-            return json.loads(self._file(key).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return default
-
-    def pop(self, key: Any, default: Any = None) -> Any:
-        value = self.get(key, default)
-        self._file(key).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()  # no lease left: leave no folder behind on the Volume directory
-        return value
-
-
-def default_owner() -> str:
-    """Who holds a lease taken in this process, for the message another writer gets."""
-    return f"process {os.getpid()} on {socket.gethostname()}"
-
-
-class WriteLease:
-    """The write lease of one index in a :class:`LeaseStore` shared by every writer.
-
-    Entry ``<index name>``: the holder's token, a description of it
-    (``owner``) and an expiry, renewed while held. A lease past its expiry
-    is taken over; a store key ``<name>@<token of the lapsed lease>``, put
-    if absent, decides which of several writers takes it. Only the holder's
-    token releases it.
-    """
-
-    def __init__(
-        self, leases: LeaseStore, name: str, *, owner: str | None = None, ttl: float = LEASE_TTL,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.leases, self.key, self.ttl, self.clock = leases, name, ttl, clock
-        self.owner = owner or default_owner()
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def _entry(self) -> dict[str, Any]:
-        return {"token": self.token, "owner": self.owner, "expires": self.clock() + self.ttl}
-
-    def try_acquire(self) -> dict[str, Any] | None:
-        """Take the lease: None if taken, else the entry of the writer holding it."""
-        for _ in range(2):  # twice: the holder may release between put and get
-            if self.leases.put(self.key, self._entry(), skip_if_exists=True):
-                return None
-            held = self.leases.get(self.key)
-            if held is not None:
-                break
-        else:
-            return {"owner": "another writer"}
-        if held.get("expires", 0.0) > self.clock():
-            return held
-        if not self.leases.put(f"{self.key}@{held.get('token')}", self.token, skip_if_exists=True):
-            return held  # another writer is taking it over
-        logger.warning("taking over the lapsed write lease of index %r from %s", self.key, held.get("owner"))
-        if (self.leases.get(self.key) or {}).get("token") == held.get("token"):
-            self.leases.pop(self.key, None)
-        if self.leases.put(self.key, self._entry(), skip_if_exists=True):
-            return None
-        return self.leases.get(self.key) or held
-
-    def acquire(self, timeout: float = 0.0) -> None:
-        """Take the lease, waiting up to ``timeout`` seconds; IndexLockedError if another writer holds it."""
-        deadline = time.monotonic() + timeout
-        while (held := self.try_acquire()) is not None:
-            if time.monotonic() >= deadline:
-                raise IndexLockedError(
-                    f"another writer ({held.get('owner')}) is updating index {self.key!r}; "
-                    "try again when it is done"
-                )
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.key}", daemon=True)
-        self._renewer.start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 4):
-            try:
-                if (self.leases.get(self.key) or {}).get("token") != self.token:
-                    logger.warning("the write lease of index %r was lost", self.key)
-                    return
-                self.leases.put(self.key, self._entry())
-            except Exception as exc:  # the next round tries again
-                logger.warning("renewing the write lease of index %r failed (%s)", self.key, exc)
-
-    def release(self) -> None:
-        """Give the lease up, if this writer still holds it."""
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
-        if (self.leases.get(self.key) or {}).get("token") == self.token:
-            self.leases.pop(self.key, None)
-
-
-@contextlib.contextmanager
-def write_lease(
-    leases: LeaseStore | None, name: str, *, owner: str | None = None, timeout: float = 0.0
-) -> Iterator[None]:
-    """Hold index ``name``'s :class:`WriteLease` in ``leases`` (nothing if None).
-
-    Writers in separate containers (two apps, two ``with_options`` variants)
-    do not share a flock; this lease serialises them. Take it before the
-    Volume reload and hold it past the Volume commit.
-    """
-    if leases is None:
-        yield
-        return
-    lease = WriteLease(leases, name, owner=owner)
-    lease.acquire(timeout)
     try:
-        yield
-    finally:
-        lease.release()
+        return build_shard(dataclasses.replace(job, index_root=str(root)), engine_factory=engine_factory())
+    except Exception as exc:
+        exc.shard = job.shard  # type: ignore[attr-defined]  # travels back with the exception
+        raise
 
 
 def apply_plan(
@@ -284,16 +135,20 @@ def apply_plan(
     backend: str = "auto",
     lock_timeout: float = 0.0,
     progress: Progress | None = None,
+    build_shards: ShardBuilder | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index under ``root``: the local-mode engine code, under the index lock.
 
     ``apply_update`` checks ``plan.base_generation`` against what is
     published (optimistic concurrency) and publishes the new generation
-    atomically, so readers never see a half-written index.
+    atomically, so readers never see a half-written index. A sharded
+    index's shards are built by ``build_shards`` (Modal: one container per
+    shard; default: here, in turn), see :func:`colbert_modal.sharding.apply`.
     """
     store = IndexStore(root, plan.name)
     with store.lock(lock_timeout):
-        return apply_update(store, plan, engine_factory=engine_factory(), backend=backend, progress=progress)
+        return apply_sharded(store, plan, engine_factory=engine_factory(), backend=backend, progress=progress,
+                             build_shards=build_shards)
 
 
 #: The first item :func:`stream_apply` yields: the container has started.
@@ -310,6 +165,7 @@ def stream_apply(
     commit: Callable[[], None] | None = None,
     leases: LeaseStore | None = None,
     owner: str | None = None,
+    build_shards: ShardBuilder | None = None,
 ) -> Iterator[Event]:
     """:func:`apply_plan` as a stream: progress :data:`~colbert_modal.progress.Event` s, then ``("result", report)``.
 
@@ -329,7 +185,8 @@ def stream_apply(
     def work() -> None:
         try:
             progress = Progress(False, sink=events.put, log=False)  # the client logs what it replays
-            outcome["report"] = apply_plan(root, plan, backend=backend, lock_timeout=lock_timeout, progress=progress)
+            outcome["report"] = apply_plan(root, plan, backend=backend, lock_timeout=lock_timeout, progress=progress,
+                                           build_shards=build_shards)
         except BaseException as exc:  # re-raised in the generator below
             outcome["error"] = exc
         finally:
@@ -406,8 +263,11 @@ class IndexServer:
         reload: Callable[[], None] | None = None,
         min_refresh_interval: float | None = None,
         verbose: bool = False,
+        shard: str | None = None,
     ) -> None:
         self.store = IndexStore(root, name)
+        #: the one shard this server searches, of a sharded index (None: the whole index)
+        self.shard = shard
         self._reload = reload
         if min_refresh_interval is None:
             min_refresh_interval = float(os.environ.get("COLBERT_MODAL_REFRESH_INTERVAL") or DEFAULT_REFRESH_INTERVAL)
@@ -416,6 +276,11 @@ class IndexServer:
         self._cache = Path(tempfile.mkdtemp(prefix=f"colbert-modal-{name}-"))
         self._live = LiveIndex(self.store, self._open_copy)
         self._checked_at = float("-inf")
+
+    @property
+    def loaded(self) -> OpenIndex | None:
+        """The generation opened last (None before the first search)."""
+        return self._live.loaded
 
     @property
     def generation(self) -> int | None:
@@ -446,18 +311,57 @@ class IndexServer:
                 logger.warning("Volume reload failed (%s: %s); serving the loaded generation", type(exc).__name__, exc)
         return self._live.current() is not before
 
-    def _open_copy(self, gen_name: str) -> OpenGeneration:
-        dest = self._cache / gen_name
+    def _copy(self, gen: Generation) -> Generation:
+        """``gen`` copied to the same relative place under the container's cache (once)."""
+        rel = gen.path.relative_to(self.store.path)
+        dest = self._cache / rel
         if not dest.exists():
-            tmp = self._cache / f".{gen_name}.{uuid.uuid4().hex[:8]}"
-            shutil.copytree(self.store.generation_path(gen_name), tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+            shutil.copytree(gen.path, tmp)
             os.replace(tmp, dest)
-        gen = load_generation(dest)
-        opened = OpenGeneration(gen, model=container_model(gen.manifest.model), verbose=self.verbose)
-        old = self._live.loaded
-        if old is not None and old.name != gen_name:
-            shutil.rmtree(self._cache / old.name, ignore_errors=True)
+        return load_generation(dest)
+
+    def _open_copy(self, gen_name: str) -> OpenIndex:
+        top = self._copy(load_generation(self.store.generation_path(gen_name)))
+        model = container_model(top.manifest.model)
+        opened: OpenIndex
+        if top.manifest.shards is None:
+            opened = OpenGeneration(top, model=model, verbose=self.verbose)
+        elif self.shard is None:  # the whole sharded index in this container (clients search shard by shard)
+            for sid in top.manifest.shards:
+                part = shard_generation(load_generation(self.store.generation_path(gen_name)), sid)
+                if part is not None:
+                    self._copy(part)
+            opened = OpenShards(top, model=model, verbose=self.verbose)
+        else:
+            if self.shard not in top.manifest.shards:
+                raise IndexNotFoundError(
+                    f"index {self.store.name!r} has no shard {self.shard!r} at generation {top.manifest.generation} "
+                    f"(it has {len(top.manifest.shards)}: it was rebuilt); look its shards up again"
+                )
+            old = self._live.loaded
+            part = shard_generation(load_generation(self.store.generation_path(gen_name)), self.shard)
+            if part is None:
+                opened = OpenShard(top, self.shard, None)
+            elif isinstance(old, OpenShard) and old.opened is not None and old.opened.name == part.path.name:
+                opened = OpenShard(top, self.shard, old.opened)  # the shard did not change: keep it loaded
+            else:
+                opened = OpenShard(top, self.shard, OpenGeneration(self._copy(part), model=model, verbose=self.verbose))
+        self._drop_copies_except(opened)
         return opened
+
+    def _drop_copies_except(self, opened: OpenIndex) -> None:
+        """Remove the cached generations ``opened`` does not use."""
+        keep = {self._cache / "generations" / opened.name}
+        shards = opened.manifest.shards or {}
+        for sid, v in shards.items():
+            if v.get("generation"):
+                keep.add(self._cache / "shards" / sid / "generations" / v["generation"])
+        for pattern in ("generations/g*", "shards/*/generations/g*"):
+            for p in self._cache.glob(pattern):
+                if p not in keep:
+                    shutil.rmtree(p, ignore_errors=True)
 
     def search_batch(
         self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None,
@@ -466,15 +370,23 @@ class IndexServer:
         """One result list per query. ``min_generation``: a client that has just published
         that generation reads its own write (the refresh interval is skipped). ``where``:
         rank only the matching chunks (the filter runs here, in the container)."""
+        return self.search(queries, k, min_generation=min_generation, where=where)[1]
+
+    def search(
+        self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> tuple[int, list[SearchResults]]:
+        """:meth:`search_batch`, with the generation the results come from (a sharded index's
+        client checks that every shard answered from the same one)."""
         queries = check_queries(queries, k)
         parse_where(where)
         stale = min_generation is not None and (self.generation or 0) < min_generation
         self.refresh(force=stale)
-        if not queries:
-            return []
         opened = self._live.loaded
         assert opened is not None
-        return opened.search_batch(queries, k, where)
+        if not queries:
+            return opened.manifest.generation, []
+        return opened.manifest.generation, opened.search_batch(queries, k, where)
 
     def close(self) -> None:
         self._live.forget()

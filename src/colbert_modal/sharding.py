@@ -1,0 +1,482 @@
+"""Sharded indexes: one index split by document into shards, built and searched shard by shard.
+
+Layout of a sharded index (``<index_root>/<name>/``)::
+
+    CURRENT                          names the top generation, e.g. "g000007"
+    generations/g000007/manifest.json
+                                     the top manifest: the settings, every file with its
+                                     shard, and ``shards``: shard id -> that shard's
+                                     generation, backend and chunk count
+    shards/s001/generations/g000003/ an ordinary generation (manifest.json,
+                                     chunks.jsonl, engine/) of the files in shard s001
+
+A shard is an index of its own in all but its ``CURRENT``: the top
+generation names which of its generations is live, so publishing one top
+generation switches every shard at once. An update splits its plan by
+shard (:func:`split_plan`) and applies each part with the same
+:func:`~colbert_modal.pipeline.apply_update` as an unsharded index, sealing
+a new generation of each shard it touches (:func:`build_shard`); the top
+generation is published only when every shard succeeded. A failed shard
+leaves the published index as it was (:class:`~colbert_modal.errors.ShardBuildError`);
+the next writer removes what the failed update sealed.
+
+**Assignment.** A file stays in its shard for as long as it is in the index
+(a changed file is rebuilt in the same shard); a new file goes to the shard
+with the fewest chunks, larger files first. So an update touches only the
+shards whose files changed, and shards stay balanced by chunks.
+
+**How many.** ``shards=N`` at creation (or with ``rebuild=True``);
+without it, ``ceil(chunks / MAX_CHUNKS_PER_SHARD)``, so a small index stays
+one shard, stored as an unsharded index. An index keeps its shard count.
+
+**Search.** Every shard is searched (:class:`OpenShards` in this process;
+one Modal container per shard in remote mode) and the hits are merged by
+score into the global top k (:func:`merge_results`). MaxSim scores are per
+chunk, so with the exact backend the merge gives the unsharded index's
+results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError, IndexLockedError, ShardBuildError
+from .models import Chunk, IndexReport, SearchResult, SearchResults
+from .pipeline import (
+    UpdatePlan,
+    apply_update,
+    check_settings,
+    nothing_to_index,
+    previous_generation,
+)
+from .progress import Progress
+from .search import OpenGeneration
+from .store import SHARDED_FORMAT, FileEntry, Generation, IndexStore, Manifest, load_generation, now_iso
+
+__all__ = [
+    "MAX_CHUNKS_PER_SHARD",
+    "MAX_SHARDS",
+    "OpenShard",
+    "OpenShards",
+    "ShardJob",
+    "ShardResult",
+    "ShardStore",
+    "apply",
+    "assign",
+    "build_shard",
+    "check_shards",
+    "merge_results",
+    "open_generation",
+    "shard_generation",
+    "shard_ids",
+    "split_plan",
+]
+
+#: Without ``shards=``, an index gets one shard per this many chunks (at
+#: creation). 50k chunks of 256 tokens fit an L4 (24 GB GPU) container with
+#: room to spare: its PLAID build peaks at ~4 GB of GPU memory and ~15 GB of
+#: host memory (BENCHMARKS.md, "Sharded indexes"). ``$COLBERT_MODAL_MAX_CHUNKS_PER_SHARD``.
+MAX_CHUNKS_PER_SHARD = int(os.environ.get("COLBERT_MODAL_MAX_CHUNKS_PER_SHARD") or 50_000)
+#: The most shards an index may have.
+MAX_SHARDS = 1024
+
+#: Builds the shards of one update: called with the jobs, returns one
+#: :class:`ShardResult` or exception per job, in any order.
+ShardBuilder = Callable[[list["ShardJob"]], Iterable["ShardResult | BaseException"]]
+
+
+def check_shards(shards: object) -> int | None:
+    """``shards`` if it is None or a whole number of shards in [1, MAX_SHARDS]; else ConfigurationError."""
+    if shards is None:
+        return None
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise ConfigurationError(f"shards must be an integer from 1 to {MAX_SHARDS}, got {shards!r}")
+    return shards
+
+
+def shard_ids(n: int) -> list[str]:
+    """The ids of ``n`` shards: ``s000``, ``s001``, ..."""
+    return [f"s{i:03d}" for i in range(n)]
+
+
+class ShardStore(IndexStore):
+    """One shard of a sharded index: its generations, without a ``CURRENT`` of its own.
+
+    ``live`` is the shard's generation the published top generation names
+    (None: a new or empty shard). :meth:`publish` only seals a new
+    generation (:attr:`sealed`); the top generation publishes it. Writes
+    happen under the index's lock (or write lease), so :meth:`lock` takes
+    nothing.
+    """
+
+    def __init__(self, index_path: Path, shard: str, live: str | None) -> None:
+        super().__init__(index_path / "shards", shard)
+        self.live = live
+        self.sealed: Generation | None = None
+
+    def exists(self) -> bool:
+        return self.live is not None
+
+    def current_generation_name(self) -> str | None:
+        return self.live
+
+    def lock(self, timeout: float = 0.0) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def next_generation_number(self) -> int:
+        (self.path / "generations").mkdir(parents=True, exist_ok=True)
+        return super().next_generation_number()
+
+    def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
+        self.sealed = self.seal(build_dir, manifest, chunks)
+        return self.sealed
+
+    def refresh_files(self, generation: Generation, stats: dict[str, tuple[int, float]]) -> None:
+        """Nothing: file times are recorded in the top manifest."""
+
+
+@dataclass
+class ShardJob:
+    """One shard's part of an update: plain data (it pickles to a Modal container)."""
+
+    index_root: str
+    index: str
+    shard: str
+    live: str | None
+    plan: UpdatePlan
+    backend: str = "auto"
+
+
+@dataclass
+class ShardResult:
+    """What :func:`build_shard` did: the new generation (None: nothing changed) and its files."""
+
+    shard: str
+    report: IndexReport
+    generation: str | None = None
+    backend: str | None = None
+    chunks: int = 0
+    files: dict[str, FileEntry] | None = None
+    seconds: float = 0.0
+
+
+def build_shard(
+    job: ShardJob, *, engine_factory: Callable[[str], Any], progress: Progress | None = None
+) -> ShardResult:
+    """Apply ``job.plan`` to its shard: seal the shard's next generation, publish nothing.
+
+    The body of remote mode's shard containers, and of local mode's loop
+    over shards: :func:`~colbert_modal.pipeline.apply_update` on a
+    :class:`ShardStore`.
+    """
+    t0 = time.perf_counter()
+    store = ShardStore(IndexStore(job.index_root, job.index).path, job.shard, job.live)
+    report = apply_update(store, job.plan, engine_factory=engine_factory, backend=job.backend, progress=progress)
+    sealed = store.sealed
+    if sealed is None:
+        return ShardResult(job.shard, report, seconds=time.perf_counter() - t0)
+    m = sealed.manifest
+    return ShardResult(job.shard, report, sealed.path.name, m.backend, m.n_chunks, dict(m.files),
+                       time.perf_counter() - t0)
+
+
+def assign(plan: UpdatePlan, old_files: Mapping[str, FileEntry], ids: Sequence[str]) -> dict[str, str]:
+    """The shard of every file the index holds after ``plan``: path -> shard id.
+
+    Files already in the index keep their shard; new ones go to the shard
+    with the fewest chunks (larger files first, then by path: deterministic).
+    """
+    removed = set(plan.remove)
+    out = {p: e.shard for p, e in old_files.items() if e.shard is not None and e.shard in ids and p not in removed}
+    load = dict.fromkeys(ids, 0)
+    for p, sid in out.items():
+        load[sid] += len((plan.new_files.get(p) or old_files[p]).chunk_ids)
+    new = [p for p in plan.new_files if p not in out]
+    for p in sorted(new, key=lambda p: (-len(plan.new_files[p].chunk_ids), p)):
+        sid = min(ids, key=lambda s: (load[s], s))
+        out[p] = sid
+        load[sid] += len(plan.new_files[p].chunk_ids)
+    return out
+
+
+def split_plan(
+    plan: UpdatePlan, shards: Mapping[str, Mapping[str, Any]], old_files: Mapping[str, FileEntry],
+    assignment: Mapping[str, str],
+) -> dict[str, UpdatePlan]:
+    """``plan`` cut into one plan per shard it changes (shard id -> plan against that shard's generation).
+
+    ``shards``: the live shards (the top manifest's ``shards``, or a new
+    index's ids with no generation).
+    """
+    parts: dict[str, UpdatePlan] = {}
+    for sid, live in shards.items():
+        new_files = {p: e for p, e in plan.new_files.items() if assignment.get(p) == sid}
+        mine = {p for p, e in old_files.items() if e.shard == sid}
+        remove = [p for p in plan.remove if p in mine]
+        metadata = {p: m for p, m in plan.metadata.items() if p in mine and old_files[p].metadata != m}
+        if not (new_files or remove or metadata):
+            continue
+        gen = live.get("generation")
+        parts[sid] = UpdatePlan(
+            name=f"{plan.name}/{sid}",
+            settings=replace(plan.settings, shards=None),
+            base_generation=int(gen[1:]) if gen else 0,
+            new_files=new_files,
+            new_chunks=[c for c in plan.new_chunks if c.source in new_files],
+            remove=remove,
+            unchanged=sorted(p for p in mine if p not in new_files and p not in remove),
+            metadata=metadata,
+            refreshed={p: st for p, st in plan.refreshed.items() if p in mine},
+        )
+    return parts
+
+
+def _wanted_shards(plan: UpdatePlan, prev: Generation | None) -> int:
+    if prev is not None and not plan.rebuild:
+        return len(prev.manifest.shards or {}) or 1
+    asked = getattr(plan.settings, "shards", None)
+    return asked if asked is not None else max(1, math.ceil(len(plan.new_chunks) / MAX_CHUNKS_PER_SHARD))
+
+
+def apply(
+    store: IndexStore,
+    plan: UpdatePlan,
+    *,
+    engine_factory: Callable[[str], Any],
+    backend: str = "auto",
+    progress: Progress | None = None,
+    build_shards: ShardBuilder | None = None,
+) -> IndexReport:
+    """Carry out ``plan`` on the index in ``store``, sharded or not; call under ``store.lock()``.
+
+    An index of one shard is :func:`~colbert_modal.pipeline.apply_update`'s.
+    A sharded one: each shard the plan changes is built by ``build_shards``
+    (default: here, one after another; remote mode maps them over Modal
+    containers), then one top generation naming every shard's generation is
+    published. Any failed shard raises ShardBuildError and publishes nothing.
+    """
+    prev = previous_generation(store, rebuild=plan.rebuild)
+    sharded_prev = prev is not None and not plan.rebuild and prev.manifest.shards is not None
+    n = _wanted_shards(plan, prev)
+    if not sharded_prev and n == 1:
+        return apply_update(store, plan, engine_factory=engine_factory, backend=backend, progress=progress)
+    progress = progress if progress is not None else Progress(False)
+    t0 = time.perf_counter()
+    prev_gen = prev.manifest.generation if prev else 0
+    if plan.base_generation != prev_gen:
+        raise IndexLockedError(
+            f"index {plan.name!r} changed while this update was prepared "
+            f"(generation {plan.base_generation} -> {prev_gen}); run it again"
+        )
+    check_settings(prev.manifest if prev else None, plan.settings, rebuild=plan.rebuild)
+    top = prev if sharded_prev else None
+    old_files = dict(top.manifest.files) if top else {}
+    live: dict[str, dict[str, Any]] = (
+        {sid: dict(v) for sid, v in (top.manifest.shards or {}).items()} if top else
+        {sid: {"generation": None, "backend": None, "chunks": 0} for sid in shard_ids(n)}
+    )
+    if top is None and not plan.new_chunks:
+        raise nothing_to_index(plan)
+    assignment = assign(plan, old_files, list(live))
+    parts = split_plan(plan, live, old_files, assignment)
+    removed = sorted(p for p in plan.remove if p in old_files)
+    if not parts:
+        if top is not None and plan.refreshed:
+            store.refresh_files(top, plan.refreshed)
+        return _report(plan, old_files, removed, [], live, t0, {})
+    jobs = [ShardJob(str(store.root), store.name, sid, live[sid]["generation"], part, backend)
+            for sid, part in parts.items()]
+    results = _run(jobs, build_shards, engine_factory, progress)
+    files = {p: _with_stat(e, plan.refreshed.get(p)) for p, e in old_files.items() if p not in removed}
+    for r in results:
+        files = {p: e for p, e in files.items() if e.shard != r.shard}
+        files.update({p: replace(e, shard=r.shard) for p, e in (r.files or {}).items()})
+        if r.generation is not None:
+            live[r.shard] = {"generation": r.generation, "backend": r.backend, "chunks": r.chunks}
+    t1 = time.perf_counter()
+    kinds = sorted({v["backend"] for v in live.values() if v["backend"]})
+    manifest = Manifest(
+        name=plan.name, model=plan.settings.model, max_tokens=plan.settings.max_tokens,
+        overlap=plan.settings.overlap, backend="+".join(kinds) or "exact", generation=store.next_generation_number(),
+        created_at=top.manifest.created_at if top else now_iso(), files=files, format=SHARDED_FORMAT, shards=live,
+    )
+    with progress.stage("publishing", unit="generation") as stage:
+        store.publish(store.new_build_dir(manifest.generation), manifest, None)
+        stage.update(1)
+    return _report(plan, files, removed, results, live, t0, {"encode_and_build": t1 - t0,
+                                                             "publish": time.perf_counter() - t1})
+
+
+def _run(jobs: list[ShardJob], build_shards: ShardBuilder | None, engine_factory: Callable[[str], Any],
+         progress: Progress) -> list[ShardResult]:
+    """Every job's result; ShardBuildError (after removing what the others sealed) if any failed."""
+    outcomes: list[ShardResult | BaseException] = []
+    with progress.stage("building shards", total=len(jobs), unit="shard") as stage:
+        if build_shards is None:
+            for job in jobs:
+                stage.note(f"shard {job.shard}")
+                try:
+                    outcomes.append(build_shard(job, engine_factory=engine_factory, progress=progress))
+                except Exception as exc:
+                    outcomes.append(_tagged(exc, job.shard))
+                stage.update(1)
+        else:
+            for outcome in build_shards(jobs):
+                outcomes.append(outcome)
+                stage.update(1)
+    ok = [o for o in outcomes if isinstance(o, ShardResult)]
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if len(ok) == len(jobs):
+        return ok
+    # Which shard each error belongs to: its tag (set where the shard's body ran), else the shards
+    # that returned nothing, in order (a container that died cannot tag its error).
+    done = {r.shard for r in ok}
+    failures = {str(e.shard): e for e in errors if getattr(e, "shard", None) is not None}  # type: ignore[attr-defined]
+    untagged = iter([e for e in errors if getattr(e, "shard", None) is None])
+    for job in jobs:
+        if job.shard not in done and job.shard not in failures:
+            failures[job.shard] = next(untagged, None) or RuntimeError("the shard's build returned nothing")
+    for r in ok:
+        if r.generation is not None:  # sealed, never published: free its space now
+            shutil.rmtree(Path(jobs[0].index_root) / jobs[0].index / "shards" / r.shard / "generations" / r.generation,
+                          ignore_errors=True)
+    causes = "; ".join(f"shard {sid}: {type(e).__name__}: {e}" for sid, e in sorted(failures.items()))
+    raise ShardBuildError(
+        f"{len(failures)} of {len(jobs)} shards of index {jobs[0].index!r} failed to build ({causes}); "
+        "the published index is unchanged",
+        failures=failures,
+    )
+
+
+def _tagged(exc: BaseException, shard: str) -> BaseException:
+    """``exc``, marked with the shard it failed in (for the ShardBuildError message)."""
+    try:
+        exc.shard = shard  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return exc
+
+
+def _with_stat(entry: FileEntry, stat: tuple[int, float] | None) -> FileEntry:
+    return entry if stat is None else replace(entry, size=stat[0], mtime=stat[1])
+
+
+def _report(plan: UpdatePlan, files: Mapping[str, FileEntry], removed: list[str], results: list[ShardResult],
+            live: Mapping[str, Mapping[str, Any]], t0: float, timings: dict[str, float]) -> IndexReport:
+    meta = sorted({p for r in results for p in r.report.metadata_updated})
+    indexed = sorted(plan.new_files)
+    skip = set(indexed) | set(meta) | set(removed)
+    return IndexReport(
+        index_name=plan.name,
+        indexed=indexed,
+        unchanged=sorted(p for p in files if p not in skip),
+        removed=removed,
+        metadata_updated=meta,
+        skipped=plan.skipped,
+        warnings=plan.warnings,
+        chunks_written=sum(r.report.chunks_written for r in results),
+        chunks_total=sum(int(v.get("chunks") or 0) for v in live.values()),
+        documents_total=len(files),
+        timings={**plan.timings, **timings, **{f"shard {r.shard}": r.seconds for r in results},
+                 **({} if timings else {"engine": time.perf_counter() - t0})},
+    )
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def merge_results(parts: Sequence[Sequence[SearchResult]], k: int, query: str | None = None) -> SearchResults:
+    """The ``k`` best of several shards' results for one query, by score, ranked again from 1.
+
+    Ties keep the shards' order (and each shard's own order).
+    """
+    pooled = sorted(((r.score, i, j, r) for i, part in enumerate(parts) for j, r in enumerate(part)),
+                    key=lambda t: (-t[0], t[1], t[2]))
+    out = SearchResults(query=query)
+    for rank, (_, _, _, r) in enumerate(pooled[:k], start=1):
+        out.append(r.model_copy(update={"rank": rank}))
+    return out
+
+
+def shard_generation(top: Generation, shard: str) -> Generation | None:
+    """The generation of ``shard`` that the top generation ``top`` names (None: an empty shard)."""
+    name = ((top.manifest.shards or {}).get(shard) or {}).get("generation")
+    if not name:
+        return None
+    return load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
+
+
+class OpenShards:
+    """A sharded generation opened in this process: every shard loaded, searched in turn, merged.
+
+    The same interface as :class:`~colbert_modal.search.OpenGeneration`
+    (``name``, ``manifest``, ``search_batch``).
+    """
+
+    def __init__(self, generation: Generation, **kwargs: Any) -> None:
+        self.generation = generation
+        self.parts: dict[str, OpenGeneration] = {}
+        for sid in generation.manifest.shards or {}:
+            gen = shard_generation(generation, sid)
+            if gen is not None:
+                self.parts[sid] = OpenGeneration(gen, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.generation.path.name
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.generation.manifest
+
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[SearchResults]:
+        """One merged result list per query: each shard's top ``k``, then the best ``k`` of them."""
+        per_shard = [part.search_batch(queries, k, where) for part in self.parts.values()]
+        return [merge_results([res[i] for res in per_shard], k, q) for i, q in enumerate(queries)]
+
+
+def open_generation(generation: Generation, **kwargs: Any) -> OpenGeneration | OpenShards:
+    """``generation`` opened for search: :class:`OpenShards` for a sharded index, else ``OpenGeneration``."""
+    if generation.manifest.shards is not None:
+        return OpenShards(generation, **kwargs)
+    return OpenGeneration(generation, **kwargs)
+
+
+class OpenShard:
+    """One shard of a sharded top generation, as its search container serves it.
+
+    ``name`` and ``manifest`` are the top generation's (what the container
+    serves is the index at that generation); ``opened`` is the shard's own
+    generation, loaded (None: the shard is empty).
+    """
+
+    def __init__(self, top: Generation, shard: str, opened: OpenGeneration | None) -> None:
+        self.generation = top
+        self.shard = shard
+        self.opened = opened
+
+    @property
+    def name(self) -> str:
+        return self.generation.path.name
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.generation.manifest
+
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[SearchResults]:
+        if self.opened is None:
+            return [SearchResults(query=q) for q in queries]
+        return self.opened.search_batch(queries, k, where)
