@@ -225,6 +225,22 @@ def test_settings_mismatch_is_usage_error(cli_index: SimpleNamespace) -> None:
 
 
 @pytest.mark.slow
+def test_sharded_index_from_the_cli(cli_index: SimpleNamespace, tmp_path: Path) -> None:
+    root = tmp_path / "sharded"
+    base = ["--name", "sh", "--index-root", root]
+    invoke(["index", cli_index.docs / "notes", cli_index.docs / "atlas.pdf", *base, "--model", cli_index.checkpoint,
+            "--shards", "2"])
+    info = invoke(["info", "sh", "--index-root", root]).stdout
+    line = next(x for x in info.splitlines() if x.startswith("shards:"))
+    assert line.startswith("shards:     2 (s000: ") and "s001: " in line
+    assert json.loads(invoke(["info", "sh", "--index-root", root, "--json"]).stdout)["shards"] == 2
+    assert "p. 2" in invoke(["search", "flamingo glacier", *base, "-k", "1"]).stdout
+    assert_one_line_error(invoke(["index", cli_index.docs / "notes", *base, "--shards", "3"], code=2),
+                          "shards: index has 2, asked for 3", "--rebuild")
+    assert "Missing" not in invoke(["index", cli_index.docs / "notes", *base, "--shards", "0"], code=2).output
+
+
+@pytest.mark.slow
 def test_search_text(cli_index: SimpleNamespace) -> None:
     result = invoke(["search", "kangaroo lantern", "--name", "docs", "--index-root", cli_index.root, "-k", "3"])
     lines = result.stdout.splitlines()

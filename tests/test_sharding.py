@@ -310,3 +310,29 @@ def test_remote_sharded_index_through_the_modal_bodies(docs: Path, kw: dict, inp
     top = json.loads((inprocess / "rem" / "generations" / (inprocess / "rem" / "CURRENT").read_text().strip()
                       / "manifest.json").read_text())
     assert sorted(top["shards"]) == sharding.shard_ids(3)
+
+
+def test_pull_and_push_copy_every_shard(docs: Path, kw: dict, inprocess: Path, tmp_path: Path) -> None:
+    one = ColbertIndexer("one", **kw)
+    one.index([docs])
+    local = ColbertIndexer("sh", shards=3, **kw)
+    local.index([docs])
+    local.mode = "remote"
+    local.push()  # local -> "Volume"
+    assert not (inprocess / "sh" / "uploads").exists()
+    assert local.info.remote().shards == 3
+    assert_same_results(one.search_batch(QUERIES, k=10), local.search_batch(QUERIES, k=10))
+    local.push()  # again: the next generation, its shards placed next to the first ones
+    assert local.info.remote().generation == 2
+    local.close()
+
+    elsewhere = ColbertIndexer("sh", mode="remote", index_root=tmp_path / "elsewhere", progress=False)
+    elsewhere.pull()  # "Volume" -> another local root
+    pulled = elsewhere.info.local()
+    assert pulled.shards == 3 and pulled.chunks == one.info().chunks
+    assert_same_results(one.search_batch(QUERIES, k=10), elsewhere.search_batch.local(QUERIES, k=10))
+    elsewhere.pull()  # over an existing sharded copy
+    assert_same_results(one.search_batch(QUERIES, k=10), elsewhere.search_batch.local(QUERIES, k=10))
+    for sid in sharding.shard_ids(3):  # the older pulled generation is kept for readers, no more
+        assert len(list((tmp_path / "elsewhere" / "sh" / "shards" / sid / "generations").iterdir())) <= 2
+    elsewhere.close()

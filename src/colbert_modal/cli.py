@@ -384,6 +384,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
               "(default: skip and report them).")
 @click.option("--max-chunks-per-file", type=click.IntRange(min=1), default=MAX_CHUNKS_PER_FILE, show_default=True,
               help="Skip (and report) a file that would make more chunks than this.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Split a new index (or one rebuilt with --rebuild) into this many shards, by file; built in "
+              "parallel with --remote. Default: the index's own count, else one per 50,000 chunks.")
 @index_root_option
 @remote_option
 @json_option
@@ -400,6 +403,7 @@ def index(
     meta_json: Path | None,
     follow_symlinks: bool,
     max_chunks_per_file: int,
+    shards: int | None,
     index_root: Path | None,
     remote: bool,
     as_json: bool,
@@ -412,7 +416,8 @@ def index(
     """
     password_arg = parse_passwords(passwords)
     metadata = parse_meta_options(metas, meta_json)
-    indexer = _indexer(name, index_root=index_root, remote=remote, model=model, max_tokens=max_tokens, overlap=overlap)
+    indexer = _indexer(name, index_root=index_root, remote=remote, model=model, max_tokens=max_tokens, overlap=overlap,
+                       shards=shards)
     started = time.perf_counter()
     try:
         report = indexer.index(
@@ -567,6 +572,8 @@ def info(name: str, index_root: Path | None, remote: bool, as_json: bool) -> Non
         ("model", data.model),
         ("chunking", f"{data.max_tokens} tokens, overlap {data.overlap}"),
         ("backend", data.backend),
+        *([("shards", f"{data.shards} ({', '.join(f'{s}: {n}' for s, n in data.shard_chunks.items())} chunks)")]
+          if data.shards > 1 else []),
         ("files", str(data.documents)),
         ("chunks", str(data.chunks)),
         ("generation", str(data.generation)),

@@ -38,6 +38,7 @@ results.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -68,6 +69,7 @@ __all__ = [
     "ShardJob",
     "ShardResult",
     "ShardStore",
+    "adopt_shards",
     "apply",
     "assign",
     "build_shard",
@@ -389,6 +391,33 @@ def _report(plan: UpdatePlan, files: Mapping[str, FileEntry], removed: list[str]
         timings={**plan.timings, **timings, **{f"shard {r.shard}": r.seconds for r in results},
                  **({} if timings else {"engine": time.perf_counter() - t0})},
     )
+
+
+def adopt_shards(index: IndexStore, staging: Path, fetch: Callable[[str, str, Path], None]) -> None:
+    """Give the shards a staged top generation names their homes in ``index`` (pull, push).
+
+    For each shard generation the staged manifest (``staging/manifest.json``)
+    names, ``fetch(shard, generation, dest)`` fills ``dest``, which becomes
+    the shard's next generation; the staged manifest is rewritten to name
+    them. Call under the index's lock, before :meth:`IndexStore.adopt`
+    publishes the top generation; shard generations of a failed adopt are
+    never named, and the next writer removes them.
+    """
+    gen = load_generation(staging)
+    shards = gen.manifest.shards
+    if shards is None:
+        return
+    for sid, entry in shards.items():
+        if not entry.get("generation"):
+            continue
+        home = ShardStore(index.path, sid, None)
+        number = home.next_generation_number()
+        build = home.new_build_dir(number)
+        fetch(sid, entry["generation"], build)
+        final = home.generation_path(f"g{number:06d}")
+        os.replace(build, final)
+        entry["generation"] = final.name
+    (staging / "manifest.json").write_text(json.dumps(gen.manifest.to_json(), indent=1), encoding="utf-8")
 
 
 # --- search ---------------------------------------------------------------------------------

@@ -473,7 +473,7 @@ class IndexStore:
         build = self.new_build_dir(manifest.generation)
         build.rmdir()
         os.replace(directory, build)
-        chunks = Generation(build, manifest).chunks()
+        chunks = None if manifest.shards is not None else Generation(build, manifest).chunks()
         return self.publish(build, manifest, chunks)
 
     def seal(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:

@@ -28,7 +28,7 @@ from ..errors import (
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
 from ..progress import Progress
-from ..sharding import merge_results
+from ..sharding import adopt_shards, merge_results, shard_generation
 from ..store import Generation, IndexStore, Manifest
 from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
 from .connection import check_credentials, probe_server, translated
@@ -535,12 +535,20 @@ def pull(session: RemoteSession, store: IndexStore, *, overwrite: bool = True, l
         prefix = f"{name}/generations/{gen_name}"
         with store.lock(lock_timeout):
             staging = store.staging_dir()
-            for rel in vol.files(prefix):
-                dest = staging / PurePosixPath(rel).relative_to(prefix)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(vol.read(rel))
+            _download(vol, prefix, staging)
+            # a sharded index: each shard's generation the top one names, into the local shard's next one
+            adopt_shards(store, staging,
+                         lambda sid, gen, dest: _download(vol, f"{name}/shards/{sid}/generations/{gen}", dest))
             store.adopt(staging)
     return store.path
+
+
+def _download(vol: VolumeFiles, prefix: str, dest_dir: Path) -> None:
+    """Every file under ``prefix`` on the Volume, into ``dest_dir`` (same relative paths)."""
+    for rel in vol.files(prefix):
+        dest = dest_dir / PurePosixPath(rel).relative_to(prefix)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(vol.read(rel))
 
 
 def push(session: RemoteSession, generation: Generation) -> IndexInfo:
@@ -549,5 +557,10 @@ def push(session: RemoteSession, generation: Generation) -> IndexInfo:
     check_remote_model(generation.manifest.model, session)
     upload = uuid.uuid4().hex
     with translated(f"pushing {name!r}"):
-        session.volume().upload(generation.path, f"{name}/uploads/{upload}")
+        vol = session.volume()
+        vol.upload(generation.path, f"{name}/uploads/{upload}")
+        for sid in generation.manifest.shards or {}:  # a sharded index: every shard's live generation too
+            part = shard_generation(generation, sid)
+            if part is not None:
+                vol.upload(part.path, f"{name}/uploads/{upload}/shards/{sid}")
     return session.adopt(name, upload)

@@ -29,7 +29,16 @@ from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import Settings, UpdatePlan, plan_update
 from ..progress import Event, Progress
 from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
-from ..sharding import OpenShard, OpenShards, ShardBuilder, ShardJob, ShardResult, build_shard, shard_generation
+from ..sharding import (
+    OpenShard,
+    OpenShards,
+    ShardBuilder,
+    ShardJob,
+    ShardResult,
+    adopt_shards,
+    build_shard,
+    shard_generation,
+)
 from ..sharding import apply as apply_sharded
 from ..store import Generation, IndexStore, load_generation
 from . import VOLUME_MOUNT
@@ -239,6 +248,9 @@ def adopt_upload(root: str | os.PathLike[str], name: str, upload: str) -> IndexI
     if not (staging / "manifest.json").is_file():
         raise IndexNotFoundError(f"upload {upload!r} of index {name!r} not found on the Volume")
     with store.lock():
+        # a sharded index: push uploaded each shard's generation to <upload>/shards/<id>
+        adopt_shards(store, staging, lambda sid, _gen, dest: os.replace(staging / "shards" / sid, dest))
+        shutil.rmtree(staging / "shards", ignore_errors=True)
         gen = store.adopt(staging)
         shutil.rmtree(store.path / "uploads", ignore_errors=True)
     return gen.info()
