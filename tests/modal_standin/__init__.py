@@ -18,17 +18,33 @@ app's Volume, so that the function bodies (run in this process, through
 One server serves the whole session (a module-level Volume that the client
 has hydrated keeps its client and id across tests, as it would against Modal);
 each test starts from a reset state. See :class:`StandIn` for the hooks
-(``inject``, ``timeouts``, ``calls``, ``rpcs``, ``token``).
+(``inject``, ``timeouts``, ``calls``, ``function_calls``, ``rpcs``, ``token``).
+
+Calls: ``.remote()``, ``.remote_gen()``, ``.spawn()`` + ``FunctionCall.get()``
+(``cancel()`` answers TERMINATED), ``.map()`` / ``.starmap()`` / ``.for_each()``
+(FunctionMap, FunctionPutInputs, FunctionGetOutputs in completion order), on
+functions, on methods of a parametrized class, and on ``with_options`` variants;
+also from inside a body (the test process has the app running, so the body's
+handles are hydrated, as in a container). Every input runs in its own thread as
+it arrives, so the inputs of a map run concurrently. A class variant (class
+parameters + ``with_options``) keeps a pool of instances, each a warm
+container: an input takes an idle one or makes one (``@enter`` runs once per
+instance), so no instance runs two inputs at once. Bodies see
+``modal.current_input_id()`` and ``modal.current_function_call_id()`` as in a
+container, and a call made from a body records it as ``Call.parent_input_id``.
+Retries (``retries=`` or ``with_options(retries=...)``): the client retries
+``.remote()`` and map inputs (FunctionRetryInputs), the stand-in those of
+``.spawn()``; each attempt is a new call for ``inject`` (``times=``).
 
 What it does not model: image builds (every image is "built"), the input
-plane, retries, autoscaling (``max_containers`` does not serialise calls; each
-call runs in its own thread), Volume reload/commit semantics (the bodies see
-the directory directly, and ``modal.is_local()`` is True in them), ``@exit``.
+plane, autoscaling limits (``max_containers`` does not serialise calls),
+``@modal.concurrent``, Volume reload/commit semantics (the bodies see the
+directory directly, and ``modal.is_local()`` is True in them), ``@exit``,
+container crashes (InternalFailure), and output expiry (outputs are kept).
 A generator body (``.remote_gen()``) runs to its end in its thread, each item
 sent on the call's ``data_out`` stream as it comes, then ``GeneratorDone``.
-One instance per class variant (class parameters + ``with_options``) stands in
-for a warm container: its ``@enter`` runs once. A call that times out answers
-TIMEOUT but its thread runs on.
+A call that times out or is cancelled answers TIMEOUT or TERMINATED but its
+thread runs on.
 """
 
 from __future__ import annotations
@@ -38,13 +54,15 @@ from pathlib import Path
 
 import pytest
 
-from .server import TOKEN, StandIn
-from .servicer import TIMEOUT, Call
+from .server import TOKEN, Injection, StandIn
+from .servicer import TIMEOUT, Call, FunctionCallRecord
 
 __all__ = [
     "TIMEOUT",
     "TOKEN",
     "Call",
+    "FunctionCallRecord",
+    "Injection",
     "StandIn",
     "reset_modal_client",
     "standin_fixture",

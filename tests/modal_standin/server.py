@@ -12,18 +12,37 @@ import asyncio
 import hashlib
 import threading
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from grpclib.server import Server
 
-from .servicer import TIMEOUT, AppRecord, Call, FunctionRecord, Servicer
+from .servicer import TIMEOUT, AppRecord, Call, FunctionCallRecord, FunctionRecord, Servicer
 
-__all__ = ["TIMEOUT", "StandIn"]
+__all__ = ["TIMEOUT", "Injection", "StandIn"]
 
 TOKEN = ("ak-standin-token", "as-standin-secret")
+
+
+@dataclass
+class Injection:
+    """A failure waiting for the call it targets (see :meth:`StandIn.inject`)."""
+
+    tag: str
+    outcome: Any
+    index: int | None = None
+    match: Callable[[tuple, dict], bool] | None = None
+    times: int = 1
+
+    def targets(self, tag: str, base_tag: str, idx: int, args: tuple, kwargs: dict) -> bool:
+        if self.tag not in (tag, base_tag):
+            return False
+        if self.index is not None and self.index != idx:
+            return False
+        return self.match is None or bool(self.match(args, kwargs))
 
 
 class StandIn:
@@ -36,12 +55,16 @@ class StandIn:
     - ``inject(tag, exc)``: the next call of ``tag`` ("manifest", "Writer.apply",
       or "Writer.*" for any method) raises ``exc`` in the "container", which the
       client re-raises; ``inject(tag, TIMEOUT)`` makes it answer a function timeout
-      without running the body.
+      without running the body. ``index=n`` targets the input of index n of a
+      ``.map()``/``.starmap()`` (0-based), ``match=lambda args, kwargs: ...`` the
+      call whose arguments it accepts; ``times=k`` fails k calls (retries).
     - ``timeouts[tag] = seconds``: overrides the function's ``timeout=``; a body
       that runs longer answers TIMEOUT (the thread itself runs on).
-    - ``calls``: every call (tag, class parameters, ``with_options`` options, GPUs,
-      status); ``rpcs``: every RPC name received; ``unimplemented``: RPCs asked
-      for that the stand-in lacks.
+    - ``calls``: every input (tag, arguments, its index in its function call,
+      class parameters, ``with_options`` options, GPUs, the "container" that ran it,
+      retries, status); ``function_calls``: each ``.remote()``, ``.spawn()``,
+      ``.map()`` or ``.starmap()`` with its inputs; ``rpcs``: every RPC name
+      received; ``unimplemented``: RPCs asked for that the stand-in lacks.
     - ``token``: the (id, secret) every RPC must carry, or None to accept any.
     """
 
@@ -64,13 +87,16 @@ class StandIn:
         self.functions: dict[str, FunctionRecord] = {}
         self.calls: list[Call] = []
         self.calls_by_id: dict[str, Call] = {}
+        self.function_calls: dict[str, FunctionCallRecord] = {}
+        self.inputs_by_jwt: dict[str, Call] = {}
         self.blobs: dict[str, bytes] = {}
         self.blob_outputs: list[str] = []
         self.blocks: dict[bytes, bytes] = {}
         self.reads: dict[str, tuple[Path, int, int]] = {}
         self.images: list[Any] = []
-        self.instances: dict[str, Any] = {}
-        self.injections: dict[str, Any] = {}
+        self.instances: dict[str, list[Any]] = {}  # idle class instances ("warm containers") per variant
+        self.containers = 0  # class instances made so far
+        self.injections: list[Injection] = []
         self.timeouts: dict[str, float] = {}
         self.rpcs: list[str] = []
         self.unimplemented: list[str] = []
@@ -129,9 +155,34 @@ class StandIn:
 
     # --- test hooks -------------------------------------------------------------
 
-    def inject(self, tag: str, outcome: BaseException | object) -> None:
-        """The next call of ``tag`` raises ``outcome`` in the container, or times out if it is TIMEOUT."""
-        self.injections[tag] = outcome
+    def inject(
+        self,
+        tag: str,
+        outcome: BaseException | object,
+        *,
+        index: int | None = None,
+        match: Callable[[tuple, dict], bool] | None = None,
+        times: int = 1,
+    ) -> None:
+        """The next call of ``tag`` raises ``outcome`` in the container, or times out if it is TIMEOUT.
+
+        ``index``: only the input of that index in its function call (the n-th input of a
+        ``.map()``/``.starmap()``, 0-based; a ``.remote()`` or ``.spawn()`` is index 0).
+        ``match``: only a call whose ``(args, kwargs)`` it accepts. ``times``: how many calls
+        it fails (a retried input is a new call). Injections are used in the order given.
+        """
+        self.injections.append(Injection(tag, outcome, index, match, times))
+
+    def take_injection(self, tag: str, base_tag: str, idx: int, args: tuple, kwargs: dict) -> Any:
+        """The outcome injected for this call (used up), or None."""
+        with self.lock:
+            for injection in self.injections:
+                if injection.targets(tag, base_tag, idx, args, kwargs):
+                    injection.times -= 1
+                    if injection.times <= 0:
+                        self.injections.remove(injection)
+                    return injection.outcome
+        return None
 
     def calls_of(self, tag: str) -> list[Call]:
         return [c for c in self.calls if c.tag == tag or (tag.endswith(".*") and c.tag.startswith(tag[:-1]))]

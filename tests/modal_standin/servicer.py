@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import grpclib.const
 from google.protobuf.empty_pb2 import Empty
 from grpclib import GRPCError, Status
+from modal._runtime.execution_context import _set_current_context_ids
 from modal._serialization import (
     deserialize,
     deserialize_data_format,
@@ -41,6 +42,7 @@ from modal._serialization import (
     serialize_data_format,
 )
 from modal._utils.blob_utils import BLOCK_SIZE, MAX_OBJECT_SIZE_BYTES
+from modal._utils.jwt_utils import DecodedJwt
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
@@ -79,7 +81,8 @@ class FunctionRecord:
 
 @dataclass
 class Call:
-    """One ``.remote()`` call: what the client sent and what the "container" answered."""
+    """One input of a function call (a ``.remote()``, ``.spawn()``, or one item of a ``.map()``): what the client
+    sent and what the "container" answered."""
 
     call_id: str
     input_id: str
@@ -93,12 +96,36 @@ class Call:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     #: A generator body's items as they come (the function call's ``data_out`` stream), index 1 first.
     chunks: list[api_pb2.DataChunk] = field(default_factory=list)
+    idx: int = 0  # the input's index in its function call (the n-th item of a map)
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_jwt: str = ""
+    retry_count: int = 0  # 0 for the first attempt; each retry (client's or server's) adds one
+    container: int = 0  # which class instance ("container") ran the last attempt; 0 for a function
+    parent_input_id: str = ""  # the input whose body made this call (a call from inside a body), else ""
 
     @property
     def status(self) -> str:
         if self.output is None:
             return "running"
         return api_pb2.GenericResult.GenericStatus.Name(self.output.result.status).removeprefix("GENERIC_STATUS_")
+
+
+@dataclass
+class FunctionCallRecord:
+    """One function call: ``.remote()`` or ``.spawn()`` (one input), ``.map()``/``.starmap()`` (many)."""
+
+    call_id: str
+    function_id: str
+    kind: str  # "UNARY" or "MAP"
+    invocation: str  # "SYNC", "SYNC_LEGACY" (.remote_gen) or "ASYNC" (.spawn)
+    return_exceptions: bool = False
+    parent_input_id: str = ""
+    inputs: list[Call] = field(default_factory=list)
+    #: Every output in the order they came; FunctionGetOutputs' entry id ``"n-0"`` means "the first n seen".
+    outputs: list[api_pb2.FunctionGetOutputsItem] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # replaced by a new one at each output
+    cancelled: bool = False
 
 
 @dataclass
@@ -457,109 +484,251 @@ class Servicer(ModalClientBase):
         )
 
     # --- calls -----------------------------------------------------------------
+    #
+    # A function call holds one input (.remote(), .spawn()) or many (.map(), .starmap():
+    # FunctionMap opens the call, FunctionPutInputs adds inputs in batches, FunctionGetOutputs
+    # streams the outputs as they come). Each input runs in its own thread as it arrives, so
+    # the inputs of a map run concurrently.
+
+    def _function_call(self, function_call_id: str) -> FunctionCallRecord:
+        record = self.s.function_calls.get(function_call_id)
+        if record is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function call {function_call_id} not found")
+        return record
+
+    def _check_app_running(self, fn: FunctionRecord) -> None:
+        app = self.s.apps.get(fn.app_id)
+        if app is not None and app.stopped.is_set():
+            raise GRPCError(Status.FAILED_PRECONDITION, f"App {app.app_id} is stopped")
+
+    @staticmethod
+    def _retry_policy(fn: FunctionRecord) -> api_pb2.FunctionRetryPolicy:
+        """The function's retry policy: ``with_options(retries=...)``, else its definition's ``retries=``."""
+        if fn.options is not None and fn.options.HasField("retry_policy"):
+            return fn.options.retry_policy
+        definition = fn.definition
+        if isinstance(definition, api_pb2.FunctionData):
+            definition = definition.ranked_functions[0].function if definition.ranked_functions else None
+        if isinstance(definition, api_pb2.Function) and definition.HasField("retry_policy"):
+            return definition.retry_policy
+        return api_pb2.FunctionRetryPolicy()
+
+    def _add_input(
+        self, record: FunctionCallRecord, fn: FunctionRecord, item: api_pb2.FunctionPutInputsItem
+    ) -> api_pb2.FunctionPutInputsResponseItem:
+        input_id = self._new_id("in")
+        tag = fn.tag[:-2] + "." + item.input.method_name if fn.is_class else fn.tag
+        jwt = DecodedJwt.encode_without_signature(
+            {"input_id": input_id, "idx": item.idx, "function_call_id": record.call_id}
+        )
+        call = Call(
+            record.call_id,
+            input_id,
+            fn.function_id,
+            tag,
+            dict(fn.params),
+            fn.options,
+            args_from_blob=bool(item.input.args_blob_id),
+            gpus=list(fn.gpus),
+            idx=item.idx,
+            input_jwt=jwt,
+            parent_input_id=record.parent_input_id,
+        )
+        record.inputs.append(call)
+        self.s.calls.append(call)
+        self.s.calls_by_id.setdefault(record.call_id, call)
+        self.s.inputs_by_jwt[jwt] = call
+        self.s.background(self._execute(record, call, fn, item.input))
+        return api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt=jwt)
 
     async def FunctionMap(self, stream: Any) -> None:
         req = await self._recv(stream)
         fn = self._function(req.function_id)
-        app = self.s.apps.get(fn.app_id)
-        if app is not None and app.stopped.is_set():
-            raise GRPCError(Status.FAILED_PRECONDITION, f"App {app.app_id} is stopped")
+        self._check_app_running(fn)
         call_id = self._new_id("fc")
-        items = []
-        for item in req.pipelined_inputs:
-            input_id = self._new_id("in")
-            tag = fn.tag[:-2] + "." + item.input.method_name if fn.is_class else fn.tag
-            call = Call(
-                call_id,
-                input_id,
-                fn.function_id,
-                tag,
-                dict(fn.params),
-                fn.options,
-                args_from_blob=bool(item.input.args_blob_id),
-                gpus=list(fn.gpus),
-            )
-            self.s.calls.append(call)
-            self.s.calls_by_id[call_id] = call
-            self.s.background(self._execute(call, fn, item.input))
-            items.append(
-                api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt-" + input_id)
-            )
+        record = FunctionCallRecord(
+            call_id,
+            fn.function_id,
+            kind=api_pb2.FunctionCallType.Name(req.function_call_type).removeprefix("FUNCTION_CALL_TYPE_"),
+            invocation=api_pb2.FunctionCallInvocationType.Name(req.function_call_invocation_type).removeprefix(
+                "FUNCTION_CALL_INVOCATION_TYPE_"
+            ),
+            return_exceptions=req.return_exceptions,
+            parent_input_id=req.parent_input_id,
+        )
+        self.s.function_calls[call_id] = record
+        items = [self._add_input(record, fn, item) for item in req.pipelined_inputs]
         await stream.send_message(
             api_pb2.FunctionMapResponse(
                 function_call_id=call_id,
                 pipelined_inputs=items,
-                function_call_jwt="jwt-" + call_id,
+                function_call_jwt=DecodedJwt.encode_without_signature({"function_call_id": call_id}),
+                retry_policy=self._retry_policy(fn),
+                # The client retries failed inputs of .remote() and .map() itself (FunctionRetryInputs);
+                # the stand-in retries those of .spawn() (see _execute).
+                sync_client_retries_enabled=True,
+                max_inputs_outstanding=1000,
             )
         )
 
-    async def FunctionGetOutputs(self, stream: Any) -> None:
+    async def FunctionPutInputs(self, stream: Any) -> None:
         req = await self._recv(stream)
-        call = self.s.calls_by_id.get(req.function_call_id)
-        if call is None:
-            raise GRPCError(Status.NOT_FOUND, f"Function call {req.function_call_id} not found")
-        try:
-            await asyncio.wait_for(call.done.wait(), timeout=max(0.0, min(req.timeout, _OUTPUTS_WAIT_CAP)))
-        except asyncio.TimeoutError:
-            pass
-        if call.output is None:
-            resp = api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1)
-        else:
-            resp = api_pb2.FunctionGetOutputsResponse(outputs=[call.output], num_unfinished_inputs=0)
-        await stream.send_message(resp)
+        fn = self._function(req.function_id)
+        self._check_app_running(fn)
+        record = self._function_call(req.function_call_id)
+        items = [self._add_input(record, fn, item) for item in req.inputs]
+        await stream.send_message(api_pb2.FunctionPutInputsResponse(inputs=items))
 
-    async def _execute(self, call: Call, fn: FunctionRecord, inp: api_pb2.FunctionInput) -> None:
-        started = time.time()
-        data_format = inp.data_format or _PICKLE
-        base = self._base(fn)
-        injected = self.s.injections.pop(call.tag, None)
-        if injected is None and call.tag != base.tag:
-            injected = self.s.injections.pop(base.tag, None)
-        timeout = self.s.timeouts.get(call.tag, self.s.timeouts.get(base.tag, fn.timeout))
+    async def FunctionFinishInputs(self, stream: Any) -> None:
+        # .spawn_map(): all inputs are in.
+        req = await self._recv(stream)
+        self._function_call(req.function_call_id)
+        await stream.send_message(Empty())
 
-        if injected is TIMEOUT:
-            result = self._timeout_result(call.tag, timeout)
-        else:
-            args_bytes = (
-                inp.args if inp.HasField("args") else (self.s.blobs[inp.args_blob_id] if inp.args_blob_id else b"")
-            )
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            thread = threading.Thread(
-                target=self._run_body,
-                args=(
-                    future,
-                    call,
-                    fn,
-                    base,
-                    inp.method_name,
-                    args_bytes,
-                    data_format,
-                    injected,
-                ),
-                name=f"standin-{call.tag}",
-                daemon=True,
-            )
-            thread.start()
-            try:
-                outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=timeout)
-            except asyncio.TimeoutError:
-                # Like Modal, answer TIMEOUT; unlike Modal, the body is not killed (it is a thread).
-                result = self._timeout_result(call.tag, timeout)
+    async def FunctionCallFromId(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        record = self._function_call(req.function_call_id)
+        await stream.send_message(
+            api_pb2.FunctionCallFromIdResponse(function_call_id=record.call_id, num_inputs=len(record.inputs))
+        )
+
+    async def FunctionRetryInputs(self, stream: Any) -> None:
+        """The client retries failed inputs (a function with ``retries=``): each runs again, its
+        ``retry_count`` the client's."""
+        req = await self._recv(stream)
+        jwts = []
+        for item in req.inputs:
+            call = self.s.inputs_by_jwt.get(item.input_jwt)
+            if call is None:
+                raise GRPCError(Status.NOT_FOUND, "input not found (stand-in)")
+            record = self._function_call(call.call_id)
+            call.retry_count = item.retry_count
+            call.output = None
+            call.done = asyncio.Event()
+            self.s.background(self._execute(record, call, self._function(call.function_id), item.input))
+            jwts.append(call.input_jwt)
+        await stream.send_message(api_pb2.FunctionRetryInputsResponse(input_jwts=jwts))
+
+    async def FunctionCallCancel(self, stream: Any) -> None:
+        """``FunctionCall.cancel()``: unfinished inputs answer TERMINATED (their threads run on)."""
+        req = await self._recv(stream)
+        record = self._function_call(req.function_call_id)
+        record.cancelled = True
+        for call in record.inputs:
+            if call.output is None:
+                result = api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
+                    exception="Function call was cancelled (stand-in)",
+                )
+                self._finish(record, call, result, _PICKLE, time.time())
+        await stream.send_message(Empty())
+
+    async def FunctionGetOutputs(self, stream: Any) -> None:
+        """Outputs of a function call: with ``start_idx``/``end_idx`` (``.remote()``, ``FunctionCall.get()``)
+        those of the inputs in that range; else (``.map()``) those that came after ``last_entry_id``. Waits up
+        to ``timeout`` for one."""
+        req = await self._recv(stream)
+        record = self._function_call(req.function_call_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(req.timeout, _OUTPUTS_WAIT_CAP))
+        while True:
+            changed = record.changed
+            if req.HasField("start_idx"):
+                end = req.end_idx if req.HasField("end_idx") else req.start_idx
+                outputs = [c.output for c in record.inputs if c.output is not None and req.start_idx <= c.idx <= end]
+                last_entry_id = req.last_entry_id
             else:
-                if isinstance(outcome[1], api_pb2.GeneratorDone):
-                    # A generator body: the items went out on data_out; the output says how many.
-                    data_format = _GENERATOR_DONE
-                result = self._result(call, *outcome, data_format)
+                seen = int((req.last_entry_id or "0-0").split("-", 1)[0])
+                outputs = record.outputs[seen:]
+                last_entry_id = f"{len(record.outputs)}-0"
+            remaining = deadline - loop.time()
+            if outputs or remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+        unfinished = sum(1 for c in record.inputs if c.output is None)
+        await stream.send_message(
+            api_pb2.FunctionGetOutputsResponse(
+                outputs=outputs, last_entry_id=last_entry_id, num_unfinished_inputs=unfinished
+            )
+        )
+
+    def _finish(
+        self, record: FunctionCallRecord, call: Call, result: api_pb2.GenericResult, data_format: int, started: float
+    ) -> None:
         call.output = api_pb2.FunctionGetOutputsItem(
             result=result,
-            idx=0,
+            idx=call.idx,
             input_id=call.input_id,
             data_format=data_format,
             task_id="ta-standin",
             input_started_at=started,
             output_created_at=time.time(),
+            retry_count=call.retry_count,
         )
+        record.outputs.append(call.output)
         call.done.set()
+        changed, record.changed = record.changed, asyncio.Event()
+        changed.set()
+
+    async def _execute(
+        self, record: FunctionCallRecord, call: Call, fn: FunctionRecord, inp: api_pb2.FunctionInput
+    ) -> None:
+        base = self._base(fn)
+        policy = self._retry_policy(fn)
+        while True:
+            started = time.time()
+            result, data_format = await self._attempt(call, fn, base, inp)
+            if record.cancelled:
+                return  # FunctionCallCancel answered for it
+            # Modal retries failed inputs of .spawn() server-side; the client retries the others.
+            if (
+                result.status != api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+                and record.invocation == "ASYNC"
+                and call.retry_count < policy.retries
+            ):
+                call.retry_count += 1
+                continue
+            self._finish(record, call, result, data_format, started)
+            return
+
+    async def _attempt(
+        self, call: Call, fn: FunctionRecord, base: FunctionRecord, inp: api_pb2.FunctionInput
+    ) -> tuple[api_pb2.GenericResult, int]:
+        """Run one attempt of an input: its result, and the data format of the output."""
+        data_format = inp.data_format or _PICKLE
+        timeout = self.s.timeouts.get(call.tag, self.s.timeouts.get(base.tag, fn.timeout))
+        injected: Any = None
+        try:
+            args_bytes = (
+                inp.args if inp.HasField("args") else (self.s.blobs[inp.args_blob_id] if inp.args_blob_id else b"")
+            )
+            args, kwargs = deserialize_data_format(args_bytes, data_format, None) if args_bytes else ((), {})
+            call.args, call.kwargs = tuple(args), dict(kwargs)
+            injected = self.s.take_injection(call.tag, base.tag, call.idx, call.args, call.kwargs)
+        except Exception as exc:  # arguments that do not unpickle fail "in the container"
+            injected = exc
+        if injected is TIMEOUT:
+            return self._timeout_result(call.tag, timeout), data_format
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._run_body,
+            args=(future, call, fn, base, inp.method_name, data_format, injected),
+            name=f"standin-{call.tag}",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=timeout)
+        except asyncio.TimeoutError:
+            # Like Modal, answer TIMEOUT; unlike Modal, the body is not killed (it is a thread).
+            return self._timeout_result(call.tag, timeout), data_format
+        if isinstance(outcome[1], api_pb2.GeneratorDone):
+            # A generator body: the items went out on data_out; the output says how many.
+            data_format = _GENERATOR_DONE
+        return self._result(call, *outcome, data_format), data_format
 
     def _run_body(
         self,
@@ -568,31 +737,45 @@ class Servicer(ModalClientBase):
         fn: FunctionRecord,
         base: FunctionRecord,
         method_name: str,
-        args_bytes: bytes,
         data_format: int,
         injected: BaseException | None,
     ) -> None:
-        """In the "container" thread: deserialise, call the body via .local(), report (ok, value, traceback)."""
+        """In the "container" thread: call the body via .local(), report (ok, value, traceback).
+
+        The body sees ``modal.current_input_id()`` and ``modal.current_function_call_id()`` as in a
+        container. A class takes an idle instance of its variant (a warm container) or makes one
+        (a cold start: ``@enter`` runs), so concurrent inputs of one variant get one instance each."""
+        reset_context = _set_current_context_ids([call.input_id], [call.call_id], [call.input_jwt])
+        obj, pool = None, None
         try:
-            args, kwargs = deserialize_data_format(args_bytes, data_format, None) if args_bytes else ((), {})
             if injected is not None:
                 raise injected
             module = sys.modules.get(base.module_name) or importlib.import_module(base.module_name)
             if base.is_class:
                 with self.s.lock:
-                    obj = self.s.instances.get(fn.function_id)
-                    if obj is None:
-                        cls = getattr(module, base.tag[:-2])
-                        obj = self.s.instances[fn.function_id] = cls(**fn.params)
-                value = getattr(obj, method_name).local(*args, **kwargs)
+                    pool = self.s.instances.setdefault(fn.function_id, [])
+                    if pool:
+                        obj, call.container = pool.pop()
+                    else:
+                        self.s.containers += 1
+                        call.container = self.s.containers
+                if obj is None:
+                    obj = getattr(module, base.tag[:-2])(**fn.params)
+                value = getattr(obj, method_name).local(*call.args, **call.kwargs)
             else:
-                value = getattr(module, base.tag).local(*args, **kwargs)
+                value = getattr(module, base.tag).local(*call.args, **call.kwargs)
             if inspect.isgenerator(value):
                 value = self._drain(call, value, data_format)
         except BaseException as exc:
-            future.set_result((False, exc, "".join(traceback.format_exception(exc))))
+            outcome = (False, exc, "".join(traceback.format_exception(exc)))
         else:
-            future.set_result((True, value, ""))
+            outcome = (True, value, "")
+        finally:
+            reset_context()
+            if obj is not None and pool is not None:
+                with self.s.lock:
+                    pool.append((obj, call.container))  # idle again before its output is out
+        future.set_result(outcome)
 
     def _drain(self, call: Call, items: Any, data_format: int) -> api_pb2.GeneratorDone:
         """Run a generator body to its end, each item a ``DataChunk`` of the call's ``data_out`` stream (as Modal's
