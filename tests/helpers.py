@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def make_text_pdf(path: Path, pages: list[str]) -> Path:
@@ -46,3 +49,18 @@ def make_blank_pdf(path: Path, pages: int = 2) -> Path:
     with path.open("wb") as fh:
         w.write(fh)
     return path
+
+
+def assert_same_results(a: list[list[Any]], b: list[list[Any]]) -> None:
+    """Same hits with the same scores, best first; hits of equal score may come in either order."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert len(x) == len(y)
+        assert [r.rank for r in y] == list(range(1, len(y) + 1))
+        for rx, ry in zip(x, y, strict=True):
+            assert rx.score == pytest.approx(ry.score, abs=1e-4)
+        key = lambda r: (round(r.score, 3), r.chunk_id)  # noqa: E731
+        cut = x[-1].score if x else 0.0  # the tie at the cut-off may pick different chunks
+        assert sorted(map(key, (r for r in x if r.score > cut + 1e-3))) == sorted(
+            map(key, (r for r in y if r.score > cut + 1e-3))
+        )

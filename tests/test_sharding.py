@@ -23,6 +23,7 @@ from colbert_modal.pipeline import Settings, UpdatePlan
 from colbert_modal.store import FileEntry
 
 from conftest import write_corpus
+from helpers import assert_same_results
 
 QUERIES = [
     "penguin quartz walrus",
@@ -32,25 +33,6 @@ QUERIES = [
     "umbrella volcano",
     "kangaroo lantern nebula",
 ]
-
-
-def _ranked(results: list[SearchResult]) -> list[tuple[str, float]]:
-    return [(r.chunk_id, r.score) for r in results]
-
-
-def assert_same_results(a: list[list[SearchResult]], b: list[list[SearchResult]]) -> None:
-    """Same hits with the same scores, best first; hits of equal score may come in either order."""
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert len(x) == len(y)
-        assert [r.rank for r in y] == list(range(1, len(y) + 1))
-        for rx, ry in zip(x, y, strict=True):
-            assert rx.score == pytest.approx(ry.score, abs=1e-4)
-        key = lambda r: (round(r.score, 3), r.chunk_id)  # noqa: E731
-        cut = x[-1].score if x else 0.0  # the tie at the cut-off may pick different chunks
-        assert sorted(map(key, (r for r in x if r.score > cut + 1e-3))) == sorted(
-            map(key, (r for r in y if r.score > cut + 1e-3))
-        )
 
 
 @pytest.fixture

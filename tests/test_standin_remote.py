@@ -33,8 +33,10 @@ from colbert_modal.errors import (
     RemoteError,
     RemoteTimeoutError,
     RemoteUnavailableError,
+    ShardBuildError,
 )
 from colbert_modal.remote import client as remote_client
+from helpers import assert_same_results
 from modal_standin import (  # noqa: F401 (fixture modal_standin)
     TIMEOUT,
     StandIn,
@@ -273,3 +275,65 @@ def test_per_indexer_gpu_takes_what_the_app_setting_takes(
     for gpu in ("cpu", "H100,A100"):  # with_options can neither remove a GPU nor take a list
         with _remote(tmp_path, gpu=gpu) as idx, pytest.raises(ConfigurationError, match="COLBERT_MODAL_GPU"):
             idx.search("penguin")
+
+
+# --- sharded indexes (issue 16) ---------------------------------------------------------------
+
+SHARD_QUERIES = ["penguin quartz walrus", "meteor glacier harbour", "aardvark bicycle", "hello font letters"]
+
+
+def _hits(results) -> list[list[tuple[str, float]]]:
+    return [[(r.chunk_id, round(r.score, 3)) for r in res] for res in results]
+
+
+@pytest.mark.slow
+def test_sharded_index_builds_in_parallel_containers_and_searches_each_shard(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writer -> ShardWriter.build.map (from inside the Writer's body), then one Searcher per shard, merged:
+    the unsharded index's results (exact backend), through the real modal client."""
+    reference = ColbertIndexer("ref", model=HUB_ID, index_root=tmp_path / "ref", backend="exact", progress=False)
+    reference.index([corpus_dir])
+    caplog.set_level(logging.INFO, logger="colbert_modal.progress")
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=3) as idx:
+        report = idx.index([corpus_dir])
+        assert report.chunks_total == reference.info().chunks
+        builds = standin.calls_of("ShardWriter.build")
+        (writer,) = standin.calls_of("Writer.apply_stream")
+        assert sorted(c.args[0].shard for c in builds) == ["s000", "s001", "s002"]
+        assert len({c.call_id for c in builds}) == 1  # one .map() over the shards
+        assert writer.status == "SUCCESS"
+        assert len({c.container for c in builds}) == 3  # each shard in a container of its own
+        stages = [r.getMessage() for r in caplog.records if r.name == "colbert_modal.progress"]
+        assert any(m.startswith("building shards") and "3" in m for m in stages), stages
+
+        assert_same_results(reference.search_batch(SHARD_QUERIES, k=5), idx.search_batch(SHARD_QUERIES, k=5))
+        searches = standin.calls_of("Searcher.search_shard")
+        assert sorted(c.params.get("shard") for c in searches) == ["s000", "s001", "s002"]
+        assert {c.params.get("index_name") for c in searches} == {"sharded"}
+        assert len({c.container for c in searches}) == 3  # one warm searcher per shard
+        where = {"file_name": "bestiary.pdf"}
+        assert_same_results(reference.search_batch(SHARD_QUERIES, k=3, where=where),
+                            idx.search_batch(SHARD_QUERIES, k=3, where=where))
+        assert idx.info().shards == 3
+    assert _app_creates(standin) == 1
+
+
+@pytest.mark.slow
+def test_a_failed_shard_container_leaves_the_remote_index_intact(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=3) as idx:
+        idx.index([corpus_dir])
+        before = _hits(idx.search_batch(SHARD_QUERIES, k=5))
+        current = (_volume(standin) / "sharded" / "CURRENT").read_text()
+        standin.inject("ShardWriter.build", RuntimeError("CUDA out of memory (injected)"),
+                       match=lambda args, kwargs: args[0].shard == "s001")
+        with pytest.raises(ShardBuildError) as info:
+            idx.index([corpus_dir], rebuild=True)
+        assert set(info.value.failures) == {"s001"}
+        assert "s001" in str(info.value) and "CUDA out of memory (injected)" in str(info.value)
+        assert len(standin.calls_of("ShardWriter.build")) == 6  # the others ran to their end
+        assert (_volume(standin) / "sharded" / "CURRENT").read_text() == current
+        assert _hits(idx.search_batch(SHARD_QUERIES, k=5)) == before
+        assert idx.index([corpus_dir], rebuild=True).chunks_total > 0  # and the next try goes through

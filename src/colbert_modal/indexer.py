@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from .pipeline import (
 from .progress import Progress
 from .search import LiveIndex, OpenIndex, check_queries
 from .sharding import apply as apply_sharded
-from .sharding import check_shards, open_generation
+from .sharding import check_shards, default_shards, open_generation
 from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -434,7 +435,7 @@ class ColbertIndexer:
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
-        return plan_update(
+        plan = plan_update(
             paths,
             name=self.name,
             settings=settings,
@@ -448,6 +449,10 @@ class ColbertIndexer:
             follow_symlinks=follow_symlinks,
             max_chunks_per_file=max_chunks_per_file,
         )
+        if settings.shards is None and (manifest is None or rebuild):
+            # a new index's shard count, from its size, decided here: the same wherever the plan is applied
+            plan.settings = dataclasses.replace(settings, shards=default_shards(len(plan.new_chunks)))
+        return plan
 
     def _apply_local(self, plan: UpdatePlan, progress: Progress) -> IndexReport:
         from .engine import get_engine

@@ -233,18 +233,22 @@ class Writer:
     """Builds and publishes index generations on the Volume."""
 
     @modal.method()
-    def apply(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
-        """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume."""
+    def apply(self, plan, backend: str = "auto", lock_timeout: float = 0.0, shard_options=None):
+        """Apply an :class:`~colbert_modal.pipeline.UpdatePlan` made on the client; commit the Volume.
+
+        ``shard_options``: ``with_options`` for the ShardWriters of a sharded index (the client's GPU choice).
+        """
         with _lease(plan.name, lock_timeout):
             _reload_volume()
             report = server.apply_plan(
-                server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout, build_shards=_shard_builder()
+                server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout,
+                build_shards=_shard_builder(shard_options),
             )
             _commit_volume()
         return report
 
     @modal.method()
-    def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0):
+    def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0, shard_options=None):
         """:meth:`apply` as a generator: progress events as they happen, then ``("result", report)``.
 
         The client reads it with ``.remote_gen()`` (``.local()`` in tests) to
@@ -259,7 +263,7 @@ class Writer:
             commit=_commit_volume,
             leases=_leases(),
             owner=_owner(),
-            build_shards=_shard_builder(),
+            build_shards=_shard_builder(shard_options),
         )
 
     @modal.method()
@@ -293,15 +297,16 @@ class ShardWriter:
         return result
 
 
-def _shard_builder():
+def _shard_builder(options=None):
     """How the Writer builds a sharded index's shards: in parallel, one ShardWriter container
     each (``.map``, results as they finish, failures returned), on Modal; in the Writer's own
     process when its body runs through ``.local()`` (the handle is not hydrated there)."""
     if not getattr(ShardWriter, "_is_hydrated", False):
         return None
+    cls = ShardWriter.with_options(**options) if options else ShardWriter  # type: ignore[attr-defined]
 
     def build(jobs):
-        return ShardWriter().build.map(jobs, order_outputs=False, return_exceptions=True)
+        return cls().build.map(jobs, order_outputs=False, return_exceptions=True)
 
     return build
 

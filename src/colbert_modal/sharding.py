@@ -74,6 +74,7 @@ __all__ = [
     "assign",
     "build_shard",
     "check_shards",
+    "default_shards",
     "merge_results",
     "open_generation",
     "shard_generation",
@@ -242,11 +243,16 @@ def split_plan(
     return parts
 
 
+def default_shards(n_chunks: int) -> int:
+    """The shards a new index of ``n_chunks`` chunks gets without ``shards=``: one per MAX_CHUNKS_PER_SHARD."""
+    return min(MAX_SHARDS, max(1, math.ceil(n_chunks / MAX_CHUNKS_PER_SHARD)))
+
+
 def _wanted_shards(plan: UpdatePlan, prev: Generation | None) -> int:
     if prev is not None and not plan.rebuild:
         return len(prev.manifest.shards or {}) or 1
     asked = getattr(plan.settings, "shards", None)
-    return asked if asked is not None else max(1, math.ceil(len(plan.new_chunks) / MAX_CHUNKS_PER_SHARD))
+    return asked if asked is not None else default_shards(len(plan.new_chunks))
 
 
 def apply(

@@ -211,6 +211,14 @@ class RemoteSession:
             options["timeout"] = int(self.timeout)
         return self._handle("Writer", cls=True, options=options)()
 
+    def _shard_kwargs(self) -> dict[str, Any]:
+        """The Writer's ``shard_options``: this session's GPU and timeout for the ShardWriters (only if set,
+        so that an app deployed before sharded indexes takes the call)."""
+        options = dict(self._gpu_options["Writer"])
+        if self.timeout:
+            options["timeout"] = int(self.timeout)
+        return {"shard_options": options} if options and self.kind != "inprocess" else {}
+
     def writer_timeout(self) -> float | None:
         """Seconds an index build may run: ``remote_timeout``, else the app's (unknown for a deployed app)."""
         if self.timeout or self.kind == "deployed":
@@ -266,7 +274,7 @@ class RemoteSession:
         if progress is None or not progress.watched:
             report: IndexReport = self.call(
                 self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout,
-                what=f"indexing {plan.name!r}", limit=self.writer_timeout(),
+                what=f"indexing {plan.name!r}", limit=self.writer_timeout(), **self._shard_kwargs(),
             )
         else:
             report = self._apply_streamed(plan, backend=backend, lock_timeout=lock_timeout, progress=progress)
@@ -289,7 +297,8 @@ class RemoteSession:
                 writer = self._writer()
             starting = progress.stage("starting the container", unit="step")
             items = self.stream(
-                writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
+                writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit,
+                **self._shard_kwargs(),
             )
             for item in items:
                 if item[0] == "started":
