@@ -318,3 +318,40 @@ def test_pull_and_push_copy_every_shard(docs: Path, kw: dict, inprocess: Path, t
     for sid in sharding.shard_ids(3):  # the older pulled generation is kept for readers, no more
         assert len(list((tmp_path / "elsewhere" / "sh" / "shards" / sid / "generations").iterdir())) <= 2
     elsewhere.close()
+
+
+def test_a_shard_searcher_follows_new_generations_and_keeps_its_unchanged_shard_loaded(
+    tmp_path: Path, kw: dict
+) -> None:
+    """IndexServer(shard=...) as a Searcher container runs it: one shard, reloaded only when it changed."""
+    from colbert_modal.remote.server import IndexServer
+
+    docs = tmp_path / "three-files"
+    docs.mkdir()
+    texts = {"a.txt": "aardvark bicycle carousel", "b.txt": "penguin quartz walrus", "c.txt": "meteor glacier harbour"}
+    for name, text in texts.items():
+        (docs / name).write_text(text + "\n", encoding="utf-8")
+    three = ColbertIndexer("three", shards=3, **kw)
+    three.index([docs])
+    files = three.store.current().manifest.files
+    mine, other = files[str(docs / "a.txt")].shard, files[str(docs / "b.txt")].shard
+    servers = {sid: IndexServer(three.index_root, "three", shard=sid, min_refresh_interval=0)
+               for sid in sharding.shard_ids(3)}
+    try:
+        generation, results = servers[mine].search(["aardvark bicycle"], k=5)
+        assert generation == 1 and {r.source for r in results[0]} == {str(docs / "a.txt")}
+        loaded = servers[mine].loaded.opened
+        (docs / "b.txt").write_text("penguin quartz walrus zeppelin\n", encoding="utf-8")  # another shard changes
+        three.index([docs])
+        generation, _ = servers[mine].search(["aardvark bicycle"], k=5)
+        assert generation == 2 and servers[mine].loaded.opened is loaded  # its shard did not change: kept
+        generation, results = servers[other].search(["zeppelin"], k=5)
+        assert generation == 2 and results[0][0].source == str(docs / "b.txt")
+        merged = sharding.merge_results([s.search(["walrus zeppelin"], k=3)[1][0] for s in servers.values()], 3)
+        assert_same_results([three.search("walrus zeppelin", k=3)], [merged])
+        copies = sorted(p.relative_to(servers[other]._cache).as_posix()
+                        for p in servers[other]._cache.glob("shards/*/generations/g*"))
+        assert copies == [f"shards/{other}/generations/{_shard_gens(three)[other]}"]  # the old copy is gone
+    finally:
+        for server in servers.values():
+            server.close()
