@@ -295,7 +295,7 @@ def test_sharded_index_builds_in_parallel_containers_and_searches_each_shard(
     reference = ColbertIndexer("ref", model=HUB_ID, index_root=tmp_path / "ref", backend="exact", progress=False)
     reference.index([corpus_dir])
     caplog.set_level(logging.INFO, logger="colbert_modal.progress")
-    with _remote(tmp_path, "sharded", model=HUB_ID, shards=3) as idx:
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=3, gpu="H100", remote_timeout=900) as idx:
         report = idx.index([corpus_dir])
         assert report.chunks_total == reference.info().chunks
         builds = standin.calls_of("ShardWriter.build")
@@ -304,6 +304,8 @@ def test_sharded_index_builds_in_parallel_containers_and_searches_each_shard(
         assert len({c.call_id for c in builds}) == 1  # one .map() over the shards
         assert writer.status == "SUCCESS"
         assert len({c.container for c in builds}) == 3  # each shard in a container of its own
+        for call in (*builds, writer):  # the indexer's GPU and timeout reach the shard containers too
+            assert call.gpus == ["H100"] and call.options.timeout_secs == 900
         stages = [r.getMessage() for r in caplog.records if r.name == "colbert_modal.progress"]
         assert any(m.startswith("building shards") and "3" in m for m in stages), stages
 
