@@ -46,3 +46,21 @@ def make_blank_pdf(path: Path, pages: int = 2) -> Path:
     with path.open("wb") as fh:
         w.write(fh)
     return path
+
+
+def read_or_die(path: Path, password: str | None) -> list:
+    """A loader-process reader (``colbert_modal.loadpool.READER``) that ends its process on files named ``die-*``.
+
+    ``die-exit*``: ``os._exit(3)``; ``die-kill*``: SIGKILL, as the kernel's OOM
+    killer would; anything else reads normally.
+    """
+    import os
+    import signal
+
+    from colbert_modal.loadpool import read_file
+
+    if path.name.startswith("die-exit"):
+        os._exit(3)
+    if path.name.startswith("die-kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read_file(path, password)

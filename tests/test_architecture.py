@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["engine.precision", "engine.clustering"],
     ["engine.encoder"],
     ["engine.exact", "engine.plaid"],
-    ["engine"],
+    ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
     ["remote", "remote.connection"],  # names shared by both halves; credentials, probe, error mapping
     ["remote.server"],  # the container half: never imports modal
