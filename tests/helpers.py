@@ -64,3 +64,21 @@ def assert_same_results(a: list[list[Any]], b: list[list[Any]]) -> None:
         assert sorted(map(key, (r for r in x if r.score > cut + 1e-3))) == sorted(
             map(key, (r for r in y if r.score > cut + 1e-3))
         )
+
+
+def read_or_die(path: Path, password: str | None) -> list:
+    """A loader-process reader (``colbert_modal.loadpool.READER``) that ends its process on files named ``die-*``.
+
+    ``die-exit*``: ``os._exit(3)``; ``die-kill*``: SIGKILL, as the kernel's OOM
+    killer would; anything else reads normally.
+    """
+    import os
+    import signal
+
+    from colbert_modal.loadpool import read_file
+
+    if path.name.startswith("die-exit"):
+        os._exit(3)
+    if path.name.startswith("die-kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read_file(path, password)

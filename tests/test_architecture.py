@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["engine.precision", "engine.clustering"],
     ["engine.encoder"],
     ["engine.exact", "engine.plaid"],
-    ["engine"],
+    ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
     ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
     ["remote", "remote.connection", "remote.leases"],  # names shared by both halves; credentials, probe, error mapping

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
+from .loadpool import load_batch, worker_count
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .progress import Progress
 from .store import FileEntry, Generation, IndexStore, Manifest, now_iso, storage_error
@@ -174,16 +175,26 @@ def plan_update(
     metadata: MetadataSpec = None,
     follow_symlinks: bool = False,
     max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
+    workers: int | None = None,
 ) -> UpdatePlan:
     """Decide what changed under ``paths`` and load/chunk just that.
 
-    ``progress`` shows the stages: discovering, loading (files), chunking (files).
+    ``progress`` shows the stages: discovering, loading (files), chunking
+    (files, noting the chunks); with loader processes, one loading stage
+    counts the files and notes the chunks.
     ``metadata`` (see :func:`resolve_metadata`) sets the user metadata of
     the files it names; the others keep theirs. A file whose metadata alone
     changed goes into ``plan.metadata``: nothing is loaded or encoded.
     ``follow_symlinks``: see :func:`~colbert_modal.loaders.discover`. A file
     that would make more than ``max_chunks_per_file`` chunks is skipped (with
     the reason), never truncated.
+
+    ``workers``: loader processes for a big batch (default
+    ``$COLBERT_MODAL_LOAD_WORKERS``, else the usable cores; 1: none; see
+    :func:`~colbert_modal.loadpool.worker_count`). Each builds its chunker
+    from ``settings``, so ``chunker`` must be a factory of that chunker; a
+    :class:`Chunker` instance is used as is, in this process. The plan is the
+    same either way.
     """
     check_settings(manifest, settings, rebuild=rebuild)
     if isinstance(max_chunks_per_file, bool) or not isinstance(max_chunks_per_file, int) or max_chunks_per_file < 1:
@@ -221,10 +232,44 @@ def plan_update(
         to_load.append(f)
     t1 = time.perf_counter()
 
-    seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
-    documents: list[Document] = []
-    items: Iterable[Any] = iter_documents(to_load, passwords=passwords)
-    if to_load:
+    t2 = _load_and_chunk(
+        plan, to_load, old=old, wanted=wanted, chunker=chunker, passwords=passwords, progress=progress,
+        max_chunks_per_file=max_chunks_per_file, workers=workers,
+    )
+    t3 = time.perf_counter()
+
+    present = set(plan.unchanged) | set(plan.new_files)
+    if not keep_missing:
+        plan.remove = sorted(p for p in old if p not in present and not os.path.exists(p))
+    gone = set(plan.remove)  # the index's other files (outside ``paths``, or kept missing) stay as they are
+    plan.unchanged.extend(p for p in old if p not in present and p not in gone)
+    plan.timings = {"discover": t1 - t0, "load": t2 - t1, "chunk": t3 - t2}
+    return plan
+
+
+def _load_and_chunk(
+    plan: UpdatePlan, to_load: list[Path], *, old: dict[str, FileEntry], wanted: dict[str, dict[str, Any] | None],
+    chunker: Chunker | Callable[[], Chunker], passwords: Passwords, progress: Progress, max_chunks_per_file: int,
+    workers: int | None,
+) -> float:
+    """Load and chunk ``to_load`` into ``plan`` (in this process, or in loader processes); returns when loading ended.
+
+    Both ways give the same plan: files are taken in input order, and
+    duplicates, the chunk cap and metadata are decided here.
+    """
+    n_workers = 1 if isinstance(chunker, Chunker) else worker_count(len(to_load), workers)
+    made: dict[str, list[Chunk]] | None = None
+    items: Iterable[Any]
+    stage = None
+    if not to_load:
+        items = []
+    elif n_workers > 1:
+        stage = progress.stage("loading", total=len(to_load), unit="file")
+        settings = (plan.settings.model, plan.settings.max_tokens, plan.settings.overlap)
+        items, made = load_batch(to_load, passwords, settings=settings, workers=n_workers,
+                                 max_chunks=max_chunks_per_file, stage=stage)
+    else:
+        items = iter_documents(to_load, passwords=passwords)
         loading = progress.stage("loading", total=len(to_load), unit="file")
         items = progress.count(items, loading, counts=lambda item: not isinstance(item, FileWarning))
 
@@ -233,6 +278,9 @@ def plan_update(
             plan.warnings.append(FileWarning(path=item.path, message=f"kept the previously indexed version: {item.reason}"))
             plan.unchanged.append(item.path)
         plan.skipped.append(item)
+
+    seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
+    documents: list[Document] = []
     for item in items:
         if isinstance(item, SkippedFile):
             skip(item)
@@ -249,15 +297,18 @@ def plan_update(
             documents.append(item)
     t2 = time.perf_counter()
 
-    if documents and not isinstance(chunker, Chunker):
+    if documents and made is None and not isinstance(chunker, Chunker):
         chunker = chunker()
-    chunking = progress.stage("chunking", total=len(documents), unit="file") if documents else None
+    chunking = progress.stage("chunking", total=len(documents), unit="file") if documents and made is None else None
     for doc in documents:
         meta = wanted.get(doc.source)
         if meta is None:
             meta = old[doc.source].metadata if doc.source in old else {}
         plan.metadata.pop(doc.source, None)
-        chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))  # type: ignore[union-attr]
+        if made is not None:
+            chunks = made[doc.source]
+        else:
+            chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))  # type: ignore[union-attr]
         if len(chunks) > max_chunks_per_file:
             skip(SkippedFile(
                 path=doc.source, error="TooManyChunks",
@@ -278,18 +329,11 @@ def plan_update(
         plan.new_chunks.extend(chunks)
         if chunking is not None:
             chunking.update(1)
-    if chunking is not None:
-        chunking.note(f"{len(plan.new_chunks)} chunks")
-        chunking.close()
-    t3 = time.perf_counter()
-
-    present = set(plan.unchanged) | set(plan.new_files)
-    if not keep_missing:
-        plan.remove = sorted(p for p in old if p not in present and not os.path.exists(p))
-    gone = set(plan.remove)  # the index's other files (outside ``paths``, or kept missing) stay as they are
-    plan.unchanged.extend(p for p in old if p not in present and p not in gone)
-    plan.timings = {"discover": t1 - t0, "load": t2 - t1, "chunk": t3 - t2}
-    return plan
+    for done in (chunking, stage):
+        if done is not None:
+            done.note(f"{len(plan.new_chunks)} chunks" + (f", {n_workers} processes" if done is stage else ""))
+            done.close()
+    return t2
 
 
 def plan_deletion(paths: Iterable[str | os.PathLike[str]], *, manifest: Manifest) -> UpdatePlan:
