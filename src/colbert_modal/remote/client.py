@@ -271,6 +271,8 @@ class RemoteSession:
         chunks, PLAID's, publishing, committing the Volume). Where nobody
         watches (no bars, no INFO log), the plain ``Writer.apply`` is called.
         """
+        if (getattr(plan.settings, "shards", None) or 1) > 1:
+            self._check_app_shards()
         if progress is None or not progress.watched:
             report: IndexReport = self.call(
                 self._writer().apply, plan, backend=backend, lock_timeout=lock_timeout,
@@ -320,6 +322,23 @@ class RemoteSession:
         self.written[name] = info.generation
         self._shards.pop(name, None)
         return info
+
+    def _check_app_shards(self) -> None:
+        """A deployed app from before sharded indexes would build one shard: refuse instead, before any work."""
+        if self.kind != "deployed":
+            return
+        import modal.exception
+
+        try:
+            with translated("looking up the deployed app's ShardWriter"):
+                self._handle("ShardWriter", cls=True).hydrate()
+        except RemoteUnavailableError as exc:
+            if isinstance(exc.__cause__, modal.exception.NotFoundError) and "ShardWriter" in str(exc.__cause__):
+                raise ConfigurationError(
+                    f"the deployed Modal app {APP_NAME!r} predates sharded indexes (it has no ShardWriter); "
+                    "redeploy it with `colbert-modal deploy`, or index without shards="
+                ) from exc
+            raise
 
     def shards(self, name: str, *, fresh: bool = False) -> list[str] | None:
         """The shard ids of index ``name`` (None: unsharded), looked up once per session."""
