@@ -31,7 +31,8 @@ LAYERS: list[list[str]] = [
     ["engine.exact", "engine.plaid"],
     ["engine"],
     ["pipeline", "search"],
-    ["remote", "remote.connection"],  # names shared by both halves; credentials, probe, error mapping
+    # names shared by both halves; credentials, probe, error mapping; Modal's image-build log, summarised
+    ["remote", "remote.connection", "remote.build_log"],
     ["remote.server"],  # the container half: never imports modal
     ["modal_app"],  # the only module importing modal at top level
     ["remote.client"],

@@ -20,7 +20,8 @@ has hydrated keeps its client and id across tests, as it would against Modal);
 each test starts from a reset state. See :class:`StandIn` for the hooks
 (``inject``, ``timeouts``, ``calls``, ``rpcs``, ``token``).
 
-What it does not model: image builds (every image is "built"), the input
+Image builds happen only where a test asks (``build_images``, see
+:mod:`.images`); otherwise every image is "built". What it does not model: the input
 plane, retries, autoscaling (``max_containers`` does not serialise calls; each
 call runs in its own thread), Volume reload/commit semantics (the bodies see
 the directory directly, and ``modal.is_local()`` is True in them), ``@exit``.

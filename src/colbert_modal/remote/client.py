@@ -26,10 +26,11 @@ from ..errors import (
 )
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
-from ..progress import Progress
+from ..progress import Progress, Stage
 from ..store import Generation, IndexStore, Manifest
 from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
-from .connection import check_credentials, probe_server, translated
+from .build_log import build_error, watching
+from .connection import check_credentials, probe_server, translate_error, translated
 from .server import volume_path
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The stage that starts (or joins) the app run; a first run builds the images in it.
+CONNECTING = "connecting to Modal"
 
 # --- sessions ---------------------------------------------------------------
 
@@ -82,13 +86,15 @@ class _SharedAppRun:
     def running(self) -> bool:
         return self._run is not None
 
-    def acquire(self, *, verbose: bool = False) -> None:
+    def acquire(self, *, verbose: bool = False, stage: Stage | None = None) -> None:
+        """Join the run, starting it if none is open (``stage``: where to show the start and image builds)."""
         with self._lock:
             if self._run is None:
-                self._start(verbose)
+                self._start(verbose, stage)
             self._users += 1
 
-    def _start(self, verbose: bool) -> None:
+    def _start(self, verbose: bool, stage: Stage | None) -> None:
+        """Open the run; a first one builds the images (Modal's log in full with ``verbose``, else summarised)."""
         from .. import modal_app
 
         if verbose:  # show Modal's logs (image build, container start) while the app runs
@@ -96,10 +102,19 @@ class _SharedAppRun:
 
             self._output = modal.enable_output()
             self._output.__enter__()
+        what = "starting the Modal app"
         try:
-            with translated("starting the Modal app"):
-                run = modal_app.app.run()
-                run.__enter__()
+            with watching(stage, _image_labels()) as log:
+                if stage is not None:
+                    hint = "" if log.hooked else "; verbose=True shows Modal's log"
+                    stage.note(f"a first run builds the images (minutes){hint}")
+                try:
+                    run = modal_app.app.run()
+                    run.__enter__()
+                except Exception as exc:
+                    raise (build_error(exc, log, what) or translate_error(exc, what)) from exc
+            if stage is not None and log.hooked:
+                stage.note(log.summary())
         except BaseException:
             self._stop_output()
             raise
@@ -131,11 +146,25 @@ class _SharedAppRun:
 APP_RUN = _SharedAppRun()
 
 
+def _image_labels() -> list[tuple[str, tuple[str, ...]]]:
+    """How the app's two images show in their build steps: the lock each installs, their bases."""
+    from .. import modal_app
+
+    return [
+        ("client image", (modal_app.CLIENT_IMAGE_LOCK.name, "-slim-")),
+        ("GPU image", (modal_app.IMAGE_LOCK.name, "nvidia/cuda", "apt-get", "ENTRYPOINT", "TORCH_CUDA_ARCH_LIST")),
+    ]
+
+
 class RemoteSession:
     """Handles on the Modal app for one indexer; :meth:`close` releases the shared app run.
 
     Nothing is started until a call needs it: reading Volume files
-    (``pull``/``push``) needs no app run at all.
+    (``pull``/``push``) needs no app run at all. The call that starts the
+    run shows it as a "connecting to Modal" stage (a first run builds the
+    images: their steps show on it) where ``progress`` says so, as
+    :class:`~colbert_modal.progress.Progress` takes it (None: where a person
+    watches).
     """
 
     def __init__(
@@ -145,6 +174,7 @@ class RemoteSession:
         gpu: str | None = None,
         timeout: float | None = None,
         verbose: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigurationError(f"remote session kind must be one of {KINDS}, got {kind!r}")
@@ -153,6 +183,8 @@ class RemoteSession:
         self._gpu_options = {role: gpu_options(gpu, kind, role) for role in ("Writer", "Searcher")}
         self.timeout = timeout
         self.verbose = verbose
+        #: Whether the app's start shows (``Progress(progress)``: None decides from the environment).
+        self.progress = progress
         self.closed = False
         self._holds_run = False
         self._handles: dict[str, Any] = {}
@@ -168,18 +200,41 @@ class RemoteSession:
 
     # --- handles -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start (or join) the app run now rather than at the first call; builds the images if needed."""
-        self._ensure_app()
+    def start(self, progress: Progress | None = None) -> None:
+        """Start (or join) the app run now rather than at the first call; builds the images if needed.
 
-    def _ensure_app(self) -> None:
+        Shown as a "connecting to Modal" stage, with the image builds' steps,
+        on ``progress`` (default: the session's own, see :meth:`_ensure_app`).
+        """
+        self._ensure_app(progress=progress)
+
+    def _ensure_app(self, stage: Stage | None = None, *, progress: Progress | None = None) -> None:
+        """Join the shared app run (ephemeral sessions), starting it if none is open.
+
+        Starting it is the "connecting to Modal" stage (a first run builds the
+        images: minutes): ``stage`` if the caller has opened it, else one of
+        its own on ``progress``, else on ``Progress(self.progress)``, shown
+        only where watched.
+        """
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
-        if self.kind == "ephemeral":
-            with self._lock:
-                if not self._holds_run:
-                    APP_RUN.acquire(verbose=self.verbose)
+        if self.kind != "ephemeral":
+            return
+        with self._lock:
+            if self._holds_run:
+                return
+            if stage is None and not APP_RUN.running:
+                progress = progress if progress is not None else Progress(self.progress)
+                if progress.watched:
+                    try:
+                        with progress.stage(CONNECTING, unit="step") as own:
+                            APP_RUN.acquire(verbose=self.verbose, stage=own)
+                    finally:
+                        progress.close()
                     self._holds_run = True
+                    return
+            APP_RUN.acquire(verbose=self.verbose, stage=stage)
+            self._holds_run = True
 
     def _handle(self, name: str, *, cls: bool, options: dict[str, Any] | None = None) -> Any:
         self._ensure_app()
@@ -254,7 +309,7 @@ class RemoteSession:
         """Apply ``plan`` on Modal, showing the remote stages on ``progress`` as the container reports them.
 
         Stages: connecting (starting the app run; a first run builds the
-        image, which takes minutes), the container start (until the
+        images, which takes minutes: their steps show on the stage), the container start (until the
         container's first word), then the container's own (encoding in
         chunks, PLAID's, publishing, committing the Volume). Where nobody
         watches (no bars, no INFO log), the plain ``Writer.apply`` is called.
@@ -278,10 +333,12 @@ class RemoteSession:
         limit = self.writer_timeout()
         streamed: IndexReport | None = None
         try:
-            with progress.stage("connecting to Modal", unit="step") as stage:
-                if self.kind == "ephemeral" and not APP_RUN.running:
-                    stage.note("a first run builds the image (minutes); verbose=True shows Modal's log")
+            if self.kind == "ephemeral" and self._holds_run:  # connected at an earlier call
                 writer = self._writer()
+            else:
+                with progress.stage(CONNECTING, unit="step") as stage:
+                    self._ensure_app(stage)  # a first run builds the images: their steps are noted on the stage
+                    writer = self._writer()
             starting = progress.stage("starting the container", unit="step")
             items = self.stream(
                 writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit
