@@ -32,8 +32,9 @@ LAYERS: list[list[str]] = [
     ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
     ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
-    ["remote", "remote.connection", "remote.leases"],  # names shared by both halves; credentials, probe, error mapping
-    ["remote.server"],  # the container half: never imports modal
+    # names shared by both halves; credentials, probe, error mapping; the write lease; Modal's image-build log
+    ["remote", "remote.connection", "remote.leases", "remote.build_log"],
+    ["remote.server", "remote.volumes"],  # the container half (never imports modal); pull/push and Volume files
     ["modal_app"],  # the only module importing modal at top level
     ["remote.client"],
     ["indexer"],

@@ -142,8 +142,9 @@ def test_remote_progress_streams_through_the_modal_client(
     assert report.chunks_written > 0
     stages = Counter(r.getMessage().split(":")[0] for r in caplog.records if r.name == "colbert_modal.progress")
     assert list(stages) == [
+        "connecting to Modal",  # the manifest read starts the app run (a first run builds the images here)
         "discovering", "loading", "chunking",  # planned here
-        "connecting to Modal", "starting the container",  # the client's own
+        "starting the container",  # the client's own
         "encoding", "publishing", "committing",  # streamed from the container
     ]
     assert set(stages.values()) == {1}

@@ -481,7 +481,8 @@ class ColbertIndexer:
         session = self._remote_session
         if session is None or session.closed:
             session = RemoteSession(
-                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose
+                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose,
+                progress=self.progress,
             )
             self._remote_session = session
         return session

@@ -36,10 +36,11 @@ Retries (``retries=`` or ``with_options(retries=...)``): the client retries
 ``.remote()`` and map inputs (FunctionRetryInputs), the stand-in those of
 ``.spawn()``; each attempt is a new call for ``inject`` (``times=``).
 
-What it does not model: image builds (every image is "built"), the input
-plane, autoscaling limits (``max_containers`` does not serialise calls),
-``@modal.concurrent``, Volume reload/commit semantics (the bodies see the
-directory directly, and ``modal.is_local()`` is True in them), ``@exit``,
+Image builds happen only where a test asks (``build_images``, see
+:mod:`.images`); otherwise every image is "built". What it does not model:
+the input plane, autoscaling limits (``max_containers`` does not serialise
+calls), ``@modal.concurrent``, Volume reload/commit semantics (the bodies see
+the directory directly, and ``modal.is_local()`` is True in them), ``@exit``,
 container crashes (InternalFailure), and output expiry (outputs are kept).
 A generator body (``.remote_gen()``) runs to its end in its thread, each item
 sent on the call's ``data_out`` stream as it comes, then ``GeneratorDone``.

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from grpclib.server import Server
 
+from .images import ImageBuilds
 from .servicer import TIMEOUT, AppRecord, Call, FunctionCallRecord, FunctionRecord, Servicer
 
 __all__ = ["TIMEOUT", "Injection", "StandIn"]
@@ -66,6 +67,9 @@ class StandIn:
       ``.map()`` or ``.starmap()`` with its inputs; ``rpcs``: every RPC name
       received; ``unimplemented``: RPCs asked for that the stand-in lacks.
     - ``token``: the (id, secret) every RPC must carry, or None to accept any.
+    - ``build_images(fail_on=..., failure=[...])``: images not built yet build
+      (their logs streamed by ``ImageJoinStreaming``), see :mod:`.images`;
+      ``builds.played`` lists the builds streamed.
     """
 
     def __init__(self, volumes_root: Path) -> None:
@@ -94,6 +98,7 @@ class StandIn:
         self.blocks: dict[bytes, bytes] = {}
         self.reads: dict[str, tuple[Path, int, int]] = {}
         self.images: list[Any] = []
+        self.builds = ImageBuilds()
         self.instances: dict[str, list[Any]] = {}  # idle class instances ("warm containers") per variant
         self.containers = 0  # class instances made so far
         self.injections: list[Injection] = []
@@ -183,6 +188,10 @@ class StandIn:
                         self.injections.remove(injection)
                     return injection.outcome
         return None
+
+    def build_images(self, *, fail_on: str | None = None, failure: list[str] | None = None) -> None:
+        """From now on an image not built yet builds, failing at the first step containing ``fail_on``."""
+        self.builds = ImageBuilds(enabled=True, fail_on=fail_on, failure=list(failure or []))
 
     def calls_of(self, tag: str) -> list[Call]:
         return [c for c in self.calls if c.tag == tag or (tag.endswith(".*") and c.tag.startswith(tag[:-1]))]

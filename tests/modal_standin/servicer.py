@@ -46,6 +46,8 @@ from modal._utils.jwt_utils import DecodedJwt
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
+from .images import image_metadata
+
 if TYPE_CHECKING:
     from .server import StandIn
 
@@ -327,19 +329,35 @@ class Servicer(ModalClientBase):
                 return
             await stream.send_message(api_pb2.TaskLogsBatch(app_done=True))
 
-    # --- images and mounts: everything is "already built" ----------------------
+    # --- images and mounts: every image is "already built" unless builds are on --
 
     async def ImageGetOrCreate(self, stream: Any) -> None:
         req = await self._recv(stream)
-        digest = hashlib.sha1(req.image.SerializeToString(deterministic=True)).hexdigest()[:16]
+        image_id = "im-" + hashlib.sha1(req.image.SerializeToString(deterministic=True)).hexdigest()[:16]
         self.s.images.append(req)
-        py = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+        if self.s.builds.needs_build(image_id, req):  # not built yet: the client joins the build
+            await stream.send_message(api_pb2.ImageGetOrCreateResponse(image_id=image_id))
+            return
         await stream.send_message(
             api_pb2.ImageGetOrCreateResponse(
-                image_id="im-" + digest,
+                image_id=image_id,
                 result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
-                metadata=api_pb2.ImageMetadata(python_version_info=py, image_builder_version=req.builder_version),
+                metadata=image_metadata(req),
             )
+        )
+
+    async def ImageJoinStreaming(self, stream: Any) -> None:
+        # The build's log in chunks (each with an entry id, so a client that joins again resumes), then its result.
+        req = await self._recv(stream)
+        play = self.s.builds.play(req.image_id)
+        skip = int(req.last_entry_id or 0)
+        for i, chunk in enumerate(play.chunks, start=1):
+            if i <= skip:
+                continue
+            log = api_pb2.TaskLogs(data=chunk, file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)
+            await stream.send_message(api_pb2.ImageJoinStreamingResponse(task_logs=[log], entry_id=str(i)))
+        await stream.send_message(
+            api_pb2.ImageJoinStreamingResponse(result=play.result, metadata=play.metadata, eof=True)
         )
 
     async def MountBatchedCheckExistence(self, stream: Any) -> None:

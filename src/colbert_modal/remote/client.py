@@ -12,11 +12,8 @@ import atexit
 import contextlib
 import logging
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import (
@@ -27,15 +24,20 @@ from ..errors import (
 )
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
-from ..progress import Progress
-from ..sharding import adopt_shards, merge_results, shard_generation
-from ..store import Generation, IndexStore, Manifest
+from ..progress import Progress, Stage
+from ..sharding import merge_results
+from ..store import Manifest
 from . import APP_NAME, KINDS, VOLUME_NAME, gpu_setting
-from .connection import check_credentials, probe_server, translated
+from .build_log import build_error, watching
+from .connection import check_credentials, probe_server, translate_error, translated
 from .server import volume_path
+from .volumes import DirectoryVolume, ModalVolume, VolumeFiles, check_remote_model, pull, push
 
 __all__ = [
+    "DirectoryVolume",
+    "ModalVolume",
     "RemoteSession",
+    "VolumeFiles",
     "check_remote_model",
     "gpu_options",
     "pull",
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The stage that starts (or joins) the app run; a first run builds the images in it.
+CONNECTING = "connecting to Modal"
 
 # --- sessions ---------------------------------------------------------------
 
@@ -84,13 +89,15 @@ class _SharedAppRun:
     def running(self) -> bool:
         return self._run is not None
 
-    def acquire(self, *, verbose: bool = False) -> None:
+    def acquire(self, *, verbose: bool = False, stage: Stage | None = None) -> None:
+        """Join the run, starting it if none is open (``stage``: where to show the start and image builds)."""
         with self._lock:
             if self._run is None:
-                self._start(verbose)
+                self._start(verbose, stage)
             self._users += 1
 
-    def _start(self, verbose: bool) -> None:
+    def _start(self, verbose: bool, stage: Stage | None) -> None:
+        """Open the run; a first one builds the images (Modal's log in full with ``verbose``, else summarised)."""
         from .. import modal_app
 
         if verbose:  # show Modal's logs (image build, container start) while the app runs
@@ -98,10 +105,19 @@ class _SharedAppRun:
 
             self._output = modal.enable_output()
             self._output.__enter__()
+        what = "starting the Modal app"
         try:
-            with translated("starting the Modal app"):
-                run = modal_app.app.run()
-                run.__enter__()
+            with watching(stage, _image_labels()) as log:
+                if stage is not None:
+                    hint = "" if log.hooked else "; verbose=True shows Modal's log"
+                    stage.note(f"a first run builds the images (minutes){hint}")
+                try:
+                    run = modal_app.app.run()
+                    run.__enter__()
+                except Exception as exc:
+                    raise (build_error(exc, log, what) or translate_error(exc, what)) from exc
+            if stage is not None and log.hooked:
+                stage.note(log.summary())
         except BaseException:
             self._stop_output()
             raise
@@ -133,11 +149,25 @@ class _SharedAppRun:
 APP_RUN = _SharedAppRun()
 
 
+def _image_labels() -> list[tuple[str, tuple[str, ...]]]:
+    """How the app's two images show in their build steps: the lock each installs, their bases."""
+    from .. import modal_app
+
+    return [
+        ("client image", (modal_app.CLIENT_IMAGE_LOCK.name, "-slim-")),
+        ("GPU image", (modal_app.IMAGE_LOCK.name, "nvidia/cuda", "apt-get", "ENTRYPOINT", "TORCH_CUDA_ARCH_LIST")),
+    ]
+
+
 class RemoteSession:
     """Handles on the Modal app for one indexer; :meth:`close` releases the shared app run.
 
     Nothing is started until a call needs it: reading Volume files
-    (``pull``/``push``) needs no app run at all.
+    (``pull``/``push``) needs no app run at all. The call that starts the
+    run shows it as a "connecting to Modal" stage (a first run builds the
+    images: their steps show on it) where ``progress`` says so, as
+    :class:`~colbert_modal.progress.Progress` takes it (None: where a person
+    watches).
     """
 
     def __init__(
@@ -147,6 +177,7 @@ class RemoteSession:
         gpu: str | None = None,
         timeout: float | None = None,
         verbose: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigurationError(f"remote session kind must be one of {KINDS}, got {kind!r}")
@@ -155,6 +186,8 @@ class RemoteSession:
         self._gpu_options = {role: gpu_options(gpu, kind, role) for role in ("Writer", "Searcher")}
         self.timeout = timeout
         self.verbose = verbose
+        #: Whether the app's start shows (``Progress(progress)``: None decides from the environment).
+        self.progress = progress
         self.closed = False
         self._holds_run = False
         self._handles: dict[str, Any] = {}
@@ -172,18 +205,41 @@ class RemoteSession:
 
     # --- handles -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start (or join) the app run now rather than at the first call; builds the images if needed."""
-        self._ensure_app()
+    def start(self, progress: Progress | None = None) -> None:
+        """Start (or join) the app run now rather than at the first call; builds the images if needed.
 
-    def _ensure_app(self) -> None:
+        Shown as a "connecting to Modal" stage, with the image builds' steps,
+        on ``progress`` (default: the session's own, see :meth:`_ensure_app`).
+        """
+        self._ensure_app(progress=progress)
+
+    def _ensure_app(self, stage: Stage | None = None, *, progress: Progress | None = None) -> None:
+        """Join the shared app run (ephemeral sessions), starting it if none is open.
+
+        Starting it is the "connecting to Modal" stage (a first run builds the
+        images: minutes): ``stage`` if the caller has opened it, else one of
+        its own on ``progress``, else on ``Progress(self.progress)``, shown
+        only where watched.
+        """
         if self.closed:
             raise RemoteError("this remote session is closed; create a new ColbertIndexer")
-        if self.kind == "ephemeral":
-            with self._lock:
-                if not self._holds_run:
-                    APP_RUN.acquire(verbose=self.verbose)
+        if self.kind != "ephemeral":
+            return
+        with self._lock:
+            if self._holds_run:
+                return
+            if stage is None and not APP_RUN.running:
+                progress = progress if progress is not None else Progress(self.progress)
+                if progress.watched:
+                    try:
+                        with progress.stage(CONNECTING, unit="step") as own:
+                            APP_RUN.acquire(verbose=self.verbose, stage=own)
+                    finally:
+                        progress.close()
                     self._holds_run = True
+                    return
+            APP_RUN.acquire(verbose=self.verbose, stage=stage)
+            self._holds_run = True
 
     def _handle(self, name: str, *, cls: bool, options: dict[str, Any] | None = None) -> Any:
         self._ensure_app()
@@ -266,7 +322,7 @@ class RemoteSession:
         """Apply ``plan`` on Modal, showing the remote stages on ``progress`` as the container reports them.
 
         Stages: connecting (starting the app run; a first run builds the
-        image, which takes minutes), the container start (until the
+        images, which takes minutes: their steps show on the stage), the container start (until the
         container's first word), then the container's own (encoding in
         chunks, PLAID's, publishing, committing the Volume). Where nobody
         watches (no bars, no INFO log), the plain ``Writer.apply`` is called.
@@ -293,10 +349,12 @@ class RemoteSession:
         limit = self.writer_timeout()
         streamed: IndexReport | None = None
         try:
-            with progress.stage("connecting to Modal", unit="step") as stage:
-                if self.kind == "ephemeral" and not APP_RUN.running:
-                    stage.note("a first run builds the image (minutes); verbose=True shows Modal's log")
+            if self.kind == "ephemeral" and self._holds_run:  # connected at an earlier call
                 writer = self._writer()
+            else:
+                with progress.stage(CONNECTING, unit="step") as stage:
+                    self._ensure_app(stage)  # a first run builds the images: their steps are noted on the stage
+                    writer = self._writer()
             starting = progress.stage("starting the container", unit="step")
             items = self.stream(
                 writer.apply_stream, plan, backend=backend, lock_timeout=lock_timeout, what=what, limit=limit,
@@ -459,136 +517,3 @@ def gpu_options(gpu: str | None, kind: str, role: str) -> dict[str, Any]:
         "runs, at `colbert-modal deploy` for the deployed app."
     )
 
-
-def check_remote_model(model: str, session: RemoteSession) -> None:
-    """Refuse a local checkpoint directory for a session that runs on Modal (it cannot see it)."""
-    if session.kind == "inprocess":
-        return  # the bodies run here; a local checkpoint directory is fine
-    p = Path(model).expanduser()
-    if p.is_dir() or p.is_absolute() or model.startswith((".", "~")):
-        raise ConfigurationError(
-            f"model {model!r} is a local checkpoint directory; remote mode runs on Modal, which cannot "
-            "see your files. Use a Hugging Face hub id (e.g. 'colbert-ir/colbertv2.0', baked into the "
-            "image at a pinned revision; more via COLBERT_MODAL_MODELS at deploy time), or mode='local'."
-        )
-
-
-# --- pull / push ------------------------------------------------------------
-
-
-class VolumeFiles:
-    """The few Volume operations pull/push need, with paths relative to the Volume root."""
-
-    def read(self, path: str) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def files(self, path: str) -> list[str]:  # pragma: no cover - interface
-        """Every file under ``path`` (recursively), relative to the Volume root."""
-        raise NotImplementedError
-
-    def upload(self, local_dir: Path, path: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def remove(self, path: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class DirectoryVolume(VolumeFiles):
-    """A directory standing in for the Volume (``inprocess`` sessions)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def read(self, path: str) -> bytes:
-        try:
-            return (self.root / path).read_bytes()
-        except FileNotFoundError:
-            raise FileNotFoundError(path) from None
-
-    def files(self, path: str) -> list[str]:
-        base = self.root / path
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-
-    def upload(self, local_dir: Path, path: str) -> None:
-        shutil.copytree(local_dir, self.root / path)
-
-    def remove(self, path: str) -> None:
-        target = self.root / path
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-
-
-class ModalVolume(VolumeFiles):
-    """A real ``modal.Volume``, used from outside any container."""
-
-    def __init__(self, volume: Any) -> None:
-        self.volume = volume
-
-    def read(self, path: str) -> bytes:
-        import modal.exception
-
-        try:
-            return b"".join(self.volume.read_file(path))
-        except (FileNotFoundError, modal.exception.NotFoundError):  # the client raises the builtin
-            raise FileNotFoundError(path) from None
-
-    def files(self, path: str) -> list[str]:
-        from modal.types import FileEntryType
-
-        return sorted(e.path for e in self.volume.listdir(path, recursive=True) if e.type == FileEntryType.FILE)
-
-    def upload(self, local_dir: Path, path: str) -> None:
-        with self.volume.batch_upload() as batch:
-            batch.put_directory(str(local_dir), path)
-
-    def remove(self, path: str) -> None:
-        self.volume.remove_file(path, recursive=True)
-
-
-def pull(session: RemoteSession, store: IndexStore, *, overwrite: bool = True, lock_timeout: float = 0.0) -> Path:
-    """Copy the published index ``store.name`` from the Volume into ``store``; returns its path."""
-    vol = session.volume()
-    name = store.name
-    if store.exists() and not overwrite:
-        raise ConfigurationError(
-            f"a local index named {name!r} already exists under {store.root}; pass overwrite=True to replace it"
-        )
-    with translated(f"pulling {name!r}"):
-        try:
-            gen_name = vol.read(f"{name}/CURRENT").decode("utf-8").strip()
-        except FileNotFoundError:
-            raise IndexNotFoundError(f"no index named {name!r} on the Modal Volume {VOLUME_NAME!r}") from None
-        prefix = f"{name}/generations/{gen_name}"
-        with store.lock(lock_timeout):
-            staging = store.staging_dir()
-            _download(vol, prefix, staging)
-            # a sharded index: each shard's generation the top one names, into the local shard's next one
-            adopt_shards(store, staging,
-                         lambda sid, gen, dest: _download(vol, f"{name}/shards/{sid}/generations/{gen}", dest))
-            store.adopt(staging)
-    return store.path
-
-
-def _download(vol: VolumeFiles, prefix: str, dest_dir: Path) -> None:
-    """Every file under ``prefix`` on the Volume, into ``dest_dir`` (same relative paths)."""
-    for rel in vol.files(prefix):
-        dest = dest_dir / PurePosixPath(rel).relative_to(prefix)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(vol.read(rel))
-
-
-def push(session: RemoteSession, generation: Generation) -> IndexInfo:
-    """Copy a local generation to the Volume and publish it there (replacing the remote index)."""
-    name = generation.manifest.name
-    check_remote_model(generation.manifest.model, session)
-    upload = uuid.uuid4().hex
-    with translated(f"pushing {name!r}"):
-        vol = session.volume()
-        vol.upload(generation.path, f"{name}/uploads/{upload}")
-        for sid in generation.manifest.shards or {}:  # a sharded index: every shard's live generation too
-            part = shard_generation(generation, sid)
-            if part is not None:
-                vol.upload(part.path, f"{name}/uploads/{upload}/shards/{sid}")
-    return session.adopt(name, upload)
