@@ -340,3 +340,15 @@ def test_a_failed_shard_container_leaves_the_remote_index_intact(
         assert (_volume(standin) / "sharded" / "CURRENT").read_text() == current
         assert _hits(idx.search_batch(SHARD_QUERIES, k=5)) == before
         assert idx.index([corpus_dir], rebuild=True).chunks_total > 0  # and the next try goes through
+
+
+def test_shards_against_a_deployed_app_from_before_sharding_is_refused(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    modal_app.app.deploy()
+    app = standin.apps[standin.deployed[modal_app.APP_NAME]]
+    del app.class_ids["ShardWriter"], app.function_ids["shards"]  # as an app deployed by an older release
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=3, remote_app="deployed") as idx:
+        with pytest.raises(ConfigurationError, match="predates sharded indexes.*colbert-modal deploy"):
+            idx.index([corpus_dir])
+    assert not standin.calls_of("Writer.*")  # refused before any container ran
