@@ -102,7 +102,7 @@ def test_writer_apply_then_search(modal_standin: StandIn, colbert_checkpoint: Pa
         assert hits[0][0].source.endswith("atlas.pdf")
 
     searches = modal_standin.calls_of("Searcher.search_batch")
-    assert [c.params for c in searches] == [{"index_name": name}] * 2
+    assert [c.params for c in searches] == [{"index_name": name, "shard": ""}] * 2  # the whole index
     assert searches[0].gpus == modal_app.SEARCH_GPU and searches[0].options is None
     assert searches[1].gpus == ["H100"]
     assert searches[1].options.resources.gpu_config.gpu_type == "H100"
@@ -182,7 +182,7 @@ def test_deployed_lookup(modal_standin: StandIn) -> None:
     searcher_cls = modal.Cls.from_name(modal_app.APP_NAME, "Searcher")
     with pytest.raises(IndexNotFoundError):
         searcher_cls(index_name="papers").search_batch.remote(["penguin"])
-    assert modal_standin.calls_of("Searcher.search_batch")[0].params == {"index_name": "papers"}
+    assert modal_standin.calls_of("Searcher.search_batch")[0].params == {"index_name": "papers", "shard": ""}
 
 
 def test_app_cannot_run_twice_at_once(modal_standin: StandIn) -> None:
