@@ -58,6 +58,16 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
 
 
+@pytest.fixture
+def inprocess(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Remote mode with the Modal bodies run here (``.local()``) on a directory standing in for the Volume."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    monkeypatch.setenv("COLBERT_MODAL_REMOTE_APP", "inprocess")
+    monkeypatch.setenv("COLBERT_MODAL_VOLUME_PATH", str(volume))
+    return volume
+
+
 @pytest.fixture(scope="session")
 def colbert_checkpoint_words() -> list[str]:
     """The test corpus's words, whole tokens in the plugin's ``colbert_checkpoint`` (colbert_modal.testing)."""

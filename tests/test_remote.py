@@ -56,15 +56,6 @@ def fake_token(monkeypatch: pytest.MonkeyPatch, no_modal_config: None) -> None:
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
 
 
-@pytest.fixture
-def inprocess(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    monkeypatch.setenv("COLBERT_MODAL_REMOTE_APP", "inprocess")
-    monkeypatch.setenv("COLBERT_MODAL_VOLUME_PATH", str(volume))
-    return volume
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -46,6 +46,16 @@ def kw(tmp_path: Path, colbert_checkpoint: Path) -> dict:
             "backend": "exact"}
 
 
+def _three_files(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A folder of three one-line text files: with shards=3, one file per shard."""
+    docs = tmp_path / "three-files"
+    docs.mkdir()
+    texts = {"a.txt": "aardvark bicycle carousel", "b.txt": "penguin quartz walrus", "c.txt": "meteor glacier harbour"}
+    for name, text in texts.items():
+        (docs / name).write_text(text + "\n", encoding="utf-8")
+    return docs, texts
+
+
 def _shard_gens(indexer: ColbertIndexer) -> dict[str, str | None]:
     top = json.loads((indexer.store.current().path / "manifest.json").read_text())
     return {sid: v["generation"] for sid, v in top["shards"].items()}
@@ -135,11 +145,7 @@ def test_old_shard_generations_are_pruned(docs: Path, kw: dict) -> None:
 def test_a_failed_shard_leaves_the_previous_generation_intact(
     tmp_path: Path, kw: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs = tmp_path / "three-files"
-    docs.mkdir()
-    texts = {"a.txt": "aardvark bicycle carousel", "b.txt": "penguin quartz walrus", "c.txt": "meteor glacier harbour"}
-    for name, text in texts.items():
-        (docs / name).write_text(text + "\n", encoding="utf-8")
+    docs, texts = _three_files(tmp_path)
     three = ColbertIndexer("three", shards=3, **kw)
     three.index([docs])
     before_gen, before_shards = three.store.current().path.name, _shard_gens(three)
@@ -262,15 +268,6 @@ def test_merge_results_takes_the_best_k_by_score() -> None:
 # --- through the real Modal bodies ---------------------------------------------------------------
 
 
-@pytest.fixture
-def inprocess(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    monkeypatch.setenv("COLBERT_MODAL_REMOTE_APP", "inprocess")
-    monkeypatch.setenv("COLBERT_MODAL_VOLUME_PATH", str(volume))
-    return volume
-
-
 def test_remote_sharded_index_through_the_modal_bodies(docs: Path, kw: dict, inprocess: Path) -> None:
     """Writer.apply -> ShardWriter bodies (in process: .local()), one Searcher per shard, merged."""
     one = ColbertIndexer("one", **kw)
@@ -326,11 +323,7 @@ def test_a_shard_searcher_follows_new_generations_and_keeps_its_unchanged_shard_
     """IndexServer(shard=...) as a Searcher container runs it: one shard, reloaded only when it changed."""
     from colbert_modal.remote.server import IndexServer
 
-    docs = tmp_path / "three-files"
-    docs.mkdir()
-    texts = {"a.txt": "aardvark bicycle carousel", "b.txt": "penguin quartz walrus", "c.txt": "meteor glacier harbour"}
-    for name, text in texts.items():
-        (docs / name).write_text(text + "\n", encoding="utf-8")
+    docs, texts = _three_files(tmp_path)
     three = ColbertIndexer("three", shards=3, **kw)
     three.index([docs])
     files = three.store.current().manifest.files

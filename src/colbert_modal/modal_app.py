@@ -40,6 +40,7 @@ No torch or ragatouille import happens here: they exist only in the image
 # real annotation objects of modal.parameter() fields.
 import os
 from pathlib import Path
+from typing import Any
 
 import modal
 
@@ -217,7 +218,8 @@ def info(index_name: str):
     return server.read_info(server.volume_path(), index_name)
 
 
-@app.cls(
+#: What an index build gets: the Writer, and each ShardWriter of a sharded index.
+BUILD_RESOURCES: dict[str, Any] = dict(
     image=image,
     gpu=GPU,
     volumes={VOLUME_PATH: volume},
@@ -225,10 +227,12 @@ def info(index_name: str):
     memory=WRITER_MEMORY_MB,
     cpu=WRITER_CPU,
     scaledown_window=2 * MINUTES,
-    # One writer container per app; across apps and with_options variants,
-    # the index's write lease (the `leases` Dict) serialises writers.
-    max_containers=1,
 )
+
+
+# One writer container per app; across apps and with_options variants, the
+# index's write lease (the `leases` Dict) serialises writers.
+@app.cls(**BUILD_RESOURCES, max_containers=1)
 class Writer:
     """Builds and publishes index generations on the Volume."""
 
@@ -276,15 +280,7 @@ class Writer:
         return result
 
 
-@app.cls(
-    image=image,
-    gpu=GPU,
-    volumes={VOLUME_PATH: volume},
-    timeout=WRITER_TIMEOUT,
-    memory=WRITER_MEMORY_MB,
-    cpu=WRITER_CPU,
-    scaledown_window=2 * MINUTES,
-)
+@app.cls(**BUILD_RESOURCES)
 class ShardWriter:
     """Builds one shard of a sharded index's update (the Writer maps its shards over these)."""
 

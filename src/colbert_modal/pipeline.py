@@ -43,6 +43,7 @@ __all__ = [
     "Settings",
     "UpdatePlan",
     "apply_update",
+    "check_plan",
     "check_settings",
     "nothing_to_index",
     "plan_deletion",
@@ -395,13 +396,7 @@ def apply_update(
 
     t0 = time.perf_counter()
     prev = previous_generation(store, rebuild=plan.rebuild)
-    prev_gen = prev.manifest.generation if prev else 0
-    if plan.base_generation != prev_gen:
-        raise IndexLockedError(
-            f"index {plan.name!r} changed while this update was prepared "
-            f"(generation {plan.base_generation} -> {prev_gen}); run it again"
-        )
-    check_settings(prev.manifest if prev else None, plan.settings, rebuild=plan.rebuild)
+    check_plan(plan, prev)
 
     old_files = dict(prev.manifest.files) if prev and not plan.rebuild else {}
     keep_paths = [p for p in plan.unchanged if p in old_files and p not in plan.new_files]
@@ -485,6 +480,17 @@ def apply_update(
         documents_total=len(files),
         timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
     )
+
+
+def check_plan(plan: UpdatePlan, prev: Generation | None) -> None:
+    """Refuse ``plan`` if the index moved on since it was made (IndexLockedError) or its settings differ."""
+    prev_gen = prev.manifest.generation if prev else 0
+    if plan.base_generation != prev_gen:
+        raise IndexLockedError(
+            f"index {plan.name!r} changed while this update was prepared "
+            f"(generation {plan.base_generation} -> {prev_gen}); run it again"
+        )
+    check_settings(prev.manifest if prev else None, plan.settings, rebuild=plan.rebuild)
 
 
 def previous_generation(store: IndexStore, *, rebuild: bool) -> Generation | None:

@@ -18,7 +18,7 @@ from .filters import ChunkColumns, parse_where
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
-__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
+__all__ = ["GenerationView", "LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -60,7 +60,23 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None) ->
     return out
 
 
-class OpenGeneration:
+class GenerationView:
+    """What every opened generation shares: the :class:`Generation`, its ``name`` and ``manifest``."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
+
+    @property
+    def name(self) -> str:
+        """The generation's directory name, e.g. ``"g000003"``."""
+        return self.generation.path.name
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.generation.manifest
+
+
+class OpenGeneration(GenerationView):
     """One published generation with its engine index loaded, ready to search.
 
     ``model`` overrides where the checkpoint is loaded from (a Modal
@@ -76,7 +92,7 @@ class OpenGeneration:
         verbose: bool = False,
         precision: str | None = None,
     ) -> None:
-        self.generation = generation
+        super().__init__(generation)
         self.chunks = generation.verified_chunks()
         self._columns: ChunkColumns | None = None  # built on the first filtered search
         self._columns_lock = threading.Lock()
@@ -84,15 +100,6 @@ class OpenGeneration:
         self.index: SearchIndex = engine.open(
             generation.engine_dir, generation.manifest.backend, [c.text for c in self.chunks]
         )
-
-    @property
-    def name(self) -> str:
-        """The generation's directory name, e.g. ``"g000003"``."""
-        return self.generation.path.name
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.generation.manifest
 
     def search_batch(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None

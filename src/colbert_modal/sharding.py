@@ -48,17 +48,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, IndexLockedError, ShardBuildError
+from .errors import ConfigurationError, ShardBuildError
 from .models import Chunk, IndexReport, SearchResult, SearchResults
 from .pipeline import (
     UpdatePlan,
     apply_update,
-    check_settings,
+    check_plan,
     nothing_to_index,
     previous_generation,
 )
 from .progress import Progress
-from .search import OpenGeneration
+from .search import GenerationView, OpenGeneration
 from .store import SHARDED_FORMAT, FileEntry, Generation, IndexStore, Manifest, load_generation, now_iso
 
 __all__ = [
@@ -279,13 +279,7 @@ def apply(
         return apply_update(store, plan, engine_factory=engine_factory, backend=backend, progress=progress)
     progress = progress if progress is not None else Progress(False)
     t0 = time.perf_counter()
-    prev_gen = prev.manifest.generation if prev else 0
-    if plan.base_generation != prev_gen:
-        raise IndexLockedError(
-            f"index {plan.name!r} changed while this update was prepared "
-            f"(generation {plan.base_generation} -> {prev_gen}); run it again"
-        )
-    check_settings(prev.manifest if prev else None, plan.settings, rebuild=plan.rebuild)
+    check_plan(plan, prev)
     top = prev if sharded_prev else None
     old_files = dict(top.manifest.files) if top else {}
     live: dict[str, dict[str, Any]] = (
@@ -450,7 +444,7 @@ def shard_generation(top: Generation, shard: str) -> Generation | None:
     return load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
 
 
-class OpenShards:
+class OpenShards(GenerationView):
     """A sharded generation opened in this process: every shard loaded, searched in turn, merged.
 
     The same interface as :class:`~colbert_modal.search.OpenGeneration`
@@ -458,20 +452,12 @@ class OpenShards:
     """
 
     def __init__(self, generation: Generation, **kwargs: Any) -> None:
-        self.generation = generation
+        super().__init__(generation)
         self.parts: dict[str, OpenGeneration] = {}
         for sid in generation.manifest.shards or {}:
             gen = shard_generation(generation, sid)
             if gen is not None:
                 self.parts[sid] = OpenGeneration(gen, **kwargs)
-
-    @property
-    def name(self) -> str:
-        return self.generation.path.name
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.generation.manifest
 
     def search_batch(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
@@ -488,7 +474,7 @@ def open_generation(generation: Generation, **kwargs: Any) -> OpenGeneration | O
     return OpenGeneration(generation, **kwargs)
 
 
-class OpenShard:
+class OpenShard(GenerationView):
     """One shard of a sharded top generation, as its search container serves it.
 
     ``name`` and ``manifest`` are the top generation's (what the container
@@ -497,17 +483,9 @@ class OpenShard:
     """
 
     def __init__(self, top: Generation, shard: str, opened: OpenGeneration | None) -> None:
-        self.generation = top
+        super().__init__(top)
         self.shard = shard
         self.opened = opened
-
-    @property
-    def name(self) -> str:
-        return self.generation.path.name
-
-    @property
-    def manifest(self) -> Manifest:
-        return self.generation.manifest
 
     def search_batch(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
