@@ -305,16 +305,16 @@ TFLOPS = {"L4": 121.0, "A10G": 70.0, "H100": 989.4}
 PRICE_S = {"L4": 0.000222, "A10G": 0.000306, "H100": 0.001097}
 #: Modal's CPU and memory prices, USD per core-second and per GiB-second (same source).
 CPU_CORE_S, MEM_GIB_S = 0.0000131, 0.00000222
-#: Per container: the Writer's 4 cores (modal_app.WRITER_CPU); memory billed: the Writer's 8 GiB
-#: reservation, or the shard's host peak (:func:`host_gb`) where that is more.
-CORES, MIN_MEM_GIB = 4, 8
+#: Per container: the Writer's 4 cores (modal_app.WRITER_CPU); memory billed: the 16 GiB
+#: reservation (modal_app.WRITER_MEMORY_MB), or the shard's host peak (:func:`host_gb`) where that is more.
+CORES, MIN_MEM_GIB = 4, 16
 #: The Writer's timeout (modal_app.WRITER_TIMEOUT), seconds: a longer shard build is stopped.
 WRITER_TIMEOUT_S = 120 * 60
 #: Assumed, not measured: a GPU container's start (scheduled, image on the host, Volume mounted) and
 #: the model load, seconds; the publish (top manifest written, Volume committed), seconds.
 START_S, MODEL_S, PUBLISH_S = 30.0, 10.0, 5.0
-#: The Writer's and ShardWriter's ``scaledown_window`` (modal_app): billed idle seconds after the work.
-SCALEDOWN_S = 120.0
+#: The Writer's and the ShardWriters' ``scaledown_window`` (modal_app): billed idle seconds after the work.
+SCALEDOWN_S, SHARD_SCALEDOWN_S = 120.0, 20.0
 #: Modal's concurrent GPUs per workspace on the Team plan (Starter: 10): more shards run in waves.
 MAX_CONCURRENT = 50
 #: Host memory of a PLAID build (BENCHMARKS.md section 7's process peaks, 4.9 / 11.6 / 20.1 GB at
@@ -348,7 +348,7 @@ def projection(total: int, n: int, gpu: str) -> dict[str, float]:
 
     Remote mode's shape (modal_app): the client's plan goes to the Writer (a GPU container), which
     maps the shard jobs over ShardWriter containers (same GPU), waits, and publishes. Every
-    container is billed from its start until its scale-down window (2 min) has passed.
+    container is billed from its start until its scale-down window (Writer 2 min, ShardWriter 20 s) has passed.
     """
     chunks = math.ceil(total / n)
     s = shard_seconds(gpu, chunks)
@@ -362,8 +362,8 @@ def projection(total: int, n: int, gpu: str) -> dict[str, float]:
         usd, idle = (wall + SCALEDOWN_S) * rate, SCALEDOWN_S * rate
     else:  # the Writer starts, the shards run (in waves), the Writer publishes
         wall = START_S + waves * shard_s + PUBLISH_S
-        usd = n * (shard_s + SCALEDOWN_S) * rate + (wall + SCALEDOWN_S) * writer_rate
-        idle = n * SCALEDOWN_S * rate + SCALEDOWN_S * writer_rate
+        usd = n * (shard_s + SHARD_SCALEDOWN_S) * rate + (wall + SCALEDOWN_S) * writer_rate
+        idle = n * SHARD_SCALEDOWN_S * rate + SCALEDOWN_S * writer_rate
     return {"chunks_per_shard": chunks, "waves": waves, "shard_work_s": sum(s.values()), "container_s": shard_s,
             "wall_s": wall, "usd": usd, "usd_without_idle": usd - idle,
             "host_gb": host_gb(chunks), **{f"{k}_s": v for k, v in s.items()}}

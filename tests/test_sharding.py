@@ -85,6 +85,28 @@ def test_sharded_exact_search_equals_unsharded(docs: Path, kw: dict) -> None:
     assert_same_results(one.search_batch(QUERIES, k=5), ColbertIndexer("three", **kw).search_batch(QUERIES, k=5))
 
 
+def test_a_sharded_search_encodes_the_queries_once(tmp_path: Path, kw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from colbert_modal.engine import encoder
+
+    docs, _ = _three_files(tmp_path)
+    three = ColbertIndexer("three", shards=3, **kw)
+    three.index([docs])
+    three.search("warm up")  # loads the shards
+    encoded: list[tuple[str, ...]] = []
+    real = encoder.Encoder._encode_queries
+
+    def counting(self, queries):
+        encoded.append(tuple(queries))
+        return real(self, queries)
+
+    monkeypatch.setattr(encoder.Encoder, "_encode_queries", counting)
+    hits = three.search_batch(["walrus penguin", "meteor harbour"], k=3)
+    assert encoded == [("walrus penguin", "meteor harbour")]  # not once per shard
+    assert hits[0][0].source == str(docs / "b.txt") and hits[1][0].source == str(docs / "c.txt")
+    three.search("walrus")
+    assert len(encoded) == 2  # nothing is kept between searches
+
+
 def test_update_touches_only_the_shards_whose_files_changed(docs: Path, kw: dict) -> None:
     one = ColbertIndexer("one", **kw)
     three = ColbertIndexer("three", shards=3, **kw)

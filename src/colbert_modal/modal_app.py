@@ -161,11 +161,13 @@ client_image = (
 
 #: Seconds an index build may run before Modal stops it.
 WRITER_TIMEOUT = int(os.environ.get("COLBERT_MODAL_TIMEOUT") or 120 * MINUTES)
-#: The Writer's memory reservation (MiB) and cores. PLAID builds peaked at
-#: 4.9 GB host memory at 10k chunks and 20 GB at 100k (BENCHMARKS.md); exact
-#: builds hold one batch of embeddings. 8 GiB covers ~40k chunks; containers
-#: may burst above the reservation, and larger builds should raise it.
-WRITER_MEMORY_MB = int(os.environ.get("COLBERT_MODAL_WRITER_MEMORY") or 8192)
+#: The memory reservation (MiB) and cores of an index build (the Writer, each
+#: ShardWriter). A PLAID build's host peak fits 1.55 GB + 0.335 MB per passage
+#: of colbert-ai's k-means sample, min(n, 16 sqrt(120 n)): 4.9 / 11.6 / 20.1 GB
+#: at 10k / 30k / 100k chunks (BENCHMARKS.md, "Sharded indexes"), so 16 GiB
+#: covers the 50k chunks of a default shard (~14.7 GB) with room to ~70k;
+#: exact builds hold one batch of embeddings. Containers may burst above it.
+WRITER_MEMORY_MB = int(os.environ.get("COLBERT_MODAL_WRITER_MEMORY") or 16384)
 WRITER_CPU = float(os.environ.get("COLBERT_MODAL_WRITER_CPU") or 4.0)
 
 
@@ -280,7 +282,12 @@ class Writer:
         return result
 
 
-@app.cls(**BUILD_RESOURCES)
+#: Seconds a ShardWriter stays warm after its build: shard builds come one per
+#: update, and a wide build's idle windows are billed (BENCHMARKS.md, "Sharded indexes").
+SHARD_SCALEDOWN_S = 20
+
+
+@app.cls(**{**BUILD_RESOURCES, "scaledown_window": SHARD_SCALEDOWN_S})
 class ShardWriter:
     """Builds one shard of a sharded index's update (the Writer maps its shards over these)."""
 

@@ -84,7 +84,7 @@ __all__ = [
 
 #: Without ``shards=``, an index gets one shard per this many chunks (at
 #: creation). 50k chunks of 256 tokens fit an L4 (24 GB GPU) container with
-#: room to spare: its PLAID build peaks at ~4 GB of GPU memory and ~15 GB of
+#: room to spare: its PLAID build peaks at ~5 GB of GPU memory and ~15 GB of
 #: host memory (BENCHMARKS.md, "Sharded indexes"). ``$COLBERT_MODAL_MAX_CHUNKS_PER_SHARD``.
 MAX_CHUNKS_PER_SHARD = int(os.environ.get("COLBERT_MODAL_MAX_CHUNKS_PER_SHARD") or 50_000)
 #: The most shards an index may have.
@@ -462,8 +462,14 @@ class OpenShards(GenerationView):
     def search_batch(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
     ) -> list[SearchResults]:
-        """One merged result list per query: each shard's top ``k``, then the best ``k`` of them."""
-        per_shard = [part.search_batch(queries, k, where) for part in self.parts.values()]
+        """One merged result list per query: each shard's top ``k``, then the best ``k`` of them.
+
+        The queries are encoded once (exact shards share the embeddings).
+        """
+        from .engine import shared_query_encodings
+
+        with shared_query_encodings():
+            per_shard = [part.search_batch(queries, k, where) for part in self.parts.values()]
         return [merge_results([res[i] for res in per_shard], k, q) for i, q in enumerate(queries)]
 
 

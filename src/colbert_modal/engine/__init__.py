@@ -53,7 +53,7 @@ from ..progress import Progress
 from . import exact, plaid
 from ._upstream import colbert_config, import_ragatouille
 from .clustering import kmeans
-from .encoder import Encoder
+from .encoder import Encoder, shared_query_encodings
 from .exact import ExactIndex, Reuse
 from .exact import reuse_from as exact_reuse_from
 from .plaid import PlaidIndex
@@ -79,6 +79,7 @@ __all__ = [
     "import_ragatouille",
     "kmeans",
     "resolve_precision",
+    "shared_query_encodings",
 ]
 
 BACKENDS = ("auto", "exact", "plaid")

@@ -12,11 +12,12 @@ functions. This module builds no index.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import EngineError, ModelLoadError
@@ -24,7 +25,33 @@ from ..hub import resolve_model
 from ._upstream import import_ragatouille, load_lock, quiet
 from .precision import check_precision, checkpoint_device, set_precision
 
-__all__ = ["Encoder", "doc_bsize", "doc_tokens", "encode_documents", "encode_tokens", "speed_up", "vectorised_mask"]
+__all__ = [
+    "Encoder",
+    "doc_bsize",
+    "doc_tokens",
+    "encode_documents",
+    "encode_tokens",
+    "shared_query_encodings",
+    "speed_up",
+    "vectorised_mask",
+]
+
+_SHARED = threading.local()
+
+
+@contextlib.contextmanager
+def shared_query_encodings() -> Iterator[None]:
+    """Within the block, this thread encodes a list of queries once per encoder.
+
+    A sharded index searches every shard with the same queries and the same
+    model: each shard's search takes the first one's query embeddings.
+    """
+    outer = getattr(_SHARED, "memo", None)
+    _SHARED.memo = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED.memo = outer
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +276,17 @@ class Encoder:
                 raise EngineError(f"encoding {len(texts)} passages failed: {exc}") from exc
 
     def encode_queries(self, queries: Sequence[str]) -> Any:
-        """Query embeddings, float32 [n_queries, query_maxlen, dim]."""
+        """Query embeddings, float32 [n_queries, query_maxlen, dim] (see :func:`shared_query_encodings`)."""
+        memo = getattr(_SHARED, "memo", None)
+        key = (id(self), tuple(queries))
+        if memo is not None and key in memo:
+            return memo[key]
+        Q = self._encode_queries(queries)
+        if memo is not None:
+            memo[key] = Q
+        return Q
+
+    def _encode_queries(self, queries: Sequence[str]) -> Any:
         import torch
 
         ckpt = self.checkpoint
