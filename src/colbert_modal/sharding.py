@@ -220,10 +220,19 @@ def split_plan(
     ``shards``: the live shards (the top manifest's ``shards``, or a new
     index's ids with no generation).
     """
+    by_shard: dict[str, set[str]] = {}  # one pass over the files, not one per shard
+    for p, e in old_files.items():
+        by_shard.setdefault(e.shard or "", set()).add(p)
+    new_by_shard: dict[str, dict[str, FileEntry]] = {}
+    for p, e in plan.new_files.items():
+        new_by_shard.setdefault(assignment.get(p, ""), {})[p] = e
+    chunks_by_source: dict[str, list[Chunk]] = {}
+    for c in plan.new_chunks:
+        chunks_by_source.setdefault(c.source, []).append(c)
     parts: dict[str, UpdatePlan] = {}
     for sid, live in shards.items():
-        new_files = {p: e for p, e in plan.new_files.items() if assignment.get(p) == sid}
-        mine = {p for p, e in old_files.items() if e.shard == sid}
+        new_files = new_by_shard.get(sid, {})
+        mine = by_shard.get(sid, set())
         remove = [p for p in plan.remove if p in mine]
         metadata = {p: m for p, m in plan.metadata.items() if p in mine and old_files[p].metadata != m}
         if not (new_files or remove or metadata):
@@ -234,7 +243,7 @@ def split_plan(
             settings=replace(plan.settings, shards=None),
             base_generation=int(gen[1:]) if gen else 0,
             new_files=new_files,
-            new_chunks=[c for c in plan.new_chunks if c.source in new_files],
+            new_chunks=[c for p in new_files for c in chunks_by_source.get(p, [])],
             remove=remove,
             unchanged=sorted(p for p in mine if p not in new_files and p not in remove),
             metadata=metadata,
@@ -299,9 +308,11 @@ def apply(
             for sid, part in parts.items()]
     results = _run(jobs, build_shards, engine_factory, progress)
     files = {p: _with_stat(e, plan.refreshed.get(p)) for p, e in old_files.items() if p not in removed}
-    for r in results:
-        files = {p: e for p, e in files.items() if e.shard != r.shard}
+    rebuilt = {r.shard: r for r in results if r.files is not None}  # a shard whose update did nothing keeps its files
+    files = {p: e for p, e in files.items() if e.shard not in rebuilt}
+    for r in rebuilt.values():
         files.update({p: replace(e, shard=r.shard) for p, e in (r.files or {}).items()})
+    for r in results:
         if r.generation is not None:
             live[r.shard] = {"generation": r.generation, "backend": r.backend, "chunks": r.chunks}
     t1 = time.perf_counter()

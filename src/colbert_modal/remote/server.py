@@ -341,8 +341,9 @@ class IndexServer:
         if top.manifest.shards is None:
             opened = OpenGeneration(top, model=model, verbose=self.verbose)
         elif self.shard is None:  # the whole sharded index in this container (clients search shard by shard)
+            published = load_generation(self.store.generation_path(gen_name))
             for sid in top.manifest.shards:
-                part = shard_generation(load_generation(self.store.generation_path(gen_name)), sid)
+                part = shard_generation(published, sid)
                 if part is not None:
                     self._copy(part)
             opened = OpenShards(top, model=model, verbose=self.verbose)
