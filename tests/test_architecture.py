@@ -19,7 +19,7 @@ SRC = ROOT / "src" / "colbert_modal"
 #: Bottom first. A module may import only modules of a lower layer.
 LAYERS: list[list[str]] = [
     ["errors"],
-    ["display", "progress"],  # pure helpers: how hits look, where progress shows
+    ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub"],
@@ -32,11 +32,14 @@ LAYERS: list[list[str]] = [
     ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
     ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
+    ["runners.local"],  # the indexer's local runner: this process
     # names shared by both halves; credentials, probe, error mapping; the write lease; Modal's image-build log
     ["remote", "remote.connection", "remote.leases", "remote.build_log"],
     ["remote.server", "remote.volumes"],  # the container half (never imports modal); pull/push and Volume files
     ["modal_app"],  # the only module importing modal at top level
+    ["remote.transports"],  # how a session reaches the app: ephemeral run, deployed app, in-process
     ["remote.client"],
+    ["runners.remote"],  # the indexer's remote runner: plans here, applies through the session
     ["indexer"],
     ["doctor"],  # first-run checks: drives the indexer and the remote client
     ["cli", "testing"],

@@ -334,7 +334,7 @@ def test_reader_that_loses_the_race_with_a_prune_retries(damaged, colbert_checkp
     writer = _indexer(colbert_checkpoint, idx.index_root)
     reader = _indexer(colbert_checkpoint, idx.index_root)
     calls: list[str] = []
-    opener = reader._live._opener
+    opener = reader._local.live._opener
 
     def racing_opener(name: str):
         calls.append(name)

@@ -167,7 +167,7 @@ def test_remote_stages_stream_from_the_container(
         assert set(stages.values()) == {1}
 
         (docs / "extra.txt").write_text("quantum kernel gpu modal vector\n", encoding="utf-8")
-        plan = idx._plan([str(docs)], idx._session().manifest("remote"), passwords=None, rebuild=False,
+        plan = idx._plan([str(docs)], idx._remote_runner().session.manifest("remote"), passwords=None, rebuild=False,
                          keep_missing=False, progress=Progress(False))
         items = list(modal_app.Writer().apply_stream.local(plan, backend="exact"))
     assert items[0] == STARTED and items[-1][0] == "result" and items[-1][1].chunks_written == 1

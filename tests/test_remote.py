@@ -26,6 +26,7 @@ import pytest
 from colbert_modal import ColbertIndexer
 from colbert_modal.remote import client as remote
 from colbert_modal.remote import connection
+from colbert_modal.remote import volumes
 from colbert_modal.errors import (
     ColbertModalError,
     ConfigurationError,
@@ -86,7 +87,7 @@ def test_missing_credentials_fail_fast_and_clearly(no_modal_config: None, tmp_pa
     assert time.perf_counter() - start < 1.0
     message = str(info.value)
     assert "modal setup" in message and "MODAL_TOKEN_ID" in message and "MODAL_TOKEN_SECRET" in message
-    assert indexer._remote_session is None
+    assert indexer._remote is None
 
 
 def test_credentials_from_modal_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,6 +142,7 @@ def test_deployed_session_uses_deployed_lookups_and_gpu_override(
 ) -> None:
     monkeypatch.setenv("COLBERT_MODAL_PROBE_TIMEOUT", "0")
     session = remote.RemoteSession("deployed", gpu="A100")
+    session.transport.connected = True  # lookups only: the app's version check needs Modal (see test_standin_remote)
     try:
         writer = session._handle("Writer", cls=True, options={"gpu": "A100"})
         assert session._handle("Writer", cls=True, options={"gpu": "A100"}) is writer  # cached
@@ -164,11 +166,11 @@ def test_local_checkpoint_cannot_go_to_modal(
     with pytest.raises(ConfigurationError, match="local checkpoint directory.*hub id"):
         indexer.index([corpus_dir])
     assert time.perf_counter() - start < 1.0
-    session = indexer._remote_session
+    session = indexer._remote.session if indexer._remote else None
     for model in ("./ckpt", "~/ckpt", "/abs/ckpt"):
         with pytest.raises(ConfigurationError):
-            remote.check_remote_model(model, session)
-    remote.check_remote_model("colbert-ir/colbertv2.0", session)
+            volumes.check_remote_model(model, session)
+    volumes.check_remote_model("colbert-ir/colbertv2.0", session)
     indexer.close()
     assert session.closed
 
@@ -242,7 +244,7 @@ def test_remote_mode_round_trip(
         report = idx.index(docs)
         assert report.chunks_total > 0 and not (local_root / "papers").exists()  # the index lives on the "Volume"
         assert (inprocess / "papers" / "CURRENT").is_file()
-        session = idx._remote_session
+        session = idx._remote_runner().session
         assert session.kind == "inprocess"
 
         hits = idx.search("penguin quartz rhubarb", k=2)

@@ -298,7 +298,7 @@ def test_remote_sharded_index_through_the_modal_bodies(docs: Path, kw: dict, inp
         report = rem.index([docs])
         assert report.chunks_total == one.info().chunks
         assert rem.info().shards == 3
-        assert rem._session().shards("rem") == sharding.shard_ids(3)
+        assert rem._remote_runner().session.shard_ids("rem") == sharding.shard_ids(3)
         assert_same_results(one.search_batch(QUERIES, k=10), rem.search_batch(QUERIES, k=10))
         where = {"file_name": "bestiary.pdf"}
         assert_same_results(one.search_batch(QUERIES, k=3, where=where), rem.search_batch(QUERIES, k=3, where=where))

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
+from .dispatch import Mode, dispatchable, mode_of
 from .engine import BACKENDS, check_precision
-from .errors import ConfigurationError, IndexNotFoundError, IndexStorageError
+from .errors import ConfigurationError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
@@ -21,79 +21,21 @@ from .pipeline import (
     MetadataSpec,
     Settings,
     UpdatePlan,
-    nothing_to_index,
     plan_deletion,
     plan_update,
+    shard_count,
 )
 from .progress import Progress
-from .search import LiveIndex, OpenIndex, check_queries
-from .sharding import apply as apply_sharded
-from .sharding import check_shards, default_shards, open_generation
-from .store import IndexStore, Manifest, default_index_root, load_generation, validate_index_name
+from .runners import Runner
+from .runners.local import LocalRunner
+from .search import check_queries
+from .sharding import check_shards, default_shards
+from .store import IndexStore, Manifest, default_index_root, validate_index_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .remote.client import RemoteSession
+    from .runners.remote import RemoteRunner
 
 __all__ = ["DEFAULT_MODEL", "ColbertIndexer", "Mode"]
-Mode = Literal["local", "remote"]
-R = TypeVar("R")
-
-
-class _Dispatcher(Generic[R]):
-    """A method that runs in the indexer's mode, or explicitly ``.local`` / ``.remote``.
-
-    Reads like a Modal function: ``indexer.index(paths)`` runs in
-    ``indexer.mode``; ``indexer.index.local(paths)`` and
-    ``indexer.index.remote(paths)`` force one side.
-    """
-
-    def __init__(self, local: Callable[..., R]) -> None:
-        self._local = local
-        self._remote: Callable[..., R] | None = None
-        functools.update_wrapper(self, local)  # type: ignore[arg-type]
-
-    def remote_impl(self, fn: Callable[..., R]) -> _Dispatcher[R]:
-        self._remote = fn
-        return self
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return _Bound(self, obj)
-
-
-class _Bound(Generic[R]):
-    def __init__(self, dispatcher: _Dispatcher[R], obj: ColbertIndexer) -> None:
-        self._d = dispatcher
-        self._obj = obj
-        self.__doc__ = dispatcher._local.__doc__
-        self.__name__ = dispatcher._local.__name__
-
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
-        if self._obj.mode == "remote":
-            return self.remote(*args, **kwargs)
-        return self.local(*args, **kwargs)
-
-    def local(self, *args: Any, **kwargs: Any) -> R:
-        """Run in this process, on this machine's CPU/GPU."""
-        return self._d._local(self._obj, *args, **kwargs)
-
-    def remote(self, *args: Any, **kwargs: Any) -> R:
-        """Run on Modal (index on a Modal Volume)."""
-        assert self._d._remote is not None
-        return self._d._remote(self._obj, *args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<dispatchable {type(self._obj).__name__}.{self.__name__} (mode={self._obj.mode!r})>"
-
-
-def dispatchable(fn: Callable[..., R]) -> _Dispatcher[R]:
-    return _Dispatcher(fn)
-
-
 class ColbertIndexer:
     """A named ColBERT index over your files, searched in-process or on Modal.
 
@@ -195,8 +137,10 @@ class ColbertIndexer:
         self.verbose = verbose
         self.remote_timeout = remote_timeout
         self.shards = check_shards(shards)
-        self._live = LiveIndex(self.store, self._open_generation)
-        self._remote_session: RemoteSession | None = None
+        self._local = LocalRunner(
+            self.store, backend=backend, lock_timeout=lock_timeout, verbose=verbose, precision=self.precision
+        )
+        self._remote: RemoteRunner | None = None
 
     def __repr__(self) -> str:
         return f"ColbertIndexer({self.name!r}, mode={self.mode!r}, index_root={str(self.index_root)!r})"
@@ -223,15 +167,6 @@ class ColbertIndexer:
 
     def _manifest_or_none(self) -> Manifest | None:
         return self.store.current().manifest if self.store.exists() else None
-
-    def _manifest_for_update(self, rebuild: bool) -> Manifest | None:
-        """The manifest an update builds on; a rebuild ignores a damaged one."""
-        try:
-            return self._manifest_or_none()
-        except IndexStorageError:
-            if rebuild:
-                return None
-            raise
 
     def _chunk_settings(self, manifest: Manifest | None) -> tuple[int, int]:
         max_tokens = self._max_tokens_arg
@@ -261,7 +196,7 @@ class ColbertIndexer:
         """This call's stages, shown as bars where a person watches (see :mod:`colbert_modal.progress`)."""
         return Progress(self.progress)
 
-    # --- operations ----------------------------------------------------------
+    # --- operations: each written once; the runner does the work where it runs -------------
 
     @dispatchable
     def index(
@@ -293,61 +228,36 @@ class ColbertIndexer:
         outside them (and symlinked folders) are skipped and reported unless
         True. ``max_chunks_per_file``: a file that would make more chunks is
         skipped and reported (default 5000), never truncated.
+
+        In remote mode the files are read and chunked here and the plan is
+        applied on Modal.
         """
-        paths = _as_path_list(paths)
+        path_list = _as_path_list(paths)
+        runner = self._runner()
+        if self._model_arg is not None:  # fail before any work (remote: before any container)
+            runner.check_model(self._settings(None, True).model)
         progress = self._progress()
-        with self.store.lock(self.lock_timeout):
-            manifest = self._manifest_for_update(rebuild)
-            plan = self._plan(
-                paths, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
+
+        def plan(manifest: Manifest | None) -> UpdatePlan:
+            runner.check_model(self._settings(manifest, rebuild).model)
+            return self._plan(
+                path_list, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
                 progress=progress, metadata=metadata,
                 follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
             )
-            return self._apply_local(plan, progress)
 
-    @index.remote_impl
-    def _index_remote(
-        self, paths: Any, *, passwords: Passwords = None, rebuild: bool = False, keep_missing: bool = False,
-        metadata: MetadataSpec = None,
-        follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
-    ) -> IndexReport:
-        """Plan the update here (load + chunk against the remote manifest), apply it on Modal."""
-        from .remote.client import check_remote_model
-
-        session = self._session()
-        if self._model_arg is not None:  # fail before any remote call
-            check_remote_model(self._settings(None, True).model, session)
-        manifest = session.manifest(self.name)
-        check_remote_model(self._settings(manifest, rebuild).model, session)
-        progress = self._progress()
-        plan = self._plan(
-            _as_path_list(paths), manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
-            progress=progress, metadata=metadata,
-            follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
-        )
-        if manifest is None and not plan.new_chunks:
-            raise nothing_to_index(plan)  # with the report; no GPU container started
-        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout, progress=progress)
+        return runner.update(plan, rebuild=rebuild, must_exist=False, progress=progress)
 
     @dispatchable
     def delete(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> IndexReport:
         """Remove the chunks of these files (or of everything under these folders)."""
-        paths = _as_path_list(paths)
-        with self.store.lock(self.lock_timeout):
-            gen = self.store.current()
-            plan = plan_deletion(paths, manifest=gen.manifest)
-            return self._apply_local(plan, self._progress())
+        path_list = _as_path_list(paths)
 
-    @delete.remote_impl
-    def _delete_remote(self, paths: Any) -> IndexReport:
-        from .remote import VOLUME_NAME
+        def plan(manifest: Manifest | None) -> UpdatePlan:
+            assert manifest is not None  # must_exist
+            return plan_deletion(path_list, manifest=manifest)
 
-        session = self._session()
-        manifest = session.manifest(self.name)
-        if manifest is None:
-            raise IndexNotFoundError(f"no index named {self.name!r} on the Modal Volume {VOLUME_NAME!r}")
-        plan = plan_deletion(_as_path_list(paths), manifest=manifest)
-        return session.apply(plan, backend=self.backend, lock_timeout=self.lock_timeout, progress=self._progress())
+        return self._runner().update(plan, rebuild=False, must_exist=True, progress=self._progress())
 
     @dispatchable
     def search(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
@@ -357,11 +267,7 @@ class ColbertIndexer:
         :mod:`colbert_modal.filters`), e.g. ``{"year": 2023, "page": {"$gte": 10}}``;
         the best ``min(k, matching chunks)`` of them are returned.
         """
-        return self.search_batch.local(_one_query(query), k=k, where=where)[0]
-
-    @search.remote_impl
-    def _search_remote(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
-        return self.search_batch.remote(_one_query(query), k=k, where=where)[0]
+        return self.search_batch(_one_query(query), k=k, where=where)[0]
 
     @dispatchable
     def search_batch(
@@ -369,55 +275,40 @@ class ColbertIndexer:
     ) -> list[list[SearchResult]]:
         """One result list per query, in order (always a list of lists); ``where`` as in :meth:`search`."""
         queries = check_queries(queries, k)
-        parse_where(where)  # a bad filter fails before the index is opened
+        parse_where(where)  # a bad filter fails before the index is opened or any remote call
         if not queries:
             return []
-        return list(self._live.current().search_batch(queries, k, where))
-
-    @search_batch.remote_impl
-    def _search_batch_remote(
-        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
-    ) -> list[list[SearchResult]]:
-        queries = check_queries(queries, k)
-        parse_where(where)  # a bad filter fails before any remote call
-        if not queries:
-            return []
-        return list(self._session().search_batch(self.name, queries, k, where=dict(where) if where else None))
+        return list(self._runner().search_batch(queries, k, dict(where) if where else None))
 
     @dispatchable
     def info(self) -> IndexInfo:
         """What the index holds and how it was built."""
-        return self.store.current().info()
-
-    @info.remote_impl
-    def _info_remote(self) -> IndexInfo:
-        return self._session().info(self.name)
+        return self._runner().info()
 
     def drop(self) -> None:
         """Delete this index from local disk entirely."""
-        self.store.destroy()
-        self._live.forget()
+        self._local.drop()
 
     def pull(self, *, overwrite: bool = True) -> Path:
         """Copy the index from the Modal Volume to ``index_root`` (then search it locally)."""
-        from .remote.client import pull
+        from .remote.volumes import pull
 
-        path = pull(self._session(), self.store, overwrite=overwrite, lock_timeout=self.lock_timeout)
-        self._live.forget()
+        path = pull(self._remote_runner().session, self.store, overwrite=overwrite, lock_timeout=self.lock_timeout)
+        self._local.forget()
         return path
 
     def push(self) -> None:
         """Copy the local index to the Modal Volume (then search it remotely)."""
-        from .remote.client import push
+        from .remote.volumes import push
 
-        push(self._session(), self.store.current())
+        push(self._remote_runner().session, self.store.current())
 
     def close(self) -> None:
         """Release the loaded index and any open Modal session."""
-        self._live.forget()
-        session, self._remote_session = self._remote_session, None
-        if session is not None:
-            session.close()
+        self._local.close()
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.close()
 
     def __enter__(self) -> ColbertIndexer:
         return self
@@ -426,6 +317,26 @@ class ColbertIndexer:
         self.close()
 
     # --- helpers -------------------------------------------------------------
+
+    def _runner(self) -> Runner:
+        """Who does the work of the method being called: as forced by ``.local``/``.remote``, else ``mode``."""
+        return self._remote_runner() if mode_of(self) == "remote" else self._local
+
+    def _remote_runner(self) -> RemoteRunner:
+        """This indexer's Modal session, opened (credentials checked first) on first use."""
+        from .remote.client import RemoteSession, session_kind
+        from .runners.remote import RemoteRunner
+
+        runner = self._remote
+        if runner is None or runner.closed:
+            session = RemoteSession(
+                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose,
+                progress=self.progress,
+            )
+            runner = self._remote = RemoteRunner(
+                session, self.name, backend=self.backend, lock_timeout=self.lock_timeout
+            )
+        return runner
 
     def _plan(
         self, paths: list[str], manifest: Manifest | None, *, passwords: Passwords, rebuild: bool, keep_missing: bool,
@@ -449,43 +360,12 @@ class ColbertIndexer:
             follow_symlinks=follow_symlinks,
             max_chunks_per_file=max_chunks_per_file,
         )
-        if settings.shards is None and (manifest is None or rebuild):
-            # a new index's shard count, from its size, decided here: the same wherever the plan is applied
-            plan.settings = dataclasses.replace(settings, shards=default_shards(len(plan.new_chunks)))
+        if settings.shard_count is None and (manifest is None or rebuild):
+            # decided here, the same wherever the plan is applied: a rebuild keeps the index's count,
+            # a new index gets one shard per MAX_CHUNKS_PER_SHARD chunks
+            count = shard_count(manifest) if manifest is not None else default_shards(len(plan.new_chunks))
+            plan.settings = dataclasses.replace(settings, shard_count=count)
         return plan
-
-    def _apply_local(self, plan: UpdatePlan, progress: Progress) -> IndexReport:
-        from .engine import get_engine
-
-        try:
-            report = apply_sharded(
-                self.store,
-                plan,
-                engine_factory=lambda m: get_engine(m, verbose=self.verbose, precision=self.precision),
-                backend=self.backend,
-                progress=progress,
-            )
-        finally:
-            progress.close()
-        self._live.forget()
-        return report
-
-    def _open_generation(self, gen_name: str) -> OpenIndex:
-        gen = load_generation(self.store.generation_path(gen_name))
-        return open_generation(gen, verbose=self.verbose, precision=self.precision)
-
-    def _session(self) -> RemoteSession:
-        """This indexer's Modal session, opened (credentials checked first) on first use."""
-        from .remote.client import RemoteSession, session_kind
-
-        session = self._remote_session
-        if session is None or session.closed:
-            session = RemoteSession(
-                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose,
-                progress=self.progress,
-            )
-            self._remote_session = session
-        return session
 
 
 def _one_query(query: str) -> list[str]:

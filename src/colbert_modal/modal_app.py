@@ -46,7 +46,8 @@ import modal
 
 from colbert_modal.errors import IndexNotFoundError
 from colbert_modal.hub import DEFAULT_MODEL
-from colbert_modal.remote import APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, gpu_setting, server
+from colbert_modal.remote import API_VERSION, APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, gpu_setting, server
+from colbert_modal.sharding import ShardAnswer
 
 MINUTES = 60  # seconds
 
@@ -199,6 +200,12 @@ def _lease(index_name, lock_timeout=0.0):
     return server.write_lease(_leases(), index_name, owner=_owner(), timeout=lock_timeout)
 
 
+@app.function(image=client_image, timeout=MINUTES)
+def app_version():
+    """The API version this deployment speaks (``colbert_modal.remote.API_VERSION``); clients check it once."""
+    return API_VERSION
+
+
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def manifest(index_name: str):
     """The published manifest of ``index_name`` as JSON, or None (for planning on the client)."""
@@ -345,11 +352,11 @@ class Searcher:
 
     @modal.method()
     def search_shard(self, queries, k: int = 10, min_generation=None, where=None):
-        """``{"generation": g, "results": [...]}``: :meth:`search_batch` and the generation it served."""
+        """:meth:`search_batch` and the generation it served: a ``sharding.ShardAnswer``."""
         generation, results = self.index_server.search(queries, k, min_generation=min_generation, where=where)
         loaded = self.index_server.loaded
-        shards = len(loaded.manifest.shards or {}) if loaded is not None else 0
-        return {"generation": generation, "results": results, "shards": shards}
+        shard_count = len(loaded.manifest.shards or {}) if loaded is not None else 0
+        return ShardAnswer(generation, results, shard_count)
 
     @modal.method()
     def generation(self):

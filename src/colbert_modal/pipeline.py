@@ -69,8 +69,8 @@ class Settings:
     model: str
     max_tokens: int
     overlap: int
-    #: shards asked for (see :mod:`colbert_modal.sharding`); None: the index's, or as its size needs
-    shards: int | None = None
+    #: how many shards asked for (see :mod:`colbert_modal.sharding`); None: the index's, or as its size needs
+    shard_count: int | None = None
 
 
 def shard_count(manifest: Manifest | None) -> int:
@@ -86,7 +86,7 @@ def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bo
         for key in ("model", "max_tokens", "overlap")
         if getattr(manifest, key) != getattr(settings, key)
     ]
-    wanted = getattr(settings, "shards", None)  # plans pickled by older clients have none
+    wanted = settings.shard_count
     if wanted is not None and wanted != shard_count(manifest):
         diffs.append(f"shards: index has {shard_count(manifest)}, asked for {wanted}")
     if diffs:
@@ -402,7 +402,7 @@ def apply_update(
     keep_paths = [p for p in plan.unchanged if p in old_files and p not in plan.new_files]
     keep_set = set(keep_paths)
     meta_changes = {
-        p: m for p, m in getattr(plan, "metadata", {}).items() if p in keep_set and old_files[p].metadata != m
+        p: m for p, m in plan.metadata.items() if p in keep_set and old_files[p].metadata != m
     }
     report_base: dict[str, Any] = {
         "index_name": plan.name,

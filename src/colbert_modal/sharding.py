@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigurationError, ShardBuildError
 from .models import Chunk, IndexReport, SearchResult, SearchResults
@@ -240,7 +240,7 @@ def split_plan(
         gen = live.get("generation")
         parts[sid] = UpdatePlan(
             name=f"{plan.name}/{sid}",
-            settings=replace(plan.settings, shards=None),
+            settings=replace(plan.settings, shard_count=None),
             base_generation=int(gen[1:]) if gen else 0,
             new_files=new_files,
             new_chunks=[c for p in new_files for c in chunks_by_source.get(p, [])],
@@ -260,7 +260,7 @@ def default_shards(n_chunks: int) -> int:
 def _wanted_shards(plan: UpdatePlan, prev: Generation | None) -> int:
     if prev is not None and not plan.rebuild:
         return len(prev.manifest.shards or {}) or 1
-    asked = getattr(plan.settings, "shards", None)
+    asked = plan.settings.shard_count
     return asked if asked is not None else default_shards(len(plan.new_chunks))
 
 
@@ -432,6 +432,14 @@ def adopt_shards(index: IndexStore, staging: Path, fetch: Callable[[str, str, Pa
 
 
 # --- search ---------------------------------------------------------------------------------
+
+
+class ShardAnswer(NamedTuple):
+    """A shard Searcher's reply: the top generation it served, its hits, and how many shards that generation has."""
+
+    generation: int
+    results: list[SearchResults]
+    shard_count: int
 
 
 def merge_results(parts: Sequence[Sequence[SearchResult]], k: int, query: str | None = None) -> SearchResults:

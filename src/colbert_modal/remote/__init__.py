@@ -34,8 +34,13 @@ Pick one with ``$COLBERT_MODAL_REMOTE_APP`` (``ephemeral`` / ``deployed`` /
 
 from __future__ import annotations
 
-__all__ = ["APP_NAME", "IMAGE_TORCH", "KINDS", "UV_VERSION", "VOLUME_MOUNT", "VOLUME_NAME", "gpu_setting"]
+__all__ = ["API_VERSION", "APP_NAME", "IMAGE_TORCH", "KINDS", "UV_VERSION", "VOLUME_MOUNT", "VOLUME_NAME", "gpu_setting"]
 
+#: What the client and the app's bodies agree on (arguments, results, the Volume's layout). A deployed
+#: app answers it from ``app_version``; a client refuses an app of another version once per session
+#: ("redeploy"), so no call needs a shim for older apps. Bump it when a body's signature or reply changes.
+#: 1: every release before versions (no ``app_version`` function); 2: this one.
+API_VERSION = 2
 #: The Modal app's name (``modal deploy`` publishes it under this name).
 APP_NAME = "colbert-modal"
 #: The Modal Volume that holds the remote indexes.

@@ -31,7 +31,7 @@ __all__ = ["DirectoryVolume", "ModalVolume", "VolumeFiles", "check_remote_model"
 
 def check_remote_model(model: str, session: RemoteSession) -> None:
     """Refuse a local checkpoint directory for a session that runs on Modal (it cannot see it)."""
-    if session.kind == "inprocess":
+    if session.transport.runs_here:
         return  # the bodies run here; a local checkpoint directory is fine
     p = Path(model).expanduser()
     if p.is_dir() or p.is_absolute() or model.startswith((".", "~")):

@@ -1,0 +1,64 @@
+"""The remote runner: the index on the Modal Volume, planned here and applied in a Modal container."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import IndexNotFoundError
+from ..models import IndexInfo, IndexReport, SearchResults
+from ..pipeline import nothing_to_index
+from ..progress import Progress
+from ..remote import VOLUME_NAME
+from ..remote.client import RemoteSession
+from ..remote.volumes import check_remote_model
+from . import Planner
+
+__all__ = ["RemoteRunner"]
+
+
+class RemoteRunner:
+    """Index ``name`` on the Volume, through ``session`` (opened by the indexer, closed by :meth:`close`)."""
+
+    def __init__(self, session: RemoteSession, name: str, *, backend: str = "auto", lock_timeout: float = 0.0) -> None:
+        self.session = session
+        self.name = name
+        self.backend = backend
+        self.lock_timeout = lock_timeout
+        self.where = f"on the Modal Volume {VOLUME_NAME!r}"
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    def check_model(self, model: str) -> None:
+        check_remote_model(model, self.session)
+
+    def update(self, plan: Planner, *, rebuild: bool, must_exist: bool, progress: Progress) -> IndexReport:
+        """Plan here against the Volume's manifest (loading and chunking run on this machine), apply on Modal.
+
+        The write lease is taken in the container; a plan made against a
+        generation that moved meanwhile is refused there and nothing is lost.
+        """
+        try:
+            manifest = self.session.manifest(self.name)
+            if manifest is None and must_exist:
+                raise IndexNotFoundError(f"no index named {self.name!r} {self.where}")
+            made = plan(manifest)
+            if manifest is None and not made.new_chunks:
+                raise nothing_to_index(made)  # with the report; no GPU container started
+            return self.session.apply(made, backend=self.backend, lock_timeout=self.lock_timeout, progress=progress)
+        finally:
+            progress.close()
+
+    def search_batch(self, queries: Sequence[str], k: int, where: dict[str, Any] | None) -> list[SearchResults]:
+        return list(self.session.search_batch(self.name, list(queries), k, where=where))
+
+    def info(self) -> IndexInfo:
+        return self.session.info(self.name)
+
+    def forget(self) -> None:
+        """Nothing is loaded here: the Searcher containers follow new generations themselves."""
+
+    def close(self) -> None:
+        self.session.close()
