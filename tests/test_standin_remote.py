@@ -342,13 +342,39 @@ def test_a_failed_shard_container_leaves_the_remote_index_intact(
         assert idx.index([corpus_dir], rebuild=True).chunks_total > 0  # and the next try goes through
 
 
-def test_shards_against_a_deployed_app_from_before_sharding_is_refused(
+def test_an_app_deployed_by_an_older_release_is_refused_once_with_redeploy(
     standin: StandIn, corpus_dir: Path, tmp_path: Path
 ) -> None:
     modal_app.app.deploy()
     app = standin.apps[standin.deployed[modal_app.APP_NAME]]
-    del app.class_ids["ShardWriter"], app.function_ids["shards"]  # as an app deployed by an older release
+    del app.class_ids["ShardWriter"], app.function_ids["shards"], app.function_ids["app_version"]  # an older release
     with _remote(tmp_path, "sharded", model=HUB_ID, shards=3, remote_app="deployed") as idx:
-        with pytest.raises(ConfigurationError, match="predates sharded indexes.*colbert-modal deploy"):
+        with pytest.raises(RemoteError, match=r"older colbert-modal \(app version 1, this client needs \d+\); "
+                                              "redeploy: colbert-modal deploy"):
             idx.index([corpus_dir])
-    assert not standin.calls_of("Writer.*")  # refused before any container ran
+    assert not standin.calls_of("Writer.*") and not standin.calls_of("manifest")  # refused before any work
+
+
+def test_an_app_of_another_version_is_refused(standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from colbert_modal import remote
+
+    monkeypatch.setattr(modal_app, "API_VERSION", remote.API_VERSION + 1)  # what the deployed body answers
+    modal_app.app.deploy()
+    with _remote(tmp_path, remote_app="deployed") as idx:
+        with pytest.raises(RemoteError, match="newer colbert-modal.*upgrade colbert-modal here"):
+            idx.search("penguin")
+
+
+def test_the_deployed_app_version_is_checked_once_per_session(
+    standin: StandIn, papers_index: Path, tmp_path: Path
+) -> None:
+    _put_papers(standin, papers_index)
+    modal_app.app.deploy()
+    with _remote(tmp_path, remote_app="deployed") as idx:
+        idx.search("penguin")
+        idx.info()
+        idx.search_batch(["penguin", "glacier"])
+    assert len(standin.calls_of("app_version")) == 1
+    with _remote(tmp_path, remote_app="deployed") as idx:  # a new session checks again
+        idx.info()
+    assert len(standin.calls_of("app_version")) == 2

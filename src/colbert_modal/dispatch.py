@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
@@ -57,6 +58,8 @@ class Dispatch(Generic[P, R]):
         self._fn = fn
         self._obj = obj
         functools.update_wrapper(self, fn)
+        sig = inspect.signature(fn)  # as a bound method's: without self
+        self.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._fn(self._obj, *args, **kwargs)
