@@ -229,6 +229,19 @@ def test_shard_count_is_kept_checked_and_rebuilt(docs: Path, kw: dict) -> None:
             ColbertIndexer("ix", shards=bad, **kw)
 
 
+def test_rebuild_without_shards_keeps_the_shard_count(docs: Path, kw: dict, inprocess: Path) -> None:
+    three = ColbertIndexer("ix", shards=3, **kw)
+    three.index([docs])
+    again = ColbertIndexer("ix", **kw)
+    report = again.index([docs], rebuild=True)  # no shards=: the index's own count, as a reopened index keeps
+    assert again.info().shards == 3 and report.chunks_total == again.info().chunks
+    remote = ColbertIndexer("rem", mode="remote", **kw)
+    remote.index([docs / "notes"])
+    ColbertIndexer("rem", mode="remote", shards=2, **kw).index([docs], rebuild=True)
+    assert remote.index([docs], rebuild=True).chunks_total > 0
+    assert remote.info().shards == 2
+
+
 def test_without_shards_the_size_decides(docs: Path, kw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     small = ColbertIndexer("small", **kw)
     small.index([docs])
