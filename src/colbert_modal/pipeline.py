@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .chunking import Chunker
 from .errors import (
@@ -39,6 +39,7 @@ from .store import FileEntry, Generation, IndexStore, Manifest, now_iso, storage
 
 __all__ = [
     "MAX_CHUNKS_PER_FILE",
+    "Applied",
     "MetadataSpec",
     "Settings",
     "UpdatePlan",
@@ -374,6 +375,13 @@ def nothing_to_index(plan: UpdatePlan) -> NoDocumentsError:
     return NoDocumentsError(f"nothing to index for {plan.name!r} ({reasons})", report=report)
 
 
+class Applied(NamedTuple):
+    """What :func:`apply_update` did: the report, and the generation it sealed (None: nothing to write)."""
+
+    report: IndexReport
+    sealed: Generation | None = None
+
+
 def apply_update(
     store: IndexStore,
     plan: UpdatePlan,
@@ -381,12 +389,14 @@ def apply_update(
     engine_factory: Callable[[str], Any],
     backend: str = "auto",
     progress: Progress | None = None,
-) -> IndexReport:
+) -> Applied:
     """Carry out ``plan`` on the index in ``store``; call under ``store.lock()``.
 
-    Encodes only the chunks that are new (exact backend), builds the next
-    generation aside and publishes it atomically. A plan with nothing to do
-    does no engine work at all. ``progress`` shows the stages: encoding
+    Encodes only the chunks that are new (exact backend) and builds the
+    next generation aside, sealed but not published: the caller publishes
+    it (``store.make_current(applied.sealed)``), or names it in a sharded
+    index's top generation. A plan with nothing to do does no engine work
+    at all. ``progress`` shows the stages: encoding
     (chunks) or PLAID's (see :meth:`Engine.build_plaid
     <colbert_modal.engine.Engine.build_plaid>`), then publishing.
     """
@@ -424,13 +434,13 @@ def apply_update(
                 store.refresh_files(prev, plan.refreshed)
             except OSError as exc:
                 raise storage_error(exc, f"recording file times in index {plan.name!r}") from exc
-        return IndexReport(
+        return Applied(IndexReport(
             **report_base,
             chunks_written=0,
             chunks_total=total,
             documents_total=len(prev.manifest.files) if prev else 0,
             timings={**plan.timings, "engine": 0.0},
-        )
+        ))
 
     # Chunks of the new generation: kept files' chunks in their old order, then new ones.
     prev_chunks = prev.verified_chunks() if prev and not plan.rebuild else []
@@ -463,8 +473,8 @@ def apply_update(
     except OSError as exc:
         raise storage_error(exc, f"writing generation {manifest.generation} of index {plan.name!r}") from exc
     try:
-        written, t1, t2 = _build(store, plan, prev, prev_chunks, kept_chunks, chunks, manifest, build_dir,
-                                 engine_factory=engine_factory, progress=progress)
+        written, t1, t2, sealed = _build(store, plan, prev, prev_chunks, kept_chunks, chunks, manifest, build_dir,
+                                         engine_factory=engine_factory, progress=progress)
     except OSError as exc:
         if isinstance(exc, ColbertModalError):
             raise
@@ -473,13 +483,13 @@ def apply_update(
         if build_dir.exists():
             shutil.rmtree(build_dir, ignore_errors=True)  # frees the space of a failed build at once
     t3 = time.perf_counter()
-    return IndexReport(
+    return Applied(IndexReport(
         **report_base,
         chunks_written=written,
         chunks_total=len(chunks),
         documents_total=len(files),
         timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
-    )
+    ), sealed)
 
 
 def check_plan(plan: UpdatePlan, prev: Generation | None) -> None:
@@ -513,8 +523,8 @@ def _build(
     store: IndexStore, plan: UpdatePlan, prev: Generation | None, prev_chunks: list[Chunk], kept_chunks: list[Chunk],
     chunks: list[Chunk], manifest: Manifest, build_dir: Path, *, engine_factory: Callable[[str], Any],
     progress: Progress,
-) -> tuple[int, float, float]:
-    """Encode and build the engine index in ``build_dir``, then publish it: (chunks written, start, built)."""
+) -> tuple[int, float, float, Generation]:
+    """Encode and build the engine index in ``build_dir``, then seal it: (chunks written, start, built, sealed)."""
     chosen = manifest.backend
     engine = engine_factory(plan.settings.model)
     texts = [c.text for c in chunks]
@@ -539,30 +549,30 @@ def _build(
         )
     t2 = time.perf_counter()
     with progress.stage("publishing", unit="generation") as stage:
-        store.publish(build_dir, manifest, chunks)
+        sealed = store.seal(build_dir, manifest, chunks)
         stage.update(1)
-    return written, t1, t2
+    return written, t1, t2, sealed
 
 
 def _publish_metadata_only(
     store: IndexStore, prev: Any, plan: UpdatePlan, files: dict[str, FileEntry], chunks: list[Chunk],
     report_base: dict[str, Any], t0: float,
-) -> IndexReport:
-    """Publish ``prev`` with new chunk metadata: the engine files are linked (or copied), nothing is encoded."""
+) -> Applied:
+    """Seal ``prev`` with new chunk metadata: the engine files are linked (or copied), nothing is encoded."""
     manifest = replace(prev.manifest, generation=store.next_generation_number(), files=files)
     build_dir = store.new_build_dir(manifest.generation)
     t1 = time.perf_counter()
     shutil.copytree(prev.engine_dir, build_dir / "engine", copy_function=_link_or_copy)
     t2 = time.perf_counter()
-    store.publish(build_dir, manifest, chunks)
+    sealed = store.seal(build_dir, manifest, chunks)
     t3 = time.perf_counter()
-    return IndexReport(
+    return Applied(IndexReport(
         **report_base,
         chunks_written=0,
         chunks_total=len(chunks),
         documents_total=len(files),
         timings={**plan.timings, "prepare": t1 - t0, "encode_and_build": t2 - t1, "publish": t3 - t2},
-    )
+    ), sealed)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

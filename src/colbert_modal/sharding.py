@@ -59,7 +59,17 @@ from .pipeline import (
 )
 from .progress import Progress
 from .search import GenerationView, OpenGeneration
-from .store import SHARDED_FORMAT, FileEntry, Generation, IndexStore, Manifest, load_generation, now_iso
+from .store import (
+    SHARDED_FORMAT,
+    FileEntry,
+    Generation,
+    IndexStore,
+    Manifest,
+    generation_name,
+    generation_number,
+    load_generation,
+    now_iso,
+)
 
 __all__ = [
     "MAX_CHUNKS_PER_SHARD",
@@ -113,16 +123,14 @@ class ShardStore(IndexStore):
     """One shard of a sharded index: its generations, without a ``CURRENT`` of its own.
 
     ``live`` is the shard's generation the published top generation names
-    (None: a new or empty shard). :meth:`publish` only seals a new
-    generation (:attr:`sealed`); the top generation publishes it. Writes
-    happen under the index's lock (or write lease), so :meth:`lock` takes
-    nothing.
+    (None: a new or empty shard). Updates only seal the shard's generations
+    (:func:`~colbert_modal.pipeline.apply_update`); the top generation
+    publishes them. Writes happen under the index's lock (or write lease).
     """
 
     def __init__(self, index_path: Path, shard: str, live: str | None) -> None:
         super().__init__(index_path / "shards", shard)
         self.live = live
-        self.sealed: Generation | None = None
 
     def exists(self) -> bool:
         return self.live is not None
@@ -130,18 +138,12 @@ class ShardStore(IndexStore):
     def current_generation_name(self) -> str | None:
         return self.live
 
-    def lock(self, timeout: float = 0.0) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
-
     def next_generation_number(self) -> int:
         (self.path / "generations").mkdir(parents=True, exist_ok=True)
         return super().next_generation_number()
 
-    def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
-        self.sealed = self.seal(build_dir, manifest, chunks)
-        return self.sealed
+    def make_current(self, sealed: Generation) -> Generation:
+        raise AssertionError("a shard's generations are published by the top generation")  # pragma: no cover
 
     def refresh_files(self, generation: Generation, stats: dict[str, tuple[int, float]]) -> None:
         """Nothing: file times are recorded in the top manifest."""
@@ -183,8 +185,8 @@ def build_shard(
     """
     t0 = time.perf_counter()
     store = ShardStore(IndexStore(job.index_root, job.index).path, job.shard, job.live)
-    report = apply_update(store, job.plan, engine_factory=engine_factory, backend=job.backend, progress=progress)
-    sealed = store.sealed
+    report, sealed = apply_update(store, job.plan, engine_factory=engine_factory, backend=job.backend,
+                                  progress=progress)
     if sealed is None:
         return ShardResult(job.shard, report, seconds=time.perf_counter() - t0)
     m = sealed.manifest
@@ -241,7 +243,7 @@ def split_plan(
         parts[sid] = UpdatePlan(
             name=f"{plan.name}/{sid}",
             settings=replace(plan.settings, shard_count=None),
-            base_generation=int(gen[1:]) if gen else 0,
+            base_generation=generation_number(gen),
             new_files=new_files,
             new_chunks=[c for p in new_files for c in chunks_by_source.get(p, [])],
             remove=remove,
@@ -285,7 +287,10 @@ def apply(
     sharded_prev = prev is not None and not plan.rebuild and prev.manifest.shards is not None
     n = _wanted_shards(plan, prev)
     if not sharded_prev and n == 1:
-        return apply_update(store, plan, engine_factory=engine_factory, backend=backend, progress=progress)
+        report, sealed = apply_update(store, plan, engine_factory=engine_factory, backend=backend, progress=progress)
+        if sealed is not None:
+            store.make_current(sealed)
+        return report
     progress = progress if progress is not None else Progress(False)
     t0 = time.perf_counter()
     check_plan(plan, prev)
@@ -425,7 +430,7 @@ def adopt_shards(index: IndexStore, staging: Path, fetch: Callable[[str, str, Pa
         number = home.next_generation_number()
         build = home.new_build_dir(number)
         fetch(sid, entry["generation"], build)
-        final = home.generation_path(f"g{number:06d}")
+        final = home.generation_path(generation_name(number))
         os.replace(build, final)
         entry["generation"] = final.name
     (staging / "manifest.json").write_text(json.dumps(gen.manifest.to_json(), indent=1), encoding="utf-8")

@@ -67,6 +67,8 @@ __all__ = [
     "default_index_root",
     "file_checksum",
     "generation_checksums",
+    "generation_name",
+    "generation_number",
     "list_indexes",
     "load_generation",
     "now_iso",
@@ -121,6 +123,21 @@ def default_index_root() -> Path:
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
     return (base / "colbert-modal").absolute()
+
+
+def generation_name(number: int) -> str:
+    """The directory name of generation ``number``: 3 -> ``"g000003"`` (the only place names are made)."""
+    return f"g{number:06d}"
+
+
+def generation_number(name: str | None) -> int:
+    """The number of a generation's directory name: ``"g000003"`` -> 3; None (no generation) -> 0."""
+    if name is None:
+        return 0
+    m = _GEN.fullmatch(name)
+    if m is None:
+        raise ValueError(f"not a generation name: {name!r}")
+    return int(m.group(1))
 
 
 def now_iso() -> str:
@@ -452,7 +469,7 @@ class IndexStore:
         The name is unique even across machines that share the index root
         (Modal containers on one Volume can have the same pid).
         """
-        path = self.path / "generations" / f".g{number:06d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path = self.path / "generations" / f".{generation_name(number)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
 
@@ -487,21 +504,24 @@ class IndexStore:
                     fh.write("\n")
             manifest.checksums = generation_checksums(build_dir)
         _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
-        final = self.generation_path(f"g{manifest.generation:06d}")
+        final = self.generation_path(generation_name(manifest.generation))
         os.replace(build_dir, final)
         return Generation(final, manifest)
 
     def publish(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
-        """Finish a build in ``build_dir`` and make it the current generation."""
+        """Finish a build in ``build_dir`` and make it the current generation: :meth:`seal`, then :meth:`make_current`."""
+        return self.make_current(self.seal(build_dir, manifest, chunks))
+
+    def make_current(self, sealed: Generation) -> Generation:
+        """Publish a generation :meth:`seal` made: point ``CURRENT`` at it (atomically), prune older ones."""
         previous = self._current_or_none()
-        final = self.seal(build_dir, manifest, chunks).path
         try:
-            _write_text_atomic(self.path / "CURRENT", final.name + "\n")
+            _write_text_atomic(self.path / "CURRENT", sealed.path.name + "\n")
         except BaseException:
-            shutil.rmtree(final, ignore_errors=True)  # never leave an unpublished generation behind
+            shutil.rmtree(sealed.path, ignore_errors=True)  # never leave an unpublished generation behind
             raise
-        self._prune(keep={final.name, previous})
-        return Generation(final, manifest)
+        self._prune(keep={sealed.path.name, previous})
+        return sealed
 
     def refresh_files(self, generation: Generation, stats: dict[str, tuple[int, float]]) -> None:
         """Record new (size, mtime) of files whose content did not change, in
