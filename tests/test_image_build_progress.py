@@ -22,7 +22,7 @@ import pytest
 
 from colbert_modal import ColbertIndexer, modal_app
 from colbert_modal.errors import RemoteError
-from colbert_modal.progress import Progress
+from colbert_modal.progress import Progress, StageEnded, StageNoted
 from colbert_modal.remote import build_log
 from colbert_modal.remote import client as remote_client
 from modal_standin import StandIn, standin_fixture, standin_server_fixture  # noqa: F401 (fixtures)
@@ -64,7 +64,7 @@ def test_the_hook_exists_in_the_pinned_modal() -> None:
 
 
 def test_build_log_reads_chunks_cut_anywhere_and_interleaved() -> None:
-    events: list[tuple] = []
+    events: list = []
     progress = Progress(False, sink=events.append)
     stage = progress.stage("connecting to Modal", unit="step")
     log = build_log.BuildLog(stage, [("client image", ("client.lock",)), ("GPU image", ("apt-get",))])
@@ -81,7 +81,7 @@ def test_build_log_reads_chunks_cut_anywhere_and_interleaved() -> None:
     assert unfinished is not None and unfinished.image_id == "im-cpu1" and unfinished.lines[-1] == "Saving image..."
     log.feed("b", "u1 in 2.5s\n")
     log.flush()
-    notes = [e[2] for e in events if e[0] == "note"]
+    notes = [e.text for e in events if isinstance(e, StageNoted)]
     assert "GPU image im-gpu1, step 1: RUN apt-get install -y git" in notes
     assert "client image im-cpu1, step 1: COPY /.0_client.lock /.uv/0/client.lock" in notes
     assert notes[-2:] == ["built GPU image im-gpu1 in 84 s", "built client image im-cpu1 in 2.5 s"]
@@ -135,16 +135,16 @@ def test_not_watched_shows_nothing(
 
 def test_start_shows_the_build_and_stays_quiet_when_built(standin: StandIn) -> None:
     standin.build_images()
-    events: list[tuple] = []
+    events: list = []
     session = remote_client.RemoteSession("ephemeral")
     try:
         session.start(Progress(True, sink=events.append))
     finally:
         session.close()
-    notes = [e[2] for e in events if e[0] == "note" and e[1] == "connecting to Modal"]
+    notes = [e.text for e in events if isinstance(e, StageNoted) and e.stage == "connecting to Modal"]
     assert notes[0] == "a first run builds the images (minutes)"
     assert any(", step " in n for n in notes) and notes[-1].startswith("built ")
-    assert events[-1] == ("end", "connecting to Modal")
+    assert events[-1] == StageEnded("connecting to Modal")
 
     events.clear()  # nothing to build (the stand-in's default): one note says so
     standin.builds.enabled = False
@@ -153,7 +153,7 @@ def test_start_shows_the_build_and_stays_quiet_when_built(standin: StandIn) -> N
         session.start(Progress(True, sink=events.append))
     finally:
         session.close()
-    assert [e[2] for e in events if e[0] == "note"][-1] == "images already built"
+    assert [e.text for e in events if isinstance(e, StageNoted)][-1] == "images already built"
 
 
 @pytest.mark.parametrize("watched", [True, False])

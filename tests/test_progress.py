@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from colbert_modal import ColbertIndexer
-from colbert_modal.progress import Progress, bar_kind, in_notebook, should_show
+from colbert_modal.progress import (
+    Progress,
+    StageAdvanced,
+    StageEnded,
+    StageStarted,
+    bar_kind,
+    in_notebook,
+    should_show,
+)
+from colbert_modal.remote import ApplyFinished
 
 
 class FakeTTY(io.StringIO):
@@ -81,7 +90,7 @@ def test_argument_overrides(no_ci: None, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_stages_count_log_once_and_travel(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="colbert_modal.progress")
-    events: list[tuple] = []
+    events: list = []
     progress = Progress(True, sink=events.append)
     with progress.stage("encoding", total=5, unit="chunk") as stage:
         for _ in range(5):
@@ -92,7 +101,7 @@ def test_stages_count_log_once_and_travel(caplog: pytest.LogCaptureFixture) -> N
     spinner.close()  # idempotent: still one line
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["encoding", "PLAID training"]
     assert "5 chunks" in caplog.records[0].getMessage()
-    assert events[0] == ("start", "encoding", 5, "chunk") and events[-1] == ("end", "PLAID training")
+    assert events[0] == StageStarted("encoding", 5, "chunk") and events[-1] == StageEnded("PLAID training")
 
     caplog.clear()
     client = Progress(False)  # the client replays a container's events
@@ -170,7 +179,7 @@ def test_remote_stages_stream_from_the_container(
         plan = idx._plan([str(docs)], idx._remote_runner().session.manifest("remote"), passwords=None, rebuild=False,
                          keep_missing=False, progress=Progress(False))
         items = list(modal_app.Writer().apply_stream.local(plan, backend="exact"))
-    assert items[0] == STARTED and items[-1][0] == "result" and items[-1][1].chunks_written == 1
-    updates = [e for e in items if e[0] == "update" and e[1] == "encoding"]
-    assert sum(e[2] for e in updates) == 1
-    assert ("start", "committing", None, "step") in items
+    assert items[0] == STARTED and isinstance(items[-1], ApplyFinished) and items[-1].report.chunks_written == 1
+    updates = [e for e in items if isinstance(e, StageAdvanced) and e.stage == "encoding"]
+    assert sum(e.n for e in updates) == 1
+    assert StageStarted("committing", None, "step") in items

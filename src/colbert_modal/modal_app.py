@@ -262,7 +262,7 @@ class Writer:
 
     @modal.method()
     def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0, shard_options=None):
-        """:meth:`apply` as a generator: progress events as they happen, then ``("result", report)``.
+        """:meth:`apply` as a generator: progress events as they happen, then the report (``remote.ApplyItem``).
 
         The client reads it with ``.remote_gen()`` (``.local()`` in tests) to
         show the container's stages; see :func:`colbert_modal.remote.server.stream_apply`.

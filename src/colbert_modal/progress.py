@@ -13,10 +13,10 @@ spinner with the elapsed time. :class:`Progress` draws them:
 Whether bars show or not, each finished stage logs one INFO line on the
 ``colbert_modal.progress`` logger, never more.
 
-Stages also travel as plain tuples (:data:`Event`): a Modal container
-reports its stages through a sink (:class:`Progress` ``(sink=...)``) and the
-client replays them with :meth:`Progress.replay`, so remote work shows the
-same bars as local work.
+Stages also travel as small frozen records (:data:`Event`: started,
+advanced, noted, ended): a Modal container reports its stages through a sink
+(:class:`Progress` ``(sink=...)``) and the client replays them with
+:meth:`Progress.replay`, so remote work shows the same bars as local work.
 """
 
 from __future__ import annotations
@@ -28,15 +28,59 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["Event", "Progress", "Stage", "bar_kind", "in_notebook", "should_show"]
+__all__ = [
+    "Event",
+    "Progress",
+    "Stage",
+    "StageAdvanced",
+    "StageEnded",
+    "StageNoted",
+    "StageStarted",
+    "bar_kind",
+    "in_notebook",
+    "should_show",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``("start", name, total, unit)``, ``("update", name, n)``, ``("note", name, text)``
-#: or ``("end", name)``: a stage's life as plain data (it pickles).
-Event = tuple[Any, ...]
+
+@dataclass(frozen=True)
+class StageStarted:
+    """Stage ``stage`` began, counting ``total`` (None: a spinner) ``unit`` s."""
+
+    stage: str
+    total: int | None
+    unit: str
+
+
+@dataclass(frozen=True)
+class StageAdvanced:
+    """Stage ``stage`` counted ``n`` more."""
+
+    stage: str
+    n: int
+
+
+@dataclass(frozen=True)
+class StageNoted:
+    """Stage ``stage`` shows ``text`` beside its bar."""
+
+    stage: str
+    text: str
+
+
+@dataclass(frozen=True)
+class StageEnded:
+    """Stage ``stage`` finished."""
+
+    stage: str
+
+
+#: A stage's life as plain data (it pickles): what a sink receives and :meth:`Progress.replay` applies.
+Event = StageStarted | StageAdvanced | StageNoted | StageEnded
 
 #: Seconds between redraws of a spinner (a stage that cannot count).
 SPIN_INTERVAL = 0.5
@@ -120,7 +164,7 @@ class Stage:
             if total is None:
                 self._spinner = threading.Thread(target=self._spin, name=f"progress-{name}", daemon=True)
                 self._spinner.start()
-        owner.emit(("start", name, total, unit))
+        owner.emit(StageStarted(name, total, unit))
 
     def _spin(self) -> None:
         while not self._stop.wait(SPIN_INTERVAL):
@@ -134,14 +178,14 @@ class Stage:
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
-        self.owner.emit(("update", self.name, n))
+        self.owner.emit(StageAdvanced(self.name, n))
 
     def note(self, text: str) -> None:
         """A short remark shown after the bar (e.g. ``"112 chunks"``) and in the log line."""
         self.note_text = text
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=True)
-        self.owner.emit(("note", self.name, text))
+        self.owner.emit(StageNoted(self.name, text))
 
     def close(self) -> None:
         """End the stage: close its bar, log its one INFO line."""
@@ -158,7 +202,7 @@ class Stage:
         detail = ", ".join(part for part in (counted, self.note_text) if part)
         if self.owner.log:
             logger.info("%s: %s%s%.1f s", self.name, detail, " in " if detail else "", seconds)
-        self.owner.emit(("end", self.name))
+        self.owner.emit(StageEnded(self.name))
         self.owner.finished(self)
 
     def __enter__(self) -> Stage:
@@ -235,18 +279,17 @@ class Progress:
 
     def replay(self, event: Event) -> None:
         """Apply an :data:`Event` that another process emitted (a Modal container's stage)."""
-        kind, name = event[0], event[1]
-        if kind == "start":
-            self.stage(name, total=event[2], unit=event[3])
+        if isinstance(event, StageStarted):
+            self.stage(event.stage, total=event.total, unit=event.unit)
             return
-        stage = self.stages.get(name)
+        stage = self.stages.get(event.stage)
         if stage is None:
             return
-        if kind == "update":
-            stage.update(int(event[2]))
-        elif kind == "note":
-            stage.note(str(event[2]))
-        elif kind == "end":
+        if isinstance(event, StageAdvanced):
+            stage.update(event.n)
+        elif isinstance(event, StageNoted):
+            stage.note(event.text)
+        elif isinstance(event, StageEnded):
             stage.close()
 
     def close(self) -> None:

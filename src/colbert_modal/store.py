@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -51,9 +50,16 @@ from .errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexStorageError,
-    InvalidIndexNameError,
 )
 from .models import Chunk, IndexInfo
+from .names import (
+    default_index_root,
+    generation_name,
+    generation_number,
+    is_generation_name,
+    is_plain_name,
+    validate_index_name,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,63 +87,9 @@ FORMAT_VERSION = 1
 SHARDED_FORMAT = 2
 logger = logging.getLogger(__name__)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_GEN = re.compile(r"g(\d{6})")
-#: Names Windows reserves for devices, in any case and with any extension.
-_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
 #: What a damaged-index error tells the user to do.
 REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def _plain_name(name: object) -> bool:
-    return isinstance(name, str) and _NAME.fullmatch(name) is not None and name.lower() not in _RESERVED
-
-
-def validate_index_name(name: str) -> str:
-    """Return ``name`` if it is a plain index name, else raise InvalidIndexNameError."""
-    if not _plain_name(name):
-        raise InvalidIndexNameError(
-            f"invalid index name {name!r}: use 1-128 letters, digits, '-' or '_', "
-            "starting with a letter or digit (no '/', '..', spaces, newlines or absolute paths, "
-            "nor a name Windows reserves such as CON or NUL)"
-        )
-    return name
-
-
-def default_index_root() -> Path:
-    """``$COLBERT_MODAL_INDEX_ROOT``, else a per-user data directory.
-
-    Linux: ``$XDG_DATA_HOME/colbert-modal`` (``~/.local/share/colbert-modal``);
-    macOS: ``~/Library/Application Support/colbert-modal``;
-    Windows: ``%LOCALAPPDATA%\\colbert-modal``. Never the working directory.
-    """
-    env = os.environ.get("COLBERT_MODAL_INDEX_ROOT")
-    if env:
-        return Path(env).expanduser().absolute()
-    home = Path.home()
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif os.uname().sysname == "Darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return (base / "colbert-modal").absolute()
-
-
-def generation_name(number: int) -> str:
-    """The directory name of generation ``number``: 3 -> ``"g000003"`` (the only place names are made)."""
-    return f"g{number:06d}"
-
-
-def generation_number(name: str | None) -> int:
-    """The number of a generation's directory name: ``"g000003"`` -> 3; None (no generation) -> 0."""
-    if name is None:
-        return 0
-    m = _GEN.fullmatch(name)
-    if m is None:
-        raise ValueError(f"not a generation name: {name!r}")
-    return int(m.group(1))
 
 
 def now_iso() -> str:
@@ -385,7 +337,7 @@ class IndexStore:
             return None
         except (OSError, UnicodeDecodeError) as exc:
             raise damaged_error(path, f"cannot be read ({exc})") from exc
-        if not _GEN.fullmatch(name):
+        if not is_generation_name(name):
             raise damaged_error(path, f"does not name a generation ({name[:40]!r})")
         return name
 
@@ -456,11 +408,11 @@ class IndexStore:
             p.unlink(missing_ok=True)
         current = self._current_or_none()
         if current is not None and (gens / current).is_dir():
-            older = [p.name for p in gens.iterdir() if _GEN.fullmatch(p.name) and p.name < current]
+            older = [p.name for p in gens.iterdir() if is_generation_name(p.name) and p.name < current]
             self._prune(keep={current, max(older, default=None)})
 
     def next_generation_number(self) -> int:
-        nums = [int(m.group(1)) for p in (self.path / "generations").iterdir() if (m := _GEN.fullmatch(p.name))]
+        nums = [generation_number(p.name) for p in (self.path / "generations").iterdir() if is_generation_name(p.name)]
         return max(nums, default=0) + 1
 
     def new_build_dir(self, number: int) -> Path:
@@ -537,7 +489,7 @@ class IndexStore:
 
     def _prune(self, keep: set[str | None]) -> None:
         for p in (self.path / "generations").iterdir():
-            if _GEN.fullmatch(p.name) and p.name not in keep:
+            if is_generation_name(p.name) and p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
         if (self.path / "shards").is_dir():
             self._prune_shards()
@@ -546,7 +498,7 @@ class IndexStore:
         """Remove shard generations no kept top generation names (a failed update's too) and shard builds."""
         live: set[tuple[str, str | None]] = set()
         for p in (self.path / "generations").iterdir():
-            if _GEN.fullmatch(p.name):
+            if is_generation_name(p.name):
                 try:
                     shards = load_generation(p).manifest.shards or {}
                 except IndexStorageError:
@@ -557,7 +509,7 @@ class IndexStore:
             if not gens.is_dir():
                 continue
             for p in gens.iterdir():
-                if p.name.startswith(".g") or (_GEN.fullmatch(p.name) and (shard.name, p.name) not in live):
+                if p.name.startswith(".g") or (is_generation_name(p.name) and (shard.name, p.name) not in live):
                     shutil.rmtree(p, ignore_errors=True)
             if not any(gens.iterdir()):
                 shutil.rmtree(shard, ignore_errors=True)
@@ -590,7 +542,7 @@ def list_indexes(root: str | os.PathLike[str]) -> list[str]:
     base = Path(root).expanduser()
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and _plain_name(p.name))
+    return sorted(p.name for p in base.iterdir() if (p / "CURRENT").is_file() and is_plain_name(p.name))
 
 
 if sys.platform == "win32":  # pragma: no cover - Windows

@@ -34,7 +34,24 @@ Pick one with ``$COLBERT_MODAL_REMOTE_APP`` (``ephemeral`` / ``deployed`` /
 
 from __future__ import annotations
 
-__all__ = ["API_VERSION", "APP_NAME", "IMAGE_TORCH", "KINDS", "UV_VERSION", "VOLUME_MOUNT", "VOLUME_NAME", "gpu_setting"]
+from dataclasses import dataclass
+
+from ..models import IndexReport
+from ..progress import Event
+
+__all__ = [
+    "API_VERSION",
+    "APP_NAME",
+    "IMAGE_TORCH",
+    "KINDS",
+    "UV_VERSION",
+    "VOLUME_MOUNT",
+    "VOLUME_NAME",
+    "ApplyFinished",
+    "ApplyItem",
+    "ContainerStarted",
+    "gpu_setting",
+]
 
 #: What the client and the app's bodies agree on (arguments, results, the Volume's layout). A deployed
 #: app answers it from ``app_version``; a client refuses an app of another version once per session
@@ -69,3 +86,22 @@ def gpu_setting(value: str | None, default: str | list[str] | None) -> str | lis
         return None
     names = [v.strip() for v in value.split(",") if v.strip()]
     return names[0] if len(names) == 1 else names
+
+
+# --- what ``Writer.apply_stream`` yields (the client reads it with ``.remote_gen()``) -----------------
+
+
+@dataclass(frozen=True)
+class ContainerStarted:
+    """The first item: the container is up and the build begins."""
+
+
+@dataclass(frozen=True)
+class ApplyFinished:
+    """The last item: the update's report."""
+
+    report: IndexReport
+
+
+#: One item of the stream: the container started, a stage's progress event, or the report.
+ApplyItem = ContainerStarted | Event | ApplyFinished

@@ -23,7 +23,7 @@ from ..pipeline import UpdatePlan
 from ..progress import Progress, Stage
 from ..sharding import ShardAnswer, merge_results
 from ..store import Manifest
-from . import KINDS, gpu_setting
+from . import KINDS, ApplyFinished, ContainerStarted, gpu_setting
 from .connection import translated
 from .transports import APP_RUN, Transport, transport_for
 from .volumes import VolumeFiles
@@ -206,10 +206,10 @@ class RemoteSession:
                     writer = self._writer()
             starting = progress.stage("starting the container", unit="step")
             for item in self.stream(writer.apply_stream, plan, what=what, limit=self.writer_timeout(), **kwargs):
-                if item[0] == "started":
+                if isinstance(item, ContainerStarted):
                     starting.close()
-                elif item[0] == "result":
-                    streamed = item[1]
+                elif isinstance(item, ApplyFinished):
+                    streamed = item.report
                 else:
                     progress.replay(item)
         finally:

@@ -27,7 +27,7 @@ from ..errors import IndexNotFoundError
 from ..filters import parse_where
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import Settings, UpdatePlan, plan_update
-from ..progress import Event, Progress
+from ..progress import Event, Progress, StageAdvanced, StageEnded, StageStarted
 from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
 from ..sharding import (
     OpenShard,
@@ -41,7 +41,7 @@ from ..sharding import (
 )
 from ..sharding import apply as apply_sharded
 from ..store import Generation, IndexStore, load_generation
-from . import VOLUME_MOUNT
+from . import VOLUME_MOUNT, ApplyFinished, ApplyItem, ContainerStarted
 from .leases import LEASE_TTL, DirectoryLeases, LeaseStore, WriteLease, default_owner, write_lease
 
 __all__ = [
@@ -161,7 +161,7 @@ def apply_plan(
 
 
 #: The first item :func:`stream_apply` yields: the container has started.
-STARTED: Event = ("started",)
+STARTED = ContainerStarted()
 
 
 def stream_apply(
@@ -175,15 +175,15 @@ def stream_apply(
     leases: LeaseStore | None = None,
     owner: str | None = None,
     build_shards: ShardBuilder | None = None,
-) -> Iterator[Event]:
-    """:func:`apply_plan` as a stream: progress :data:`~colbert_modal.progress.Event` s, then ``("result", report)``.
+) -> Iterator[ApplyItem]:
+    """:func:`apply_plan` as a stream: progress :data:`~colbert_modal.progress.Event` s, then the report.
 
     The body of a Modal generator method: the client iterates it with
     ``.remote_gen()`` (or ``.local()``) and replays the events on its own
     bars. Yields :data:`STARTED` first, then the stages of the build
     (encoding in chunks, PLAID's, publishing) as they happen, then
-    ``("stage", "committing")`` around ``commit`` (the Volume commit), and
-    last the report. An error in the build is raised here, after the events
+    a "committing" stage around ``commit`` (the Volume commit), and last
+    :class:`~colbert_modal.remote.ApplyFinished` with the report. An error in the build is raised here, after the events
     that came before it. With ``leases``, the index's :func:`write_lease` is
     held from before ``reload`` until after ``commit``.
     """
@@ -214,27 +214,27 @@ def stream_apply(
         if "error" in outcome:
             raise outcome["error"]
         if commit is not None:
-            yield ("start", "committing", None, "step")
+            yield StageStarted("committing", None, "step")
             commit()
-            yield ("end", "committing")
-    yield ("result", outcome["report"])
+            yield StageEnded("committing")
+    yield ApplyFinished(outcome["report"])
 
 
 def _merge_updates(event: Event, events: queue.Queue[Event | None]) -> Event:
-    """``event``, with the ``update`` events of the same stage already queued behind it added in."""
-    if event[0] != "update":
+    """``event``, with the advances of the same stage already queued behind it added in."""
+    if not isinstance(event, StageAdvanced):
         return event
-    n = event[2]
+    n = event.n
     while True:
         try:
             nxt = events.queue[0]  # peek: the worker only appends
         except IndexError:
             break
-        if nxt is None or nxt[0] != "update" or nxt[1] != event[1]:
+        if not isinstance(nxt, StageAdvanced) or nxt.stage != event.stage:
             break
         events.get_nowait()
-        n += nxt[2]
-    return ("update", event[1], n)
+        n += nxt.n
+    return StageAdvanced(event.stage, n)
 
 
 def adopt_upload(root: str | os.PathLike[str], name: str, upload: str) -> IndexInfo:
