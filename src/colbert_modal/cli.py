@@ -706,7 +706,7 @@ def doctor(remote: bool, build_image: bool, model: str | None, index_root: Path 
     from .doctor import check_local, check_remote
 
     if remote:
-        steps = check_remote(model=model, build_image=build_image, progress=_print_step)
+        steps = check_remote(model=model, build_image=build_image, on_step=_print_step)
     else:
         steps = check_local(index_root=index_root, model=model)
         for step in steps:

@@ -113,7 +113,7 @@ def check_local(*, index_root: str | os.PathLike[str] | None = None, model: str 
 
 
 def check_remote(
-    *, model: str | None = None, build_image: bool = False, progress: Callable[[Step], None] | None = None
+    *, model: str | None = None, build_image: bool = False, on_step: Callable[[Step], None] | None = None
 ) -> list[Step]:
     """Remote mode, step by step; a failed step skips the ones that need it."""
     from .remote import APP_NAME, VOLUME_NAME
@@ -130,8 +130,8 @@ def check_remote(
     steps: list[Step] = []
 
     def done() -> None:
-        if progress is not None:
-            progress(steps[-1])
+        if on_step is not None:
+            on_step(steps[-1])
 
     with _timed(steps, "credentials", fix=CREDENTIALS_HELP) as step:
         check_credentials()

@@ -541,7 +541,7 @@ def _build(
             written = len(plan.new_chunks)
         with progress.stage("encoding", total=written, unit="chunk") as stage:
             engine.build_exact(
-                texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, progress=stage.update
+                texts, build_dir / "engine", max_tokens=plan.settings.max_tokens, reuse=reuse, stage=stage
             )
     else:
         engine.build_plaid(

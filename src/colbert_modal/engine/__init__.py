@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigurationError, EngineError
-from ..progress import Progress
+from ..progress import Progress, Stage
 from . import exact, plaid
 from ._upstream import colbert_config, import_ragatouille
 from .clustering import kmeans
@@ -129,15 +129,15 @@ class Engine(Encoder):
 
     def build_exact(
         self, texts: Sequence[str], dest: Path, *, max_tokens: int, reuse: Reuse | None = None,
-        progress: Callable[[int], Any] | None = None,
+        stage: Stage | None = None,
     ) -> None:
         """Encode ``texts`` (except those reused) and store an exact index in ``dest``.
 
         ``reuse`` (see :func:`exact_reuse_from`) is (embeddings, doclens,
         mapping): ``mapping[i]`` is the row of text ``i`` in the previous
-        index, or -1 to encode it.
+        index, or -1 to encode it. ``stage`` counts the texts encoded.
         """
-        exact.build(self, texts, dest, max_tokens=max_tokens, reuse=reuse, progress=progress)
+        exact.build(self, texts, dest, max_tokens=max_tokens, reuse=reuse, stage=stage)
 
     def open(self, engine_dir: Path, backend: str, texts: Sequence[str]) -> ExactIndex | PlaidIndex:
         """The index of ``backend`` stored in ``engine_dir``, whose chunks are ``texts``."""

@@ -17,11 +17,12 @@ generation's engine directory:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import EngineError, IndexStorageError
+from ..progress import Stage
 from .encoder import Encoder
 
 __all__ = ["ExactIndex", "Reuse", "build", "load", "reuse_from"]
@@ -66,13 +67,13 @@ def reuse_from(engine_dir: Path, mapping: list[int]) -> Reuse:
 
 def build(
     engine: Encoder, texts: Sequence[str], dest: Path, *, max_tokens: int, reuse: Reuse | None = None,
-    progress: Callable[[int], Any] | None = None,
+    stage: Stage | None = None,
 ) -> None:
     """Encode ``texts`` (except those reused) with ``engine`` and store an exact index in ``dest``.
 
     ``reuse`` (see :func:`reuse_from`) is (embeddings, doclens, mapping):
     ``mapping[i]`` is the row of text ``i`` in the previous index, or -1 to
-    encode it. ``progress(n)`` is called after each ``n`` texts encoded.
+    encode it. ``stage`` (a progress stage) counts the texts as they are encoded.
     """
     import numpy as np
 
@@ -96,8 +97,8 @@ def build(
             f.write(np.ascontiguousarray(e, dtype=np.float16).tobytes())
             enc_lens[start : start + len(batch)] = d
             del e
-            if progress is not None:
-                progress(len(batch))
+            if stage is not None:
+                stage.update(len(batch))
     if reuse:
         old_embs, old_lens = reuse[0], reuse[1]
         old_offsets = np.concatenate([[0], np.cumsum(old_lens, dtype=np.int64)])
