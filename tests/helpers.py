@@ -82,3 +82,41 @@ def read_or_die(path: Path, password: str | None) -> list:
     if path.name.startswith("die-kill"):
         os.kill(os.getpid(), signal.SIGKILL)
     return read_file(path, password)
+
+
+def read_or_hang(path: Path, password: str | None) -> list:
+    """A loader-process reader that never returns on files named ``hang*``, as a parser stuck in a loop would.
+
+    Before it hangs it writes its pid to ``$LOADER_TEST_MARKERS/<pid>`` (when
+    that is set), so a test knows the loader process is busy with the file.
+    """
+    import os
+    import time
+
+    from colbert_modal.loadpool import read_file
+
+    if path.name.startswith("hang"):
+        markers = os.environ.get("LOADER_TEST_MARKERS")
+        if markers:
+            Path(markers, str(os.getpid())).write_text(str(path), encoding="utf-8")
+        time.sleep(300)
+    return read_file(path, password)
+
+
+def change_after_reading(path: Path) -> None:
+    """What happens to a file just after a loader has read it, by its name: ``grow*`` gets a line
+    with the word "zeppelin" appended, ``gone*`` is deleted; others stay as they are."""
+    if path.name.startswith("grow"):
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write("A zeppelin came by later.\n")
+    elif path.name.startswith("gone"):
+        path.unlink()
+
+
+def read_then_change(path: Path, password: str | None) -> list:
+    """A loader-process reader that reads a file, then changes it (:func:`change_after_reading`)."""
+    from colbert_modal.loadpool import read_file
+
+    items = read_file(path, password)
+    change_after_reading(path)
+    return items

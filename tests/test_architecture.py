@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
-    ["hub", "names"],  # names: index and generation names
+    ["hub", "names", "files"],  # index and generation names; reading input files safely (regular files, hashed as read)
     ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
     ["engine._upstream"],

@@ -100,3 +100,52 @@ def test_chunking_does_not_import_torch(colbert_checkpoint: Path) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_tokenizer_file_that_truncates_and_pads_is_counted_whole(colbert_checkpoint: Path, tokenizer) -> None:
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(colbert_checkpoint / "tokenizer.json"))
+    text = " ".join(["walrus penguin"] * 300) + " zeppelin"
+    assert len(raw.encode(text, add_special_tokens=False).ids) == 128  # as the file says: cut, and padded
+    assert len(tokenizer.offsets(text)) == 601  # load_tokenizer counts every token
+    chunks = list(Chunker(tokenizer, max_tokens=64, overlap=0).chunk(_doc([text])))
+    assert sum(c.n_tokens for c in chunks) == 601 and chunks[-1].text.endswith("zeppelin")
+
+
+def test_a_tokenizer_that_truncates_anyway_is_an_error_not_a_cut(colbert_checkpoint: Path) -> None:
+    tok = load_tokenizer(colbert_checkpoint)
+    tok._tok.enable_truncation(max_length=16)  # switched back on behind the chunker's back
+    with pytest.raises(ModelLoadError, match="truncates"):
+        list(Chunker(tok, max_tokens=8, overlap=0).chunk(_doc(["walrus " * 40])))
+
+
+class _Counting(WhitespaceTokenizer):
+    def __init__(self) -> None:
+        self.chars = 0
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        self.chars += len(text)
+        return super().offsets(text)
+
+
+def test_a_chunker_stopped_early_tokenizes_no_further() -> None:
+    import itertools
+
+    tok = _Counting()
+    pages = [" ".join(f"w{p}-{i}" for i in range(2000)) for p in range(50)]  # 50 pages of ~14k characters
+    first = list(itertools.islice(Chunker(tok, max_tokens=100, overlap=10).chunk(_doc(pages)), 3))
+    assert len(first) == 3
+    assert tok.chars < 2 * 1024 * 16  # a piece or two of the first page, not the 700k characters of the document
+
+
+def test_pages_tokenized_in_pieces_give_the_chunks_of_whole_pages(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from colbert_modal import chunking
+
+    text = "\n".join(f"The walrus{i % 5}, penguin-umbrella;  harbour\tglacier. Zeppelin {i}!" for i in range(300))
+    doc = _doc([text, "a short page", text[:5000]])
+    whole = [c.model_dump() for c in Chunker(tokenizer, max_tokens=48, overlap=8).chunk(doc)]
+    for size in (7, 100, 1000):
+        monkeypatch.setattr(chunking, "_PIECE_CHARS", size)
+        monkeypatch.setattr(chunking, "_RELEASE_AT", 1)
+        assert [c.model_dump() for c in Chunker(tokenizer, max_tokens=48, overlap=8).chunk(doc)] == whole

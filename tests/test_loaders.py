@@ -202,3 +202,36 @@ def test_pypdf_noise_stays_off_the_console(caplog: pytest.LogCaptureFixture, cap
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
     assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_is_skipped_before_anything_opens_it(tmp_path: Path) -> None:
+    import threading
+
+    from colbert_modal.loaders import hash_file
+
+    os.mkfifo(tmp_path / "pipe.txt")  # nobody ever writes to it: opening it to read would wait forever
+    (tmp_path / "note.txt").write_text("a walrus\n", encoding="utf-8")
+    files, skipped = discover([tmp_path, tmp_path / "pipe.txt"])
+    assert files == [tmp_path / "note.txt"]
+    assert [(Path(s.path).name, s.error) for s in skipped] == [("pipe.txt", "FileAccessError")] * 2
+    assert "not a regular file (a named pipe (FIFO))" in skipped[0].reason
+
+    outcome: list[BaseException | str] = []
+
+    def attempt(fn) -> None:  # type: ignore[no-untyped-def]
+        try:
+            outcome.append(str(fn(tmp_path / "pipe.txt")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    for fn in (load_file, hash_file):
+        outcome.clear()
+        t = threading.Thread(target=attempt, args=(fn,), daemon=True)
+        t.start()
+        t.join(timeout=20)
+        if t.is_alive():
+            os.close(os.open(tmp_path / "pipe.txt", os.O_WRONLY | os.O_NONBLOCK))  # release it, then fail
+            pytest.fail(f"{fn.__name__} blocked on a named pipe")
+        (exc,) = outcome
+        assert isinstance(exc, FileAccessError) and "not a regular file" in str(exc), exc

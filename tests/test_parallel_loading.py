@@ -22,7 +22,7 @@ from colbert_modal.errors import ConfigurationError
 from colbert_modal.pipeline import Settings, UpdatePlan, plan_update
 from colbert_modal.progress import Progress
 from conftest import PDFS
-from helpers import make_text_pdf, read_or_die
+from helpers import make_text_pdf, read_or_die, read_then_change
 
 ENCRYPTED = "encrypted-libreoffice-writer-password.pdf"
 
@@ -209,3 +209,22 @@ def test_a_script_without_a_main_guard_can_use_loader_processes(colbert_checkpoi
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["files", "3", "pooled", "True"]
+
+
+def test_files_that_change_or_go_while_loader_processes_read_them(
+    colbert_checkpoint: Path, tmp_path: Path, few_files_suffice: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loadpool, "READER", read_then_change)  # imported by name in each loader process
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("grow.txt", "gone.txt", "stays.txt"):
+        (docs / name).write_text(f"A walrus note in {name}.\n", encoding="utf-8")
+    size_before = (docs / "grow.txt").stat().st_size
+    plan = plan_of(docs, colbert_checkpoint, workers=2, progress=Progress(False))
+
+    assert [(Path(s.path).name, s.error) for s in plan.skipped] == [("gone.txt", "FileAccessError")]
+    assert "deleted or moved while the batch was loading" in plan.skipped[0].reason
+    grown = plan.new_files[str(docs / "grow.txt")]
+    assert grown.size == size_before < (docs / "grow.txt").stat().st_size  # the size it had when it was read
+    assert [Path(w.path).name for w in plan.warnings if "changed while it was being read" in w.message] == ["grow.txt"]
+    assert sorted(Path(p).name for p in plan.new_files) == ["grow.txt", "stays.txt"]

@@ -20,15 +20,16 @@ settings gives the same ids.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from .errors import ConfigurationError, ModelLoadError
-from .models import Chunk, Document
+from .errors import ColbertModalError, ConfigurationError, ModelLoadError
+from .models import Chunk, Document, Page
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -52,6 +53,11 @@ def default_overlap(max_tokens: int) -> int:
     """
     return round(max_tokens * 0.15)
 _PAGE_JOIN = "\n\n"
+#: Tokens a chunker's stream lets pile up behind the current chunk before it drops them.
+_RELEASE_AT = 4096
+#: A page is tokenized in pieces of about this many characters (a tokenizer needs
+#: hundreds of bytes per token while it works: a whole 1 MB page took ~0.5 GB).
+_PIECE_CHARS = 1 << 15
 
 
 class Tokenizer(Protocol):
@@ -68,14 +74,28 @@ class WhitespaceTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face ``tokenizers.Tokenizer`` (fast, Rust, no torch)."""
+    """A Hugging Face ``tokenizers.Tokenizer`` (fast, Rust, no torch), counting every token.
+
+    Truncation and padding are switched off, whatever the checkpoint's
+    ``tokenizer.json`` says (sentence-transformers saves switch both on, at
+    128 tokens): the chunker must see all of a text to cut it into chunks that
+    fit. A tokenizer that truncates anyway is an error, never a silent cut.
+    """
 
     def __init__(self, tokenizer: object, name: str = "") -> None:
+        for off in ("no_truncation", "no_padding"):  # both tokenizers.Tokenizer and its implementations have them
+            if hasattr(tokenizer, off):
+                getattr(tokenizer, off)()
         self._tok = tokenizer
         self.name = name
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         enc = self._tok.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
+        if enc.overflowing:
+            raise ModelLoadError(
+                f"the tokenizer of {self.name or 'this checkpoint'} truncates texts (at {len(enc.ids)} tokens), "
+                "so chunks cannot be measured; switch its truncation off"
+            )
         return [(s, e) for s, e in enc.offsets if e > s]
 
 
@@ -83,15 +103,16 @@ def load_tokenizer(model: str | os.PathLike[str]) -> HFTokenizer:
     """The tokenizer of a ColBERT checkpoint: a local directory or a hub id.
 
     Reads ``tokenizer.json`` (or builds a WordPiece tokenizer from
-    ``vocab.txt``); for a hub id, fetches only the tokenizer files.
+    ``vocab.txt``); for a hub id, fetches only the tokenizer files. It counts
+    every token of a text: truncation and padding set in the file are ignored.
     """
-    from tokenizers import Tokenizer as _Tok
+    from tokenizers import Tokenizer as _Tokenizer
 
     path = Path(os.fspath(model)).expanduser()
     if path.is_dir():
         tj = path / "tokenizer.json"
         if tj.is_file():
-            return HFTokenizer(_Tok.from_file(str(tj)), str(path))
+            return HFTokenizer(_Tokenizer.from_file(str(tj)), str(path))
         vocab = path / "vocab.txt"
         if vocab.is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
@@ -109,14 +130,113 @@ def load_tokenizer(model: str | os.PathLike[str]) -> HFTokenizer:
     from .hub import resolve_hub_file
 
     hub_file = resolve_hub_file(str(model), "tokenizer.json")
-    return HFTokenizer(_Tok.from_file(hub_file), str(model))
+    return HFTokenizer(_Tokenizer.from_file(hub_file), str(model))
 
 
-@dataclass(frozen=True)
-class _Tok:
+def _piece_end(text: str, at: int, size: int | None = None) -> int:
+    """Where the piece of ``text`` that starts at ``at`` ends: about ``size`` characters on.
+
+    The cut is just before a space that follows a non-space: tokenizers split
+    words there anyway (WordPiece, byte-level BPE and SentencePiece alike), so
+    tokenizing the pieces one by one gives the tokens of the whole text.
+    """
+    size = size or _PIECE_CHARS
+    if len(text) - at <= size:
+        return len(text)
+    for i in itertools.chain(range(at + size, at + size // 2, -1), range(at + size + 1, len(text))):
+        if text[i].isspace() and not text[i - 1].isspace():
+            return i
+    return len(text)
+
+
+class _Tok(NamedTuple):
     start: int  # offset in the joined document text
     end: int
     word_start: bool  # begins a word (preceded by whitespace or start of text)
+
+
+class _Stream:
+    """A document's tokens, read a piece of a page at a time as the chunker asks for them.
+
+    Only the tokens (and text) from the start of the current chunk on are
+    kept, so memory follows :data:`_PIECE_CHARS`, not the document, and a
+    chunker stopped early (``max_chunks_per_file``) never tokenizes the rest.
+    Offsets are into the pages joined with blank lines, as if the whole text
+    were one string.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, pages: Iterable[Page]) -> None:
+        self._tokenizer = tokenizer
+        self._pages = iter(pages)
+        self._page: Page | None = next(self._pages, None)
+        self._at = 0  # where the next piece of _page starts
+        self._toks: list[_Tok] = []
+        self._base = 0  # index of _toks[0] among all tokens
+        self._text = ""
+        self._tbase = 0  # offset of _text[0] in the joined text
+        self._end = 0  # offset of the end of the text read so far
+        self.page_offsets: list[int] = []
+        self.page_numbers: list[int] = []
+
+    def has(self, i: int) -> bool:
+        """Whether token ``i`` exists (reading on until it is there or nothing is left)."""
+        while i >= self._base + len(self._toks):
+            if not self._read():
+                return False
+        return True
+
+    def _read(self) -> bool:
+        """Tokenize the next piece of text; False where none is left."""
+        page = self._page
+        if page is None:
+            return False
+        text, at, pos = page.text, self._at, self._end
+        if at == 0:
+            self.page_offsets.append(pos)
+            self.page_numbers.append(page.number)
+        cut = _piece_end(text, at)
+        piece = text[at:cut]
+        self._toks.extend(
+            _Tok(pos + s, pos + e, at + s == 0 or text[at + s - 1].isspace()) for s, e in self._tokenizer.offsets(piece)
+        )
+        if cut < len(text):
+            self._at = cut
+        else:
+            self._page, self._at = next(self._pages, None), 0
+            if self._page is not None:
+                piece += _PAGE_JOIN
+        self._text += piece
+        self._end += len(piece)
+        return True
+
+    @property
+    def count(self) -> int:
+        """Tokens read so far (all of them once :meth:`has` said False)."""
+        return self._base + len(self._toks)
+
+    def tok(self, i: int) -> _Tok:
+        return self._toks[i - self._base]
+
+    def text(self, start: int, end: int) -> str:
+        while end > self._end and self._read():  # a cut looks a character or two past the last token
+            pass
+        return self._text[start - self._tbase : end - self._tbase]
+
+    def release(self, lo: int) -> None:
+        """Forget the tokens before ``lo`` and their text (in bulk, so that each is dropped once)."""
+        k = lo - self._base
+        if k < _RELEASE_AT or 2 * k < len(self._toks):
+            return
+        del self._toks[:k]
+        self._base = lo
+        cut = self._toks[0].start if self._toks else self._end
+        self._text = self._text[cut - self._tbase :]
+        self._tbase = cut
+
+    def pages_between(self, start: int, end: int) -> list[int]:
+        """The numbers of the pages that text ``[start, end)`` comes from."""
+        first = max(bisect.bisect_right(self.page_offsets, start) - 1, 0)
+        return self.page_numbers[first : bisect.bisect_left(self.page_offsets, end)]
 
 
 class Chunker:
@@ -146,85 +266,64 @@ class Chunker:
             yield from self.chunk(doc)
 
     def chunk(self, document: Document) -> Iterator[Chunk]:
-        """Yield the chunks of one document, in order."""
-        # Join the pages, remembering where each starts, and tokenize page by
-        # page (bounded memory for big text files split into sections).
-        text_parts: list[str] = []
-        page_starts: list[tuple[int, int]] = []  # (offset, page number)
-        toks: list[_Tok] = []
-        pos = 0
-        for i, page in enumerate(document.pages):
-            if i:
-                text_parts.append(_PAGE_JOIN)
-                pos += len(_PAGE_JOIN)
-            page_starts.append((pos, page.number))
-            for s, e in self.tokenizer.offsets(page.text):
-                word_start = s == 0 or page.text[s - 1].isspace()
-                toks.append(_Tok(pos + s, pos + e, word_start))
-            text_parts.append(page.text)
-            pos += len(page.text)
-        text = "".join(text_parts)
+        """Yield the chunks of one document, in order.
 
-        for position, (lo, hi) in enumerate(self._windows(toks, text)):
-            start, end = toks[lo].start, toks[hi - 1].end
+        Pages are tokenized as the chunks reach them: stopping early (e.g.
+        ``itertools.islice``) leaves the rest of the document untokenized.
+        """
+        stream = _Stream(self.tokenizer, document.pages)
+        for position, (lo, hi) in enumerate(self._windows(stream)):
+            start, end = stream.tok(lo).start, stream.tok(hi - 1).end
+            if hi - lo > self.max_tokens:  # pragma: no cover - the windows never exceed it
+                raise ColbertModalError(f"{document.source}: a chunk of {hi - lo} tokens, over max_tokens={self.max_tokens}")
             yield Chunk(
                 id=f"{document.id}-{position:05d}",
                 document_id=document.id,
                 source=document.source,
                 position=position,
-                pages=_pages_between(page_starts, start, end),
-                text=text[start:end],
+                pages=stream.pages_between(start, end),
+                text=stream.text(start, end),
                 n_tokens=hi - lo,
                 metadata=dict(document.metadata),
             )
 
-    def _windows(self, toks: list[_Tok], text: str) -> Iterator[tuple[int, int]]:
-        n = len(toks)
+    def _windows(self, s: _Stream) -> Iterator[tuple[int, int]]:
         lo = 0
-        while lo < n:
-            hi = min(lo + self.max_tokens, n)
-            if hi < n:
-                hi = self._best_end(toks, text, lo, hi)
+        if not s.has(0):
+            return
+        while True:
+            hi = lo + self.max_tokens
+            hi = self._best_end(s, lo, hi) if s.has(hi) else s.count
             yield lo, hi
-            if hi >= n:
+            if not s.has(hi):
                 return
-            if "\n\n" in text[toks[hi - 1].end : toks[hi].start]:
+            if "\n\n" in s.text(s.tok(hi - 1).end, s.tok(hi).start):
                 lo = hi  # cut at a page or paragraph break: no overlap needed
-                continue
-            nxt = max(hi - self.overlap, lo + 1)
-            # start the next chunk on a word boundary, never before lo + 1
-            while nxt > lo + 1 and not toks[nxt].word_start:
-                nxt -= 1
-            if not toks[nxt].word_start:
-                nxt = hi
-            lo = nxt
+            else:
+                nxt = max(hi - self.overlap, lo + 1)
+                # start the next chunk on a word boundary, never before lo + 1
+                while nxt > lo + 1 and not s.tok(nxt).word_start:
+                    nxt -= 1
+                lo = nxt if s.tok(nxt).word_start else hi
+            s.release(lo)
 
-    def _best_end(self, toks: list[_Tok], text: str, lo: int, hi: int) -> int:
+    def _best_end(self, s: _Stream, lo: int, hi: int) -> int:
         """Move the end back to a page/paragraph break or a sentence end (both
         only within the last 30% of the window), else to a word end."""
         floor = lo + max(1, int((hi - lo) * 0.7))
         for cut in range(hi, floor, -1):
-            if "\n\n" in text[toks[cut - 1].end : toks[cut].start]:
+            if "\n\n" in s.text(s.tok(cut - 1).end, s.tok(cut).start):
                 return cut
         for cut in range(hi, floor, -1):
-            if toks[cut].word_start and _ends_sentence(text, toks[cut - 1].end):
+            if s.tok(cut).word_start and _ends_sentence(s, s.tok(cut - 1).end):
                 return cut
         for cut in range(hi, lo, -1):
-            if toks[cut].word_start:
+            if s.tok(cut).word_start:
                 return cut
         return hi  # one enormous "word": cut inside it
 
 
-def _ends_sentence(text: str, end: int) -> bool:
-    ch = text[end - 1] if end else ""
-    nxt = text[end : end + 2]
+def _ends_sentence(s: _Stream, end: int) -> bool:
+    ch = s.text(end - 1, end) if end else ""
+    nxt = s.text(end, end + 2)
     return ch in ".!?;:" or "\n" in nxt
-
-
-def _pages_between(page_starts: list[tuple[int, int]], start: int, end: int) -> list[int]:
-    pages = []
-    for i, (offset, number) in enumerate(page_starts):
-        next_offset = page_starts[i + 1][0] if i + 1 < len(page_starts) else float("inf")
-        if offset < end and next_offset > start:
-            pages.append(number)
-    return pages

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from .errors import (
     NoTextLayerError,
     UnsupportedFileTypeError,
 )
+from .files import detect_encoding, hash_file, not_regular, open_regular, text_sections
 from .models import Document, FileWarning, Page, SkippedFile
 
 __all__ = [
@@ -54,10 +57,6 @@ TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown"})
 SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES
 #: Every metadata key the loaders set on a Document (a user's metadata may not reuse one).
 LOADER_KEYS = frozenset({"file_name", "page_count", "type", "encoding", "sections", "title", "author", "subject"})
-
-#: Text files are split into sections of about this many characters, so that
-#: memory stays bounded however large the file is.
-TEXT_SECTION_CHARS = 1 << 20
 
 Passwords = str | Mapping[str, str] | None
 
@@ -112,7 +111,7 @@ def discover(
         except OSError as exc:
             skipped.append(_skip(path, _access_error(path, exc)))
             continue
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             found = sorted(_walk(path, skipped, roots=roots, follow_symlinks=follow_symlinks))
             if not found:
                 skipped.append(
@@ -120,11 +119,12 @@ def discover(
                 )
             for f in found:
                 add(f)
+        elif not stat.S_ISREG(st.st_mode):
+            skipped.append(_skip(path, not_regular(path, st.st_mode)))
         elif path.suffix.lower() in SUPPORTED_SUFFIXES:
             add(path)
         else:
             skipped.append(_skip(path, _unsupported(path)))
-        del st
     return files, skipped
 
 
@@ -165,9 +165,12 @@ def _walk(folder: Path, skipped: list[SkippedFile], *, roots: list[Path], follow
                 skipped.append(_skip(p, _unsupported(p)))
                 continue
             try:
-                p.stat()
+                st = p.stat()
             except OSError as exc:
                 skipped.append(_skip(p, _access_error(p, exc)))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(_skip(p, not_regular(p, st.st_mode)))
                 continue
             if p.is_symlink() and not follow_symlinks and not any(_within(_real(p), r) for r in roots):
                 skipped.append(_skip(p, FileAccessError(
@@ -290,9 +293,12 @@ def load_file(
     p = Path(os.path.abspath(Path(os.fspath(path)).expanduser()))
     notes: list[FileWarning] = warnings if warnings is not None else []
     try:
-        size = p.stat().st_size
-        if p.is_dir():
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
             raise FileAccessError(p, "is a folder; pass it to load_paths() or index()")
+        if not stat.S_ISREG(st.st_mode):
+            raise not_regular(p, st.st_mode)
+        size = st.st_size
     except OSError as exc:
         if isinstance(exc, LoadError):
             raise
@@ -314,14 +320,6 @@ def load_file(
         raise
     except Exception as exc:  # an upstream parser failed in a way we did not foresee
         raise CorruptFileError(p, f"could not be read ({type(exc).__name__}: {exc})") from exc
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _CollectHandler(logging.Handler):
@@ -359,17 +357,21 @@ def _quiet_pypdf(path: Path) -> Iterator[None]:
 
 
 def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) -> Document:
-    with path.open("rb") as fh:
-        head = fh.read(1024)
-    if b"%PDF-" not in head:
-        raise CorruptFileError(path, "not a PDF (no %PDF- header); is it another kind of file renamed .pdf?")
+    # Read once (pypdf would read it all into memory too): the hash is of the very bytes parsed,
+    # even if the file changes meanwhile.
+    with open_regular(path) as fh:
+        if b"%PDF-" not in fh.read(1024):
+            raise CorruptFileError(path, "not a PDF (no %PDF- header); is it another kind of file renamed .pdf?")
+        fh.seek(0)
+        data = fh.read()
+    digest = hashlib.sha256(data).hexdigest()
 
     from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
 
     with _quiet_pypdf(path):
         try:
-            reader = PdfReader(str(path), strict=False)
+            reader = PdfReader(io.BytesIO(data), strict=False)
         except (PdfReadError, PdfStreamError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise CorruptFileError(path, f"malformed or truncated PDF ({exc})") from exc
         if reader.is_encrypted:
@@ -424,7 +426,6 @@ def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) 
         warnings.append(
             FileWarning(path=str(path), message=f"page(s) {_ranges(failed)} could not be read; indexed the other pages")
         )
-    digest = hash_file(path)
     metadata.update({"file_name": path.name, "page_count": n_pages, "type": "pdf"})
     return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
 
@@ -467,69 +468,23 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-def _detect_encoding(path: Path) -> str:
-    """utf-8 (with or without BOM) when the whole file decodes, else cp1252/latin-1."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with path.open("rb") as fh:
-        first = fh.read(4)
-        if first.startswith(codecs.BOM_UTF8):
-            return "utf-8-sig"
-        if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            return "utf-16"
-        fh.seek(0)
-        try:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                if b"\x00" in block:
-                    raise UnicodeDecodeError("utf-8", block, 0, 1, "NUL byte")
-                decoder.decode(block)
-            decoder.decode(b"", final=True)
-            return "utf-8"
-        except UnicodeDecodeError:
-            pass
-        fh.seek(0)
-        sample = fh.read(1 << 16)
-    if b"\x00" in sample:
-        raise CorruptFileError(path, "binary content, not text (NUL bytes)")
-    try:
-        sample.decode("cp1252")
-        return "cp1252"
-    except UnicodeDecodeError:
-        return "latin-1"
-
-
 def _load_text(path: Path, *, warnings: list[FileWarning]) -> Document:
-    encoding = _detect_encoding(path)
+    encoding = detect_encoding(path)
     if encoding not in ("utf-8", "utf-8-sig"):
         warnings.append(FileWarning(path=str(path), message=f"not UTF-8; decoded as {encoding}"))
     pages: list[Page] = []
-    for number, text in enumerate(_text_sections(path, encoding), start=1):
+    sha = hashlib.sha256()
+    for number, text in enumerate(text_sections(path, encoding, sha), start=1):
         if text.strip():
             pages.append(Page(number=number, text=_clean(text)))
     if not pages:
         raise EmptyDocumentError(path, "file holds only whitespace")
-    digest = hash_file(path)
+    digest = sha.hexdigest()  # of the very bytes decoded, even if the file changed meanwhile
     kind = "markdown" if path.suffix.lower() in (".md", ".markdown") else "text"
     metadata: dict[str, Any] = {"file_name": path.name, "type": kind, "encoding": encoding}
     if len(pages) > 1:
         metadata["sections"] = len(pages)
     return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
-
-
-def _text_sections(path: Path, encoding: str, size: int = TEXT_SECTION_CHARS) -> Iterator[str]:
-    """Yield the file in sections of about ``size`` characters, cut at line ends."""
-    with path.open("r", encoding=encoding, errors="replace", newline=None) as fh:
-        buf: list[str] = []
-        n = 0
-        for line in fh:
-            buf.append(line)
-            n += len(line)
-            if n >= size:
-                yield "".join(buf)
-                buf, n = [], 0
-        if buf:
-            yield "".join(buf)
 
 
 def iter_documents(

@@ -16,8 +16,12 @@ and ``forkserver``, never re-runs the caller's ``__main__``, so a script
 without ``if __name__ == "__main__":`` works. A worker that dies while
 reading a file (a pathological PDF that crashes the parser or exhausts
 memory) turns that file into a :class:`SkippedFile` naming the cause; a
-fresh worker takes its place and the batch goes on. Ctrl-C ends
-every worker before the ``KeyboardInterrupt`` propagates.
+fresh worker takes its place and the batch goes on. So does a file that takes
+longer than ``COLBERT_MODAL_LOAD_TIMEOUT`` seconds (default 600; ``0``: no
+limit): its worker is killed. Ctrl-C ends every worker before the
+``KeyboardInterrupt`` propagates; a parent that dies any other way (SIGTERM,
+SIGKILL) takes its workers with it (Linux: the kernel's parent-death signal;
+elsewhere on POSIX: each worker watches its parent's pid).
 
 ``COLBERT_MODAL_LOAD_WORKERS`` sets the number of workers (``1``: everything
 in the calling process); the default is the cores this process may use.
@@ -34,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +52,15 @@ from .models import Chunk, Document, FileWarning, SkippedFile
 from .progress import Stage
 
 __all__ = [
+    "DEFAULT_LOAD_TIMEOUT",
+    "ENV_TIMEOUT",
     "ENV_WORKERS",
     "PARALLEL_MIN_FILES",
     "READER",
     "Loaded",
     "load_and_chunk",
     "load_batch",
+    "load_timeout",
     "read_file",
     "serve",
     "usable_cores",
@@ -63,6 +71,13 @@ logger = logging.getLogger(__name__)
 
 #: The environment variable that sets the number of loader processes (1: none).
 ENV_WORKERS = "COLBERT_MODAL_LOAD_WORKERS"
+
+#: The environment variable that sets how long a loader process may spend on one file (seconds; 0: no limit).
+ENV_TIMEOUT = "COLBERT_MODAL_LOAD_TIMEOUT"
+
+#: How long a loader process may spend on one file by default: generous (pypdf's own limits
+#: end the worst PDFs tried within seconds), but a parser that hangs does not hang the batch.
+DEFAULT_LOAD_TIMEOUT = 600.0
 
 #: Fewer files than this load in the calling process: starting a worker costs
 #: about a second (an interpreter, pydantic, tokenizers), as long as several files take to read.
@@ -112,6 +127,21 @@ def worker_count(n_files: int, requested: int | None = None) -> int:
     return min(requested, n_files)
 
 
+def load_timeout() -> float | None:
+    """Seconds a loader process may spend on one file: ``$COLBERT_MODAL_LOAD_TIMEOUT``, else
+    :data:`DEFAULT_LOAD_TIMEOUT` (None: no limit, where it says ``0``)."""
+    raw = os.environ.get(ENV_TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_LOAD_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigurationError(f"{ENV_TIMEOUT} must be a number of seconds per file (0: no limit), got {raw!r}")
+    return seconds or None
+
+
 def read_file(path: Path, password: str | None) -> list[Document | SkippedFile | FileWarning]:
     """What :func:`~colbert_modal.loaders.iter_documents` yields for one file (the default :data:`Reader`)."""
     return list(iter_documents([path], passwords=password))
@@ -146,16 +176,51 @@ _BOOT = (
     "os.dup2(2, 1)\n"
     "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
     "from colbert_modal.loadpool import serve\n"
-    "serve(sys.stdin.buffer, channel)\n"
+    "serve(sys.stdin.buffer, channel, parent=int(sys.argv[1]))\n"
 )
 
+#: How often a loader process looks whether its parent is still there (where the kernel does not tell it).
+_WATCH_INTERVAL = 1.0
 
-def serve(inp: IO[bytes], out: IO[bytes]) -> None:
+
+def _tie_to_parent(parent: int) -> None:
+    """End this process as soon as process ``parent`` (the one that started it) is gone, however it ended.
+
+    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``).
+    Everywhere on POSIX: a thread sees the parent pid change (the process was
+    re-parented) and exits. Both check first that the parent did not die
+    before they were in place.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watcher below remains
+            pass
+    if os.name != "posix":  # pragma: no cover - Windows does not re-parent; its workers end with their file
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCH_INTERVAL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="colbert-modal-parent-watch").start()
+
+
+def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
     """The loop of a loader process: build a Chunker, then read and chunk files until told to stop.
 
     Reads pickled ``(settings, max_chunks, reader)``, then tasks ``(index,
     path, password)`` (None: stop) from ``inp``; writes pickled replies to ``out``.
+    ``parent``: the pid of the process that started this one: its death ends this one.
     """
+    if parent is not None:
+        _tie_to_parent(parent)
     settings, max_chunks, reader = pickle.load(inp)
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -211,6 +276,14 @@ def _death(path: str, returncode: int | None) -> SkippedFile:
     )
 
 
+def _timed_out(path: str, seconds: float) -> SkippedFile:
+    return _skip(
+        path, "LoaderTimeout",
+        f"reading this file took more than {seconds:g} s, so its loader process was ended; the file may make "
+        f"its parser hang: check it, or give it longer with {ENV_TIMEOUT}=<seconds>",
+    )
+
+
 def _fatal(name: str, message: str) -> ColbertModalError:
     cls = getattr(errors, name, None)
     if isinstance(cls, type) and issubclass(cls, ColbertModalError) and not issubclass(cls, LoadError):
@@ -226,9 +299,12 @@ class _Worker:
     def __init__(self, init: tuple[Any, ...], replies: queue.Queue[tuple[_Worker, Any]]) -> None:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
         self.ready = False
         self.held: tuple[int, str] | None = None  # the file it is reading: (index, path)
+        self.since = 0.0  # when it was handed that file (time.monotonic())
         self.send(list(sys.path))
         self.send(init)
         threading.Thread(target=self._read, args=(replies,), daemon=True, name="colbert-modal-loader").start()
@@ -251,9 +327,11 @@ class _Worker:
             return False
         return True
 
-    def stop(self) -> int:
-        """End the process (a stop message if idle, else SIGTERM); its return code."""
-        if self.held is None and self.proc.poll() is None:
+    def stop(self, *, kill: bool = False) -> int:
+        """End the process (a stop message if idle, else SIGTERM; ``kill``: SIGKILL); its return code."""
+        if kill:
+            self.proc.kill()
+        elif self.held is None and self.proc.poll() is None:
             self.send(None)
         else:
             self.proc.terminate()
@@ -287,9 +365,12 @@ def load_and_chunk(
     ``settings`` is ``(model, max_tokens, overlap)``, from which each worker
     builds its chunker. ``on_file`` is called in this process as each file
     finishes (in completion order), for progress. ``reader`` defaults to
-    :data:`READER`; it must be importable by name. Raises the error of a
-    worker that cannot build its chunker (e.g. ModelLoadError).
+    :data:`READER`; it must be importable by name. A file that takes a worker
+    longer than :func:`load_timeout` is skipped (``LoaderTimeout``) and its
+    worker killed. Raises the error of a worker that cannot build its chunker
+    (e.g. ModelLoadError).
     """
+    limit = load_timeout()
     init = (settings, max_chunks, reader if reader is not None else READER)
     todo = list(enumerate(str(f) for f in files))
     todo.reverse()  # pop() from the end hands out files in input order
@@ -300,7 +381,7 @@ def load_and_chunk(
     def feed(worker: _Worker) -> None:
         if todo:
             index, path = todo.pop()
-            worker.held = (index, path)
+            worker.held, worker.since = (index, path), time.monotonic()
             if not worker.send((index, path, passwords[index])):  # it died between files: its reader says so
                 worker.held = None
                 todo.append((index, path))
@@ -313,6 +394,19 @@ def load_and_chunk(
         if on_file is not None:
             on_file(loaded)
 
+    def expire() -> None:  # end the workers that have spent too long on their file
+        if limit is None:
+            return
+        now = time.monotonic()
+        for worker in [w for w in live if w.held is not None and now - w.since > limit]:
+            live.discard(worker)
+            index, path = worker.held or (0, "")
+            worker.held = None
+            worker.stop(kill=True)
+            finish(index, Loaded([_timed_out(path, limit)], None))
+            if todo:
+                live.add(_Worker(init, replies))
+
     try:
         for _ in range(max(1, min(workers, len(files)))):
             live.add(_Worker(init, replies))
@@ -320,6 +414,9 @@ def load_and_chunk(
             try:
                 worker, msg = replies.get(timeout=0.5)  # a timeout, so that Ctrl-C gets through on every OS
             except queue.Empty:
+                expire()
+                continue
+            if worker not in live:  # one ended for its time limit: what it still said is moot
                 continue
             if msg is None:  # the process ended
                 live.discard(worker)
@@ -341,6 +438,7 @@ def load_and_chunk(
                 worker.held = None
                 finish(msg[1], msg[2])
             feed(worker)
+            expire()
     finally:
         for worker in live:
             worker.stop()

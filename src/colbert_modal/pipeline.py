@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .loadpool import load_batch, worker_count
 from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
-from .progress import Progress
+from .progress import Progress, Stage
 from .store import FileEntry, Generation, IndexStore, Manifest, now_iso, storage_error
 
 __all__ = [
@@ -212,18 +213,19 @@ def plan_update(
 
     wanted = {str(f): resolve_metadata(metadata, f) for f in files} if metadata is not None else {}
     to_load: list[Path] = []
+    before: dict[str, os.stat_result] = {}  # taken before the file is read: what the manifest records
     for f in files:
         key = str(f)
         entry = old.get(key)
         meta = wanted.get(key)
         if entry is not None and meta is not None and meta != entry.metadata:
             plan.metadata[key] = meta  # dropped again below if the file is re-indexed
-        if entry is not None:
-            try:
-                st = f.stat()
-            except OSError:
-                to_load.append(f)  # the loader reports the error
-                continue
+        try:
+            st = before[key] = f.stat()
+        except OSError:
+            to_load.append(f)  # the loader reports the error
+            continue
+        if entry is not None and stat.S_ISREG(st.st_mode):  # anything else: the loader says why it is skipped
             if entry.size == st.st_size and entry.mtime == st.st_mtime:
                 plan.unchanged.append(key)
                 continue
@@ -235,8 +237,8 @@ def plan_update(
     t1 = time.perf_counter()
 
     t2 = _load_and_chunk(
-        plan, to_load, old=old, wanted=wanted, chunker=chunker, passwords=passwords, progress=progress,
-        max_chunks_per_file=max_chunks_per_file, workers=workers,
+        plan, to_load, old=old, wanted=wanted, before=before, chunker=chunker, passwords=passwords,
+        progress=progress, max_chunks_per_file=max_chunks_per_file, workers=workers,
     )
     t3 = time.perf_counter()
 
@@ -251,13 +253,17 @@ def plan_update(
 
 def _load_and_chunk(
     plan: UpdatePlan, to_load: list[Path], *, old: dict[str, FileEntry], wanted: dict[str, dict[str, Any] | None],
-    chunker: Chunker | Callable[[], Chunker], passwords: Passwords, progress: Progress, max_chunks_per_file: int,
-    workers: int | None,
+    before: dict[str, os.stat_result], chunker: Chunker | Callable[[], Chunker], passwords: Passwords,
+    progress: Progress, max_chunks_per_file: int, workers: int | None,
 ) -> float:
     """Load and chunk ``to_load`` into ``plan`` (in this process, or in loader processes); returns when loading ended.
 
     Both ways give the same plan: files are taken in input order, and
-    duplicates, the chunk cap and metadata are decided here.
+    duplicates, the chunk cap and metadata are decided here. In this process
+    each document is chunked as it loads and stops at the cap, so memory
+    follows the biggest file, not the batch. ``before`` holds each file's
+    stat from before it was read: the manifest records it, so that a file
+    changed while it was read is read again by the next update.
     """
     n_workers = 1 if isinstance(chunker, Chunker) else worker_count(len(to_load), workers)
     made: dict[str, list[Chunk]] | None = None
@@ -282,60 +288,80 @@ def _load_and_chunk(
         plan.skipped.append(item)
 
     seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
-    documents: list[Document] = []
-    for item in items:
-        if isinstance(item, SkippedFile):
-            skip(item)
-        elif isinstance(item, FileWarning):
-            plan.warnings.append(item)
-        else:
-            dup = seen_hashes.get(item.content_hash)
-            if dup is not None and dup != item.source:
-                plan.skipped.append(
-                    SkippedFile(path=item.source, reason=f"same content as {dup}", error="DuplicateFile")
-                )
-                continue
-            seen_hashes[item.content_hash] = item.source
-            documents.append(item)
-    t2 = time.perf_counter()
-
-    if documents and made is None and not isinstance(chunker, Chunker):
-        chunker = chunker()
-    chunking = progress.stage("chunking", total=len(documents), unit="file") if documents and made is None else None
-    for doc in documents:
-        meta = wanted.get(doc.source)
-        if meta is None:
-            meta = old[doc.source].metadata if doc.source in old else {}
-        plan.metadata.pop(doc.source, None)
+    chunking: Stage | None = None
+    chunk_seconds = 0.0
+    for doc in items:
+        if isinstance(doc, FileWarning):
+            plan.warnings.append(doc)
+        elif isinstance(doc, SkippedFile):
+            skip(doc)
+        if not isinstance(doc, Document):
+            continue
+        dup = seen_hashes.get(doc.content_hash)
+        if dup is not None and dup != doc.source:
+            plan.skipped.append(SkippedFile(path=doc.source, reason=f"same content as {dup}", error="DuplicateFile"))
+            continue
+        seen_hashes[doc.content_hash] = doc.source
         if made is not None:
             chunks = made[doc.source]
         else:
-            chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))  # type: ignore[union-attr]
-        if len(chunks) > max_chunks_per_file:
-            skip(SkippedFile(
-                path=doc.source, error="TooManyChunks",
-                reason=f"more than {max_chunks_per_file} chunks, over max_chunks_per_file={max_chunks_per_file}; "
-                "raise it (index(..., max_chunks_per_file=...)) to index this file whole",
-            ))
-            continue
-        chunks = [_with_metadata(c, {}, meta) for c in chunks]
-        st = Path(doc.source).stat()
-        plan.new_files[doc.source] = FileEntry(
-            content_hash=doc.content_hash,
-            document_id=doc.id,
-            chunk_ids=[c.id for c in chunks],
-            size=st.st_size,
-            mtime=st.st_mtime,
-            metadata=meta,
-        )
-        plan.new_chunks.extend(chunks)
-        if chunking is not None:
+            if not isinstance(chunker, Chunker):
+                chunker = chunker()
+            if chunking is None:
+                chunking = progress.stage("chunking", total=len(to_load), unit="file")
+            t = time.perf_counter()
+            chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))
+            chunk_seconds += time.perf_counter() - t
             chunking.update(1)
+        _add_file(plan, doc, chunks, old=old, wanted=wanted, stat_before=before.get(doc.source), skip=skip,
+                  max_chunks_per_file=max_chunks_per_file)
     for done in (chunking, stage):
         if done is not None:
             done.note(f"{len(plan.new_chunks)} chunks" + (f", {n_workers} processes" if done is stage else ""))
             done.close()
-    return t2
+    return time.perf_counter() - chunk_seconds
+
+
+def _add_file(
+    plan: UpdatePlan, doc: Document, chunks: list[Chunk], *, old: dict[str, FileEntry],
+    wanted: dict[str, dict[str, Any] | None], stat_before: os.stat_result | None, skip: Callable[[SkippedFile], None],
+    max_chunks_per_file: int,
+) -> None:
+    """Put a loaded document and its chunks into ``plan``, or skip it (over the cap, gone meanwhile)."""
+    plan.metadata.pop(doc.source, None)
+    if len(chunks) > max_chunks_per_file:
+        skip(SkippedFile(
+            path=doc.source, error="TooManyChunks",
+            reason=f"more than {max_chunks_per_file} chunks, over max_chunks_per_file={max_chunks_per_file}; "
+            "raise it (index(..., max_chunks_per_file=...)) to index this file whole",
+        ))
+        return
+    try:
+        now = os.stat(doc.source)
+    except OSError as exc:
+        skip(SkippedFile(
+            path=doc.source, error="FileAccessError",
+            reason=f"deleted or moved while the batch was loading ({exc.strerror or exc}); index again to pick it up",
+        ))
+        return
+    st = stat_before if stat_before is not None else now
+    if (now.st_size, now.st_mtime) != (st.st_size, st.st_mtime):
+        plan.warnings.append(FileWarning(
+            path=doc.source, message="changed while it was being read: indexed as read; the next update reads it again",
+        ))
+    meta = wanted.get(doc.source)
+    if meta is None:
+        meta = old[doc.source].metadata if doc.source in old else {}
+    chunks = [_with_metadata(c, {}, meta) for c in chunks]
+    plan.new_files[doc.source] = FileEntry(
+        content_hash=doc.content_hash,
+        document_id=doc.id,
+        chunk_ids=[c.id for c in chunks],
+        size=st.st_size,
+        mtime=st.st_mtime,
+        metadata=meta,
+    )
+    plan.new_chunks.extend(chunks)
 
 
 def plan_deletion(paths: Iterable[str | os.PathLike[str]], *, manifest: Manifest) -> UpdatePlan:

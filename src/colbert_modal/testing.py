@@ -13,8 +13,9 @@ Or without pytest: ``colbert_modal.testing.write_tiny_checkpoint(path)``.
 The checkpoint is a real ColBERT checkpoint in the format colbert-ai and
 ragatouille load (BertConfig, ``model.safetensors`` with ``bert.*`` and
 ``linear.weight``, a WordPiece vocabulary with the ``[unused0]``/``[unused1]``
-query/document markers, and an ``artifact.metadata`` with the full
-ColBERTConfig). With ``lexical=True`` (the default) the encoder is made
+query/document markers, a ``tokenizer.json`` that switches truncation and
+padding on at 128 tokens as sentence-transformers saves do, and an
+``artifact.metadata`` with the full ColBERTConfig). With ``lexical=True`` (the default) the encoder is made
 "lexical": attention and feed-forward outputs, position and token-type
 embeddings and the ``[MASK]`` row are zeroed, so every output vector depends
 only on its own token. MaxSim then counts the query tokens present in a
@@ -116,6 +117,7 @@ def write_tiny_checkpoint(
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(str(out))  # tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    _truncate_and_pad(out / "tokenizer.json", TOKENIZER_FILE_LIMIT)
 
     config = BertConfig(
         vocab_size=len(vocab),
@@ -157,6 +159,22 @@ def write_tiny_checkpoint(
         json.dumps(_colbert_metadata(out, dim=dim), indent=2) + "\n", encoding="utf-8"
     )
     return out
+
+
+#: Where the checkpoint's ``tokenizer.json`` truncates and pads: as sentence-transformers
+#: saves do (at 128 tokens), so every test sees a checkpoint as odd as real ones.
+TOKENIZER_FILE_LIMIT = 128
+
+
+def _truncate_and_pad(tokenizer_json: Path, limit: int) -> None:
+    """Switch truncation and padding on in ``tokenizer_json``, as sentence-transformers' saves have them."""
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    data["truncation"] = {"direction": "Right", "max_length": limit, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {
+        "strategy": {"Fixed": limit}, "direction": "Right", "pad_to_multiple_of": None,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]",
+    }
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def _layer_norms(bert: Any) -> Iterator[Any]:
