@@ -1,16 +1,25 @@
 """An open index generation: check queries, search it, shape the results.
 
-Local mode (:class:`~colbert_modal.ColbertIndexer`) and the Modal search
-containers (:class:`colbert_modal.remote.server.IndexServer`) both search
-through :class:`LiveIndex`: the current generation of one index, opened
-once and reopened when a newer one is published.
+What can be searched, from the bottom up (one name per level):
+
+- an engine index (:class:`~colbert_modal.engine.SearchIndex`: ``ExactIndex``
+  or ``PlaidIndex``): one format's files, searched by chunk position;
+- an :class:`OpenIndex`: one published generation with its chunks, searched
+  into :class:`~colbert_modal.models.SearchResult` s. Three kinds:
+  :class:`OpenGeneration` (an unsharded index),
+  :class:`~colbert_modal.sharding.OpenShards` (every shard of a sharded one,
+  merged) and :class:`~colbert_modal.sharding.OpenShard` (one shard of it);
+- a :class:`LiveIndex`: the current generation of one index, opened once and
+  reopened when a newer one is published. Local mode searches through one;
+  the Modal search containers' :class:`~colbert_modal.remote.server.IndexServer`
+  wraps one around its local copies of the Volume's generations.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError, EngineError, IndexStorageError
@@ -18,7 +27,7 @@ from .filters import ChunkColumns, parse_where
 from .models import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
-__all__ = ["GenerationView", "LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
+__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -60,8 +69,11 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None) ->
     return out
 
 
-class GenerationView:
-    """What every opened generation shares: the :class:`Generation`, its ``name`` and ``manifest``."""
+class OpenIndex:
+    """One opened generation, ready to search: its :class:`Generation`, ``name`` and ``manifest``.
+
+    Subclasses load what they search and implement :meth:`search_batch`.
+    """
 
     def __init__(self, generation: Generation) -> None:
         self.generation = generation
@@ -75,8 +87,14 @@ class GenerationView:
     def manifest(self) -> Manifest:
         return self.generation.manifest
 
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+    ) -> list[SearchResults]:
+        """One result list per (checked) query, best first; ``where``: a filter (:mod:`colbert_modal.filters`)."""
+        raise NotImplementedError  # pragma: no cover - interface
 
-class OpenGeneration(GenerationView):
+
+class OpenGeneration(OpenIndex):
     """One published generation with its engine index loaded, ready to search.
 
     ``model`` overrides where the checkpoint is loaded from (a Modal
@@ -124,21 +142,6 @@ class OpenGeneration(GenerationView):
             if self._columns is None:
                 self._columns = ChunkColumns(self.chunks)
         return self._columns.select(conditions)
-
-
-class OpenIndex(Protocol):
-    """What :class:`LiveIndex` serves: an :class:`OpenGeneration`, or a sharded index's
-    :class:`~colbert_modal.sharding.OpenShards`."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def manifest(self) -> Manifest: ...
-
-    def search_batch(
-        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
-    ) -> list[SearchResults]: ...
 
 
 class LiveIndex:

@@ -58,7 +58,7 @@ from .pipeline import (
     previous_generation,
 )
 from .progress import Progress
-from .search import GenerationView, OpenGeneration
+from .search import OpenGeneration, OpenIndex
 from .store import (
     SHARDED_FORMAT,
     FileEntry,
@@ -468,7 +468,7 @@ def shard_generation(top: Generation, shard: str) -> Generation | None:
     return load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
 
 
-class OpenShards(GenerationView):
+class OpenShards(OpenIndex):
     """A sharded generation opened in this process: every shard loaded, searched in turn, merged.
 
     The same interface as :class:`~colbert_modal.search.OpenGeneration`
@@ -504,7 +504,7 @@ def open_generation(generation: Generation, **kwargs: Any) -> OpenGeneration | O
     return OpenGeneration(generation, **kwargs)
 
 
-class OpenShard(GenerationView):
+class OpenShard(OpenIndex):
     """One shard of a sharded top generation, as its search container serves it.
 
     ``name`` and ``manifest`` are the top generation's (what the container
