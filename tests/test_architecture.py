@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["display", "progress"],  # pure helpers: how hits look, where progress shows
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
-    ["hub"],
+    ["hub", "integrity"],  # integrity: checksums and the top manifest's checks, storage errors
     ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
     ["engine._upstream"],

@@ -38,7 +38,6 @@ results.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -48,7 +47,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError, ShardBuildError
+from .errors import ConfigurationError, IndexStorageError, ShardBuildError
+from .integrity import DISK_FULL
 from .models import Chunk, IndexReport, SearchResult, SearchResults
 from .pipeline import (
     UpdatePlan,
@@ -59,7 +59,18 @@ from .pipeline import (
 )
 from .progress import Progress
 from .search import GenerationView, OpenGeneration
-from .store import SHARDED_FORMAT, FileEntry, Generation, IndexStore, Manifest, load_generation, now_iso
+from .store import (
+    SHARDED_FORMAT,
+    FileEntry,
+    Generation,
+    IndexStore,
+    Manifest,
+    damaged_error,
+    load_generation,
+    now_iso,
+    storage_error,
+    write_manifest,
+)
 
 __all__ = [
     "MAX_CHUNKS_PER_SHARD",
@@ -78,6 +89,7 @@ __all__ = [
     "merge_results",
     "open_generation",
     "shard_generation",
+    "shard_generations",
     "shard_ids",
     "split_plan",
 ]
@@ -290,6 +302,8 @@ def apply(
     t0 = time.perf_counter()
     check_plan(plan, prev)
     top = prev if sharded_prev else None
+    if top is not None:
+        shard_generations(top)  # IndexStorageError unless the shards agree with the top manifest
     old_files = dict(top.manifest.files) if top else {}
     live: dict[str, dict[str, Any]] = (
         {sid: dict(v) for sid, v in (top.manifest.shards or {}).items()} if top else
@@ -323,7 +337,10 @@ def apply(
         created_at=top.manifest.created_at if top else now_iso(), files=files, format=SHARDED_FORMAT, shards=live,
     )
     with progress.stage("publishing", unit="generation") as stage:
-        store.publish(store.new_build_dir(manifest.generation), manifest, None)
+        try:
+            store.publish(store.new_build_dir(manifest.generation), manifest, None)
+        except OSError as exc:  # a full disk: IndexStorageError, as for an unsharded index
+            raise exc if isinstance(exc, IndexStorageError) else storage_error(exc, f"publishing {plan.name!r}") from exc
         stage.update(1)
     return _report(plan, files, removed, results, live, t0, {"encode_and_build": t1 - t0,
                                                              "publish": time.perf_counter() - t1})
@@ -362,6 +379,12 @@ def _run(jobs: list[ShardJob], build_shards: ShardBuilder | None, engine_factory
         if r.generation is not None:  # sealed, never published: free its space now
             shutil.rmtree(Path(jobs[0].index_root) / jobs[0].index / "shards" / r.shard / "generations" / r.generation,
                           ignore_errors=True)
+    storage = [(sid, e) for sid, e in sorted(failures.items()) if isinstance(e, IndexStorageError)
+               or (isinstance(e, OSError) and e.errno in DISK_FULL)]
+    if storage:  # a full disk or a damaged shard: IndexStorageError, as for an unsharded index
+        sid, cause = storage[0]
+        error = cause if isinstance(cause, IndexStorageError) else storage_error(cause, "building the shard")
+        raise IndexStorageError(f"shard {sid} of index {jobs[0].index!r}: {error}") from cause
     causes = "; ".join(f"shard {sid}: {type(e).__name__}: {e}" for sid, e in sorted(failures.items()))
     raise ShardBuildError(
         f"{len(failures)} of {len(jobs)} shards of index {jobs[0].index!r} failed to build ({causes}); "
@@ -428,7 +451,7 @@ def adopt_shards(index: IndexStore, staging: Path, fetch: Callable[[str, str, Pa
         final = home.generation_path(f"g{number:06d}")
         os.replace(build, final)
         entry["generation"] = final.name
-    (staging / "manifest.json").write_text(json.dumps(gen.manifest.to_json(), indent=1), encoding="utf-8")
+    write_manifest(staging, gen.manifest)
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -448,11 +471,43 @@ def merge_results(parts: Sequence[Sequence[SearchResult]], k: int, query: str | 
 
 
 def shard_generation(top: Generation, shard: str) -> Generation | None:
-    """The generation of ``shard`` that the top generation ``top`` names (None: an empty shard)."""
-    name = ((top.manifest.shards or {}).get(shard) or {}).get("generation")
+    """The generation of ``shard`` that the top generation ``top`` names (None: an empty shard).
+
+    Raises IndexStorageError where it does not agree with the top manifest:
+    its chunk count, or one of its files (hash, chunk ids, metadata),
+    differs from what the top manifest records.
+    """
+    entry = (top.manifest.shards or {}).get(shard) or {}
+    name = entry.get("generation")
     if not name:
         return None
-    return load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
+    gen = load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
+    m, files = gen.manifest, top.manifest.files
+    problem = None  # (its manifest's own generation number is the source's where it was adopted: not compared)
+    if m.n_chunks != entry.get("chunks"):
+        problem = f"it holds {m.n_chunks} chunks where the top manifest says {entry.get('chunks')}"
+    else:
+        for p, e in m.files.items():
+            t = files.get(p)
+            if t is None or t.shard != shard or (t.content_hash, t.chunk_ids, t.metadata) != (
+                    e.content_hash, e.chunk_ids, e.metadata):
+                problem = f"its file {p[-200:]!r} is not the top manifest's"
+                break
+    if problem is not None:
+        raise damaged_error(top.path / "manifest.json",
+                            f"it does not agree with shard {shard} ({gen.path / 'manifest.json'}): {problem}")
+    return gen
+
+
+def shard_generations(top: Generation) -> dict[str, Generation | None]:
+    """Every shard's generation that ``top`` names (:func:`shard_generation`), checked against it:
+    between them the shards hold exactly the top manifest's files. Raises IndexStorageError."""
+    gens = {sid: shard_generation(top, sid) for sid in top.manifest.shards or {}}
+    held = sum(len(g.manifest.files) for g in gens.values() if g is not None)
+    if held != len(top.manifest.files):
+        raise damaged_error(top.path / "manifest.json",
+                            f"it lists {len(top.manifest.files)} files where its shards hold {held}")
+    return gens
 
 
 class OpenShards(GenerationView):
@@ -465,8 +520,7 @@ class OpenShards(GenerationView):
     def __init__(self, generation: Generation, **kwargs: Any) -> None:
         super().__init__(generation)
         self.parts: dict[str, OpenGeneration] = {}
-        for sid in generation.manifest.shards or {}:
-            gen = shard_generation(generation, sid)
+        for sid, gen in shard_generations(generation).items():
             if gen is not None:
                 self.parts[sid] = OpenGeneration(gen, **kwargs)
 

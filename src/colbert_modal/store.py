@@ -23,15 +23,15 @@ The manifest records a checksum of ``chunks.jsonl`` and of each engine file
 against them before it is searched or built on
 (:meth:`Generation.verified_chunks`), so a damaged index raises
 :class:`~colbert_modal.errors.IndexStorageError` naming the file, never
-serves wrong hits. Only a manifest's file sizes and mtimes may change after
-publish (:meth:`IndexStore.refresh_files`).
+serves wrong hits; a sharded index's top manifest is checked by
+:mod:`~colbert_modal.integrity`. Only a manifest's file sizes and mtimes may
+change after publish (:meth:`IndexStore.refresh_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -53,6 +53,17 @@ from .errors import (
     IndexStorageError,
     InvalidIndexNameError,
 )
+from .integrity import (
+    GENERATION_NAME,
+    REBUILD_HINT,
+    damaged_error,
+    file_checksum,
+    generation_checksums,
+    storage_error,
+    top_checksum_problem,
+    top_problem,
+    write_top_checksum,
+)
 from .models import Chunk, IndexInfo
 
 __all__ = [
@@ -72,6 +83,7 @@ __all__ = [
     "now_iso",
     "storage_error",
     "validate_index_name",
+    "write_manifest",
 ]
 
 FORMAT_VERSION = 1
@@ -80,12 +92,9 @@ SHARDED_FORMAT = 2
 logger = logging.getLogger(__name__)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_GEN = re.compile(r"g(\d{6})")
+_GEN = GENERATION_NAME
 #: Names Windows reserves for devices, in any case and with any extension.
 _RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
-#: What a damaged-index error tells the user to do.
-REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _plain_name(name: object) -> bool:
@@ -295,40 +304,25 @@ def load_generation(path: Path) -> Generation:
         manifest = Manifest.from_json(data)
         if not isinstance(manifest.files, dict) or not all(isinstance(e.chunk_ids, list) for e in manifest.files.values()):
             raise TypeError("malformed 'files'")
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {exc})") from exc
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(manifest.format, int) or manifest.format > SHARDED_FORMAT:
-        raise IndexStorageError(f"index file {path / 'manifest.json'} has format {manifest.format!r}, newer than "
-                                f"this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
+        raise IndexStorageError(f"index file {path / 'manifest.json'} has format {str(manifest.format)[:20]!r}, newer "
+                                f"than this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
+    problem = top_checksum_problem(path, data)
+    if problem is None and (manifest.shards is not None or manifest.format == SHARDED_FORMAT):
+        problem = top_problem(manifest.files, manifest.shards)  # a sharded index's top manifest
+    if problem is not None:
+        raise damaged_error(path / "manifest.json", problem)
     return Generation(path, manifest)
 
 
-def damaged_error(path: Path, problem: str) -> IndexStorageError:
-    """The error for a damaged index file: names it and says how to repair the index."""
-    return IndexStorageError(f"index file {path} is damaged: {problem}; {REBUILD_HINT}")
-
-
-def file_checksum(path: Path) -> str:
-    """``"sha256:<hex>"`` of the file at ``path``."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def generation_checksums(path: Path) -> dict[str, str]:
-    """Checksums of chunks.jsonl and every engine file of the generation in ``path``."""
-    files = [path / "chunks.jsonl", *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
-    return {p.relative_to(path).as_posix(): file_checksum(p) for p in files}
-
-
-def storage_error(exc: OSError, what: str) -> IndexStorageError:
-    """``exc`` (raised while ``what``) as an IndexStorageError that says what to do."""
-    if exc.errno in _FULL:
-        return IndexStorageError(f"no space left on the device while {what}; free space and run it again "
-                                 "(the published index is unchanged)")
-    return IndexStorageError(f"{what} failed ({exc.strerror or exc}); the published index is unchanged")
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` into the unpublished generation ``directory`` (a sharded top one: with its checksum)."""
+    data = manifest.to_json()
+    _write_json_atomic(directory / "manifest.json", data)
+    if manifest.shards is not None:
+        write_top_checksum(directory, json.loads(json.dumps(data)))
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -366,11 +360,18 @@ class IndexStore:
             name = path.read_bytes().decode("utf-8").strip()
         except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:
+            raise self._not_a_directory() from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise damaged_error(path, f"cannot be read ({exc})") from exc
         if not _GEN.fullmatch(name):
             raise damaged_error(path, f"does not name a generation ({name[:40]!r})")
         return name
+
+    def _not_a_directory(self) -> IndexStorageError:
+        bad, what = (self.path, "index path") if self.root.is_dir() else (self.root, "index_root")
+        return IndexStorageError(f"{what} {bad} is not a directory; pass index_root= a folder, "
+                                 "or set COLBERT_MODAL_INDEX_ROOT")
 
     def _current_or_none(self) -> str | None:
         try:
@@ -386,6 +387,8 @@ class IndexStore:
             (self.path / "generations").mkdir(exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True):
                 pass
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise self._not_a_directory() from exc
         except OSError as exc:
             raise IndexStorageError(
                 f"index root {self.root} is not writable ({exc.strerror or exc}); "
@@ -486,7 +489,7 @@ class IndexStore:
                     fh.write(chunk.model_dump_json())
                     fh.write("\n")
             manifest.checksums = generation_checksums(build_dir)
-        _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
+        write_manifest(build_dir, manifest)
         final = self.generation_path(f"g{manifest.generation:06d}")
         os.replace(build_dir, final)
         return Generation(final, manifest)

@@ -1,0 +1,140 @@
+"""Checksums of index files, the consistency of a sharded index's top manifest, and storage errors.
+
+An ordinary generation's manifest records checksums of ``chunks.jsonl`` and
+of each engine file (:func:`generation_checksums`). A sharded index's top
+generation holds only ``manifest.json``; it is covered by
+``manifest.sha256`` (:data:`TOP_CHECKSUM`), written when the top generation
+is sealed: the checksum of the manifest less each file's ``size`` and
+``mtime`` (the only values that change after publish). Top generations
+written before it have none and open on the consistency checks of
+:func:`top_problem` alone (every file's shard exists, each shard's chunk
+count adds up), which every top manifest also passes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import IndexStorageError
+
+__all__ = [
+    "DISK_FULL",
+    "GENERATION_NAME",
+    "REBUILD_HINT",
+    "TOP_CHECKSUM",
+    "damaged_error",
+    "file_checksum",
+    "generation_checksums",
+    "manifest_digest",
+    "storage_error",
+    "top_checksum_problem",
+    "top_problem",
+    "write_top_checksum",
+]
+
+#: A published generation's directory name: "g" and six digits.
+GENERATION_NAME = re.compile(r"g(\d{6})")
+#: The file of a top generation holding its manifest's checksum.
+TOP_CHECKSUM = "manifest.sha256"
+_MUTABLE = ("size", "mtime")
+#: What a damaged-index error tells the user to do.
+REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
+#: The errnos of a full disk (or quota).
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def damaged_error(path: Path, problem: str) -> IndexStorageError:
+    """The error for a damaged index file: names it and says how to repair the index."""
+    return IndexStorageError(f"index file {path} is damaged: {problem}; {REBUILD_HINT}")
+
+
+def storage_error(exc: OSError, what: str) -> IndexStorageError:
+    """``exc`` (raised while ``what``) as an IndexStorageError that says what to do."""
+    if exc.errno in DISK_FULL:
+        return IndexStorageError(f"no space left on the device while {what}; free space and run it again "
+                                 "(the published index is unchanged)")
+    return IndexStorageError(f"{what} failed ({exc.strerror or exc}); the published index is unchanged")
+
+
+def file_checksum(path: Path) -> str:
+    """``"sha256:<hex>"`` of the file at ``path``."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def generation_checksums(path: Path) -> dict[str, str]:
+    """Checksums of chunks.jsonl and every engine file of the generation in ``path``."""
+    files = [path / "chunks.jsonl", *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
+    return {p.relative_to(path).as_posix(): file_checksum(p) for p in files}
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a manifest (as parsed from JSON), less each file's size and mtime."""
+    body = dict(data)
+    files = data.get("files")
+    if isinstance(files, Mapping):
+        body["files"] = {p: {k: v for k, v in e.items() if k not in _MUTABLE} if isinstance(e, Mapping) else e
+                         for p, e in files.items()}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def write_top_checksum(directory: Path, data: Mapping[str, Any]) -> None:
+    """Write :data:`TOP_CHECKSUM` for the manifest ``data`` of the top generation in ``directory``."""
+    (directory / TOP_CHECKSUM).write_text(manifest_digest(data) + "\n", encoding="ascii")
+
+
+def top_checksum_problem(directory: Path, data: Mapping[str, Any]) -> str | None:
+    """What is wrong with the manifest ``data`` of ``directory`` by its :data:`TOP_CHECKSUM`; None if
+    it matches, or if there is none (an ordinary generation, or a top one written before it)."""
+    try:
+        recorded = (directory / TOP_CHECKSUM).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"its checksum file {TOP_CHECKSUM} cannot be read ({type(exc).__name__})"
+    if recorded != manifest_digest(data):
+        return f"it does not match {TOP_CHECKSUM}, the checksum written when it was published"
+    return None
+
+
+def top_problem(files: Mapping[str, Any], shards: object) -> str | None:
+    """What does not add up in a sharded top manifest, or None.
+
+    ``files``: path -> entry (with ``shard`` and ``chunk_ids``); ``shards``:
+    the manifest's ``shards``. The shards must be ``s000``... with an entry
+    each (a generation name or null, a chunk count); every file must name
+    one of them, and each shard's count be the sum of its files' chunks.
+    """
+    if not isinstance(shards, dict) or not shards:
+        return f"its 'shards' is {type(shards).__name__}, not an object of shard entries"
+    n = len(shards)
+    if set(shards) != {f"s{i:03d}" for i in range(n)}:
+        return f"its {n} shards are not s000 to s{n - 1:03d}"
+    for sid, entry in shards.items():
+        if not isinstance(entry, dict):
+            return f"the entry of shard {sid} is {type(entry).__name__}, not an object"
+        gen, chunks = entry.get("generation"), entry.get("chunks")
+        if gen is not None and not (isinstance(gen, str) and GENERATION_NAME.fullmatch(gen)):
+            return f"shard {sid} names no generation ({str(gen)[:20]!r})"
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 0 or (gen is None and chunks):
+            return f"shard {sid} has a chunk count of {str(chunks)[:20]!r}"
+    counts = dict.fromkeys(shards, 0)
+    for path, entry in files.items():
+        shard = entry.shard
+        if not isinstance(shard, str) or shard not in counts:
+            return f"file {path[-200:]!r} is in shard {str(shard)[:20]!r}, which the manifest does not list"
+        counts[shard] += len(entry.chunk_ids)
+    for sid, entry in shards.items():
+        if counts[sid] != entry["chunks"]:
+            return f"shard {sid} holds {entry['chunks']} chunks by its entry, {counts[sid]} by its files"
+    return None
