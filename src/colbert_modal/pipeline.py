@@ -151,7 +151,7 @@ def resolve_metadata(spec: MetadataSpec, path: Path) -> dict[str, Any] | None:
             raise ConfigurationError(f"metadata keys must be paths, file names or globs (strings), got {key!r}")
         given = os.path.abspath(os.path.expanduser(key))
         if key in (full, path.name) or given == full or glob_path(full, key):
-            found = {**(found or {}), **check_metadata(value, f"{key!r}", LOADER_KEYS)}
+            found = {**(found or {}), **check_metadata(value, f"{full} (entry {key[:200]!r})", LOADER_KEYS)}
     return found
 
 
