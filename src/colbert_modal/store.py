@@ -368,10 +368,10 @@ class IndexStore:
             raise damaged_error(path, f"does not name a generation ({name[:40]!r})")
         return name
 
-    def _not_a_directory(self) -> IndexStorageError:
-        bad, what = (self.path, "index path") if self.root.is_dir() else (self.root, "index_root")
-        return IndexStorageError(f"{what} {bad} is not a directory; pass index_root= a folder, "
-                                 "or set COLBERT_MODAL_INDEX_ROOT")
+    def _not_a_directory(self, doing: str = "cannot be read") -> IndexStorageError:
+        bad = self.path if self.root.is_dir() else self.root
+        return IndexStorageError(f"index root {self.root} {doing}: {bad} is not a directory; "
+                                 "pass index_root= a folder, or set COLBERT_MODAL_INDEX_ROOT")
 
     def _current_or_none(self) -> str | None:
         try:
@@ -388,7 +388,7 @@ class IndexStore:
             with tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True):
                 pass
         except (NotADirectoryError, FileExistsError) as exc:
-            raise self._not_a_directory() from exc
+            raise self._not_a_directory("is not writable") from exc
         except OSError as exc:
             raise IndexStorageError(
                 f"index root {self.root} is not writable ({exc.strerror or exc}); "
