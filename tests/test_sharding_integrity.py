@@ -4,7 +4,7 @@ Each corruption of the top manifest (a shard entry dropped or set to null,
 a file's shard edited, a shard pointed at its older generation, ``shards``
 as a list) raises IndexStorageError naming the manifest, from search and
 from an update, with the checksum file written at publish and without it
-(a top generation written before it); ``rebuild=True``, ``drop()`` and
+(a top manifest written before it); ``rebuild=True``, ``drop()`` and
 ``colbert-modal delete --yes`` work whatever it holds. The real engine
 runs with the tiny checkpoint (exact backend, local mode).
 """
@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from colbert_modal import ColbertIndexer
 from colbert_modal.cli import cli
 from colbert_modal.errors import IndexStorageError
-from colbert_modal.integrity import TOP_CHECKSUM, manifest_digest
+from colbert_modal.integrity import CHECKSUM_KEY, manifest_digest
 
 TEXTS = {
     "a.txt": "aardvark bicycle carousel",
@@ -79,9 +79,9 @@ def _edit_top(idx: ColbertIndexer, edit: Callable[[dict, ColbertIndexer], None],
     path = _top_dir(idx) / "manifest.json"
     data = json.loads(path.read_text())
     edit(data, idx)
-    path.write_text(json.dumps(data, indent=1))
     if not checksum:
-        (path.parent / TOP_CHECKSUM).unlink(missing_ok=True)
+        data.pop(CHECKSUM_KEY, None)
+    path.write_text(json.dumps(data, indent=1))
 
 
 def _shard_of(data: dict, name: str) -> str:
@@ -125,11 +125,12 @@ def test_top_generation_is_sealed_with_a_checksum_that_file_refreshes_keep(shard
     idx, docs = sharded
     top = _top_dir(idx)
     data = json.loads((top / "manifest.json").read_text())
-    assert (top / TOP_CHECKSUM).read_text().strip() == manifest_digest(data)
+    assert data[CHECKSUM_KEY] == manifest_digest(data)
     os.utime(docs / "c.txt", (1_000_000_000, 1_000_000_000))  # same content, new mtime: recorded in place
     report = idx.index([docs])
     assert report.indexed == [] and _top_dir(idx) == top
-    assert json.loads((top / "manifest.json").read_text()) != data  # the mtime changed...
+    refreshed = json.loads((top / "manifest.json").read_text())
+    assert refreshed != data and refreshed[CHECKSUM_KEY] == data[CHECKSUM_KEY]  # the mtime changed...
     assert idx.search("meteor glacier", k=1)[0].source == str(docs / "c.txt")  # ...and it still opens
 
 
@@ -171,11 +172,15 @@ def test_damaged_top_manifest_is_rebuilt_dropped_and_deleted(sharded, corruption
 
 def test_top_generation_written_before_checksums_opens_and_updates(sharded) -> None:
     idx, docs = sharded
-    (_top_dir(idx) / TOP_CHECKSUM).unlink()
+    path = _top_dir(idx) / "manifest.json"
+    data = json.loads(path.read_text())
+    del data[CHECKSUM_KEY]
+    path.write_text(json.dumps(data, indent=1))
     assert idx.search("penguin quartz walrus", k=1)[0].source == str(docs / "b.txt")
     (docs / "g.txt").write_text("dolphin flamingo\n", encoding="utf-8")
     assert idx.index([docs]).indexed == [str(docs / "g.txt")]
-    assert (_top_dir(idx) / TOP_CHECKSUM).is_file() and idx.info().documents == len(TEXTS) + 1
+    assert CHECKSUM_KEY in json.loads((_top_dir(idx) / "manifest.json").read_text())
+    assert idx.info().documents == len(TEXTS) + 1
 
 
 def test_a_shard_manifest_that_disagrees_with_the_top_is_named(sharded) -> None:

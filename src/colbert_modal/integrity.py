@@ -2,13 +2,14 @@
 
 An ordinary generation's manifest records checksums of ``chunks.jsonl`` and
 of each engine file (:func:`generation_checksums`). A sharded index's top
-generation holds only ``manifest.json``; it is covered by
-``manifest.sha256`` (:data:`TOP_CHECKSUM`), written when the top generation
-is sealed: the checksum of the manifest less each file's ``size`` and
-``mtime`` (the only values that change after publish). Top generations
-written before it have none and open on the consistency checks of
-:func:`top_problem` alone (every file's shard exists, each shard's chunk
-count adds up), which every top manifest also passes.
+generation holds only ``manifest.json``; it records its own checksum under
+:data:`CHECKSUM_KEY` (:func:`with_checksum`, whenever it is written): the
+checksum of the manifest less that key and each file's ``size`` and ``mtime``
+(the only values that change after publish). Top manifests written before
+it (or rewritten by a release before it, which drops the key it does not
+know) have none: they open on the consistency checks of :func:`top_problem`
+alone (every file's shard exists, each shard's chunk count adds up), which
+every top manifest must pass too.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import Any
 from .errors import IndexStorageError
 
 __all__ = [
+    "CHECKSUM_KEY",
     "DISK_FULL",
     "GENERATION_NAME",
     "REBUILD_HINT",
-    "TOP_CHECKSUM",
     "damaged_error",
     "file_checksum",
     "generation_checksums",
@@ -35,13 +36,13 @@ __all__ = [
     "storage_error",
     "top_checksum_problem",
     "top_problem",
-    "write_top_checksum",
+    "with_checksum",
 ]
 
 #: A published generation's directory name: "g" and six digits.
 GENERATION_NAME = re.compile(r"g(\d{6})")
-#: The file of a top generation holding its manifest's checksum.
-TOP_CHECKSUM = "manifest.sha256"
+#: The key of a sharded index's top manifest that holds the manifest's own checksum.
+CHECKSUM_KEY = "manifest_checksum"
 _MUTABLE = ("size", "mtime")
 #: What a damaged-index error tells the user to do.
 REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
@@ -78,8 +79,9 @@ def generation_checksums(path: Path) -> dict[str, str]:
 
 
 def manifest_digest(data: Mapping[str, Any]) -> str:
-    """``"sha256:<hex>"`` of a manifest (as parsed from JSON), less each file's size and mtime."""
-    body = dict(data)
+    """``"sha256:<hex>"`` of a manifest (as written to or read from JSON), less its
+    :data:`CHECKSUM_KEY` and each file's size and mtime."""
+    body = {k: v for k, v in data.items() if k != CHECKSUM_KEY}
     files = data.get("files")
     if isinstance(files, Mapping):
         body["files"] = {p: {k: v for k, v in e.items() if k not in _MUTABLE} if isinstance(e, Mapping) else e
@@ -88,22 +90,19 @@ def manifest_digest(data: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def write_top_checksum(directory: Path, data: Mapping[str, Any]) -> None:
-    """Write :data:`TOP_CHECKSUM` for the manifest ``data`` of the top generation in ``directory``."""
-    (directory / TOP_CHECKSUM).write_text(manifest_digest(data) + "\n", encoding="ascii")
+def with_checksum(data: dict[str, Any]) -> dict[str, Any]:
+    """The manifest ``data`` with its checksum under :data:`CHECKSUM_KEY`."""
+    return {**data, CHECKSUM_KEY: manifest_digest(data)}
 
 
-def top_checksum_problem(directory: Path, data: Mapping[str, Any]) -> str | None:
-    """What is wrong with the manifest ``data`` of ``directory`` by its :data:`TOP_CHECKSUM`; None if
-    it matches, or if there is none (an ordinary generation, or a top one written before it)."""
-    try:
-        recorded = (directory / TOP_CHECKSUM).read_text(encoding="ascii").strip()
-    except FileNotFoundError:
+def top_checksum_problem(data: Mapping[str, Any]) -> str | None:
+    """What is wrong with the manifest ``data`` by its :data:`CHECKSUM_KEY`; None if it
+    matches, or if there is none (an ordinary generation, or a top one written before it)."""
+    recorded = data.get(CHECKSUM_KEY)
+    if recorded is None:
         return None
-    except (OSError, ValueError) as exc:
-        return f"its checksum file {TOP_CHECKSUM} cannot be read ({type(exc).__name__})"
     if recorded != manifest_digest(data):
-        return f"it does not match {TOP_CHECKSUM}, the checksum written when it was published"
+        return f"it does not match its {CHECKSUM_KEY}, written when it was published"
     return None
 
 

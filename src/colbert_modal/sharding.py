@@ -29,6 +29,14 @@ shards whose files changed, and shards stay balanced by chunks.
 without it, ``ceil(chunks / MAX_CHUNKS_PER_SHARD)``, so a small index stays
 one shard, stored as an unsharded index. An index keeps its shard count.
 
+**Integrity.** The top manifest carries its own checksum and is checked
+when it is read (:func:`~colbert_modal.store.load_generation`, with
+:mod:`~colbert_modal.integrity`: every file's shard exists, the chunk counts
+add up); before a search or an update, every shard's manifest must agree
+with it (:func:`shard_generations`). Anything else is IndexStorageError
+naming the file, never a search of what is left or an update that shrinks
+the index.
+
 **Search.** Every shard is searched (:class:`OpenShards` in this process;
 one Modal container per shard in remote mode) and the hits are merged by
 score into the global top k (:func:`merge_results`). MaxSim scores are per
@@ -38,6 +46,7 @@ results.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -69,7 +78,6 @@ from .store import (
     load_generation,
     now_iso,
     storage_error,
-    write_manifest,
 )
 
 __all__ = [
@@ -451,7 +459,7 @@ def adopt_shards(index: IndexStore, staging: Path, fetch: Callable[[str, str, Pa
         final = home.generation_path(f"g{number:06d}")
         os.replace(build, final)
         entry["generation"] = final.name
-    write_manifest(staging, gen.manifest)
+    (staging / "manifest.json").write_text(json.dumps(gen.manifest.to_json(), indent=1), encoding="utf-8")
 
 
 # --- search ---------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from .integrity import (
     storage_error,
     top_checksum_problem,
     top_problem,
-    write_top_checksum,
+    with_checksum,
 )
 from .models import Chunk, IndexInfo
 
@@ -83,7 +83,6 @@ __all__ = [
     "now_iso",
     "storage_error",
     "validate_index_name",
-    "write_manifest",
 ]
 
 FORMAT_VERSION = 1
@@ -182,7 +181,8 @@ class Manifest:
     shards: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The manifest as stored (a sharded index's top manifest: with its checksum, see :mod:`.integrity`)."""
+        data = {
             "format": self.format,
             "name": self.name,
             "model": self.model,
@@ -196,6 +196,7 @@ class Manifest:
             **({"checksums": self.checksums} if self.checksums is not None else {}),
             **({"shards": dict(sorted(self.shards.items()))} if self.shards is not None else {}),
         }
+        return with_checksum(data) if self.shards is not None else data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -309,20 +310,12 @@ def load_generation(path: Path) -> Generation:
     if not isinstance(manifest.format, int) or manifest.format > SHARDED_FORMAT:
         raise IndexStorageError(f"index file {path / 'manifest.json'} has format {str(manifest.format)[:20]!r}, newer "
                                 f"than this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
-    problem = top_checksum_problem(path, data)
+    problem = top_checksum_problem(data)
     if problem is None and (manifest.shards is not None or manifest.format == SHARDED_FORMAT):
         problem = top_problem(manifest.files, manifest.shards)  # a sharded index's top manifest
     if problem is not None:
         raise damaged_error(path / "manifest.json", problem)
     return Generation(path, manifest)
-
-
-def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write ``manifest`` into the unpublished generation ``directory`` (a sharded top one: with its checksum)."""
-    data = manifest.to_json()
-    _write_json_atomic(directory / "manifest.json", data)
-    if manifest.shards is not None:
-        write_top_checksum(directory, json.loads(json.dumps(data)))
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -489,7 +482,7 @@ class IndexStore:
                     fh.write(chunk.model_dump_json())
                     fh.write("\n")
             manifest.checksums = generation_checksums(build_dir)
-        write_manifest(build_dir, manifest)
+        _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
         final = self.generation_path(f"g{manifest.generation:06d}")
         os.replace(build_dir, final)
         return Generation(final, manifest)
