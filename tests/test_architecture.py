@@ -22,7 +22,8 @@ LAYERS: list[list[str]] = [
     ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
-    ["hub", "names", "files"],  # index and generation names; reading input files safely (regular files, hashed as read)
+    ["hub", "names"],  # model names to checkpoints; index and generation names
+    ["files", "integrity"],  # reading input files safely; checksums, the top manifest's checks, storage errors
     ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
     ["engine._upstream"],
@@ -31,6 +32,7 @@ LAYERS: list[list[str]] = [
     ["engine.exact", "engine.plaid"],
     ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
+    ["updates"],  # apply a plan where the index lives: encode, build, seal the next generation
     ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
     ["runners.local"],  # the indexer's local runner: this process
     # names shared by both halves; credentials, probe, error mapping; the write lease; Modal's image-build log

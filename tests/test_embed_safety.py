@@ -398,7 +398,7 @@ def test_ctrl_c_in_the_cli_says_the_index_is_intact(damaged, monkeypatch) -> Non
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["colbert_modal.pipeline"], "apply_update", interrupted)
+    monkeypatch.setattr(sys.modules["colbert_modal.updates"], "apply_update", interrupted)
     monkeypatch.setattr(sys.modules["colbert_modal.sharding"], "apply_update", interrupted)
     (docs / "note9.txt").write_text("origami penguin\n", encoding="utf-8")
     result = _cli(["index", docs, "-n", "safe", "--index-root", idx.index_root])

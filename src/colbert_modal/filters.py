@@ -26,10 +26,12 @@ values against the kinds of values each field holds.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import math
 import os
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +57,13 @@ _NEGATIVE = {"$ne", "$nin"}
 
 @dataclass(frozen=True)
 class Condition:
-    """One checked condition: ``field op value`` (``value`` a tuple for ``$in``/``$nin``)."""
+    """One checked condition: ``field op value`` (``value`` a tuple for ``$in``/``$nin``, and
+    ``members`` its values as a set of ``(kind, value)``: one lookup per value a chunk holds)."""
 
     field: str
     op: str
     value: Any
+    members: frozenset[tuple[str, Any]] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
 
 def _kind(v: Any) -> str:
@@ -75,6 +79,27 @@ def _kind(v: Any) -> str:
 
 
 _KIND_NAMES = {"null": "null", "bool": "a boolean", "number": "a number", "string": "a string"}
+#: Pages are int32: a page value outside this range matches no chunk.
+_PAGE_RANGE = (-(2**31), 2**31 - 1)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 5
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut short (a few elements, levels, characters): error messages stay a line long."""
+    return _REPR.repr(value)
+
+
+def _valid_text(value: Any) -> bool:
+    """False for a string that cannot be stored as UTF-8 (a lone surrogate)."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_scalar(v: Any) -> bool:
@@ -90,14 +115,14 @@ def parse_where(where: Mapping[str, Any] | None) -> list[Condition]:
     if where is None:
         return []
     if not isinstance(where, Mapping):
-        raise ConfigurationError(f"where must be a dict of conditions, e.g. {{'year': 2023}}, got {where!r}")
+        raise ConfigurationError(f"where must be a dict of conditions, e.g. {{'year': 2023}}, got {_short(where)}")
     out: list[Condition] = []
     for field, spec in where.items():
         if not isinstance(field, str) or not field or field.startswith("$"):
-            raise ConfigurationError(f"where: {field!r} is not a field name (operators go inside a field's dict)")
+            raise ConfigurationError(f"where: {_short(field)} is not a field name (operators go inside a field's dict)")
         if isinstance(spec, Mapping):
             if not spec:
-                raise ConfigurationError(f"where[{field!r}]: an empty operator dict; use e.g. {{'$eq': value}}")
+                raise ConfigurationError(f"where[{_short(field)}]: an empty operator dict; use e.g. {{'$eq': value}}")
             for op, value in spec.items():
                 out.append(_condition(field, op, value))
         elif isinstance(spec, (list, tuple)):
@@ -107,29 +132,34 @@ def parse_where(where: Mapping[str, Any] | None) -> list[Condition]:
     return out
 
 
-def _condition(field: str, op: Any, value: Any) -> Condition:
-    where = f"where[{field!r}]"
+def _condition(name: str, op: Any, value: Any) -> Condition:
+    where = f"where[{_short(name)}]"
     if op not in OPERATORS:
-        raise ConfigurationError(f"{where}: unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
+        raise ConfigurationError(f"{where}: unknown operator {_short(op)}; use one of {', '.join(OPERATORS)}")
     if op in ("$in", "$nin"):
-        if not isinstance(value, (list, tuple)) or not all(_is_scalar(v) for v in value):
-            raise ConfigurationError(f"{where}: {op} takes a list of strings, numbers, booleans or null, got {value!r}")
+        bad = [value] if not isinstance(value, (list, tuple)) else [v for v in value if not _is_scalar(v)][:1]
+        if bad:
+            raise ConfigurationError(f"{where}: {op} takes a list of strings, numbers, booleans or null; "
+                                     f"{_short(bad[0])} is not one")
         values: tuple[Any, ...] = tuple(value)
     elif not _is_scalar(value):
-        raise ConfigurationError(f"{where}: {op} takes a string, number, boolean or null, got {value!r}")
+        raise ConfigurationError(f"{where}: {op} takes a string, number, boolean or null, got {_short(value)}")
     else:
         values = (value,)
     if op in _ORDER and _kind(value) not in ("number", "string"):
-        raise ConfigurationError(f"{where}: {op} compares numbers or strings, got {value!r}")
+        raise ConfigurationError(f"{where}: {op} compares numbers or strings, got {_short(value)}")
     if op == "$glob" and not isinstance(value, str):
-        raise ConfigurationError(f"{where}: $glob takes a shell pattern string, got {value!r}")
-    want = {"page": "number", "source": "string"}.get(field)
+        raise ConfigurationError(f"{where}: $glob takes a shell pattern string, got {_short(value)}")
+    want = {"page": "number", "source": "string"}.get(name)
     if want is not None:
-        bad = [v for v in values if _kind(v) != want or (field == "page" and v != int(v))]
-        if bad or (field == "page" and op == "$glob"):
-            kind = "whole page numbers (1-based)" if field == "page" else "absolute paths (strings)"
-            raise ConfigurationError(f"{where}: {field!r} holds {kind}; {op} {value!r} does not fit")
-    return Condition(field, op, tuple(value) if op in ("$in", "$nin") else value)
+        bad = [v for v in values if _kind(v) != want or (name == "page" and v != int(v))]
+        if bad or (name == "page" and op == "$glob"):
+            kind = "whole page numbers (1-based)" if name == "page" else "absolute paths (strings)"
+            shown = _short(bad[0] if bad else value)
+            raise ConfigurationError(f"{where}: {name!r} holds {kind}; {op} {shown} does not fit")
+    if op in ("$in", "$nin"):
+        return Condition(name, op, values, frozenset((_kind(v), v) for v in values))
+    return Condition(name, op, value)
 
 
 def check_metadata(metadata: Any, where: str, reserved: Iterable[str]) -> dict[str, Any]:
@@ -143,7 +173,8 @@ def check_metadata(metadata: Any, where: str, reserved: Iterable[str]) -> dict[s
     out: dict[str, Any] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key or key.startswith("$"):
-            raise ConfigurationError(f"metadata for {where}: key {key!r} must be a non-empty string not starting with '$'")
+            raise ConfigurationError(
+                f"metadata for {where}: key {_short(key)} must be a non-empty string not starting with '$'")
         if key in reserved:
             raise ConfigurationError(
                 f"metadata for {where}: key {key!r} is a built-in field set by colbert_modal "
@@ -151,9 +182,11 @@ def check_metadata(metadata: Any, where: str, reserved: Iterable[str]) -> dict[s
             )
         ok = _is_scalar(value) or (isinstance(value, (list, tuple)) and all(_is_scalar(v) for v in value))
         if not ok:
-            raise ConfigurationError(
-                f"metadata for {where}: {key!r} must be a string, number, boolean, null or a list of them, got {value!r}"
-            )
+            raise ConfigurationError(f"metadata for {where}: {_short(key)} must be a string, number, boolean, null "
+                                     f"or a list of them, got {_short(value)}")
+        if not (_valid_text(key) and all(_valid_text(v) for v in (value if isinstance(value, (list, tuple)) else [value]))):
+            raise ConfigurationError(f"metadata for {where}: {_short(key)} holds text that is not valid Unicode "
+                                     "(a lone surrogate); fix it")
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -172,8 +205,6 @@ def glob_path(path: str, pattern: str) -> bool:
 
 def _holds(value: Any, op: str, arg: Any, *, path: bool = False) -> bool:
     """Whether one scalar ``value`` satisfies ``op arg`` (values of another kind never do)."""
-    if op in ("$in", "$nin"):
-        return any(_kind(value) == _kind(a) and value == a for a in arg)
     if _kind(value) != _kind(arg):
         return False
     if op in ("$eq", "$ne"):
@@ -189,10 +220,14 @@ def _holds(value: Any, op: str, arg: Any, *, path: bool = False) -> bool:
     return bool(value <= arg)
 
 
-def _field_holds(values: Sequence[Any], op: str, arg: Any, *, path: bool = False) -> bool:
+def _field_holds(values: Sequence[Any], cond: Condition, *, path: bool = False) -> bool:
     """A condition over a field's value(s): any element for positive ops, none excluded for ``$ne``/``$nin``."""
-    if op in _NEGATIVE:
-        return not any(_holds(v, "$in" if op == "$nin" else "$eq", arg) for v in values)
+    op, arg = cond.op, cond.value
+    if op in ("$in", "$nin"):  # a set lookup per value (kinds kept apart: True is not 1)
+        found = any((k := _kind(v)) != "other" and (k, v) in cond.members for v in values)
+        return found if op == "$in" else not found
+    if op == "$ne":
+        return not any(_holds(v, "$eq", arg) for v in values)
     return any(_holds(v, op, arg, path=path) for v in values)
 
 
@@ -268,11 +303,11 @@ class ChunkColumns:
                 if held and k != "null" and k not in held:
                     names = " or ".join(sorted(_KIND_NAMES.get(h, h) for h in held))
                     raise ConfigurationError(
-                        f"where[{cond.field!r}]: type mismatch: the field holds {names}, "
-                        f"but {cond.op} got {a!r} ({_KIND_NAMES[k]})"
+                        f"where[{_short(cond.field)}]: type mismatch: the field holds {names}, "
+                        f"but {cond.op} got {_short(a)} ({_KIND_NAMES[k]})"
                     )
             if cond.op == "$glob" and held and "string" not in held:
-                raise ConfigurationError(f"where[{cond.field!r}]: $glob matches strings, the field holds none")
+                raise ConfigurationError(f"where[{_short(cond.field)}]: $glob matches strings, the field holds none")
 
     def select(self, conditions: Sequence[Condition]) -> Any:
         """The positions (sorted int64 array) of the chunks where every condition holds."""
@@ -290,10 +325,10 @@ class ChunkColumns:
                 if not combo_ok[i]:
                     continue
                 if cond.field == "source":
-                    ok[i] = _field_holds([src], cond.op, cond.value, path=True)
+                    ok[i] = _field_holds([src], cond, path=True)
                 elif cond.field in meta:
                     v = meta[cond.field]
-                    ok[i] = _field_holds(v if isinstance(v, list) else [v], cond.op, cond.value)
+                    ok[i] = _field_holds(v if isinstance(v, list) else [v], cond)
             combo_ok &= ok
         if not combo_ok.all():
             mask &= combo_ok[self.combo]
@@ -304,15 +339,14 @@ class ChunkColumns:
 
         pv = self.page_values
         op, arg = cond.op, cond.value
-        if op == "$in":
-            hit = np.isin(pv, np.asarray(arg, dtype=np.int64))
-        elif op == "$nin":
-            hit = ~np.isin(pv, np.asarray(arg, dtype=np.int64))
+        if op in ("$in", "$nin"):  # a page beyond int32 matches nothing (and would not fit the array)
+            wanted = np.asarray([int(a) for a in arg if _PAGE_RANGE[0] <= a <= _PAGE_RANGE[1]], dtype=np.int64)
+            hit = np.isin(pv, wanted) if op == "$in" else ~np.isin(pv, wanted)
         else:
             import operator
 
             compare = {"$eq": operator.eq, "$ne": operator.ne, "$gt": operator.gt, "$gte": operator.ge,
                        "$lt": operator.lt, "$lte": operator.le}[op]
-            hit = compare(pv, arg)
+            hit = compare(pv, np.int64(min(max(int(arg), _PAGE_RANGE[0] - 1), _PAGE_RANGE[1] + 1)))
         seen = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
         return seen[self.page_offsets[1:]] > seen[self.page_offsets[:-1]]

@@ -14,7 +14,7 @@ A shard is an index of its own in all but its ``CURRENT``: the top
 generation names which of its generations is live, so publishing one top
 generation switches every shard at once. An update splits its plan by
 shard (:func:`split_plan`) and applies each part with the same
-:func:`~colbert_modal.pipeline.apply_update` as an unsharded index, sealing
+:func:`~colbert_modal.updates.apply_update` as an unsharded index, sealing
 a new generation of each shard it touches (:func:`build_shard`); the top
 generation is published only when every shard succeeded. A failed shard
 leaves the published index as it was (:class:`~colbert_modal.errors.ShardBuildError`);
@@ -28,6 +28,14 @@ shards whose files changed, and shards stay balanced by chunks.
 **How many.** ``shards=N`` at creation (or with ``rebuild=True``);
 without it, ``ceil(chunks / MAX_CHUNKS_PER_SHARD)``, so a small index stays
 one shard, stored as an unsharded index. An index keeps its shard count.
+
+**Integrity.** The top manifest carries its own checksum and is checked
+when it is read (:func:`~colbert_modal.store.load_generation`, with
+:mod:`~colbert_modal.integrity`: every file's shard exists, the chunk counts
+add up); before a search or an update, every shard's manifest must agree
+with it (:func:`shard_generations`). Anything else is IndexStorageError
+naming the file, never a search of what is left or an update that shrinks
+the index.
 
 **Search.** Every shard is searched (:class:`OpenShards` in this process;
 one Modal container per shard in remote mode) and the hits are merged by
@@ -48,15 +56,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import ConfigurationError, ShardBuildError
+from .errors import ConfigurationError, IndexStorageError, ShardBuildError
+from .integrity import DISK_FULL
 from .models import Chunk, IndexReport, SearchResult, SearchResults
-from .pipeline import (
-    UpdatePlan,
-    apply_update,
-    check_plan,
-    nothing_to_index,
-    previous_generation,
-)
+from .pipeline import UpdatePlan, nothing_to_index
 from .progress import Progress
 from .search import OpenGeneration, OpenIndex
 from .store import (
@@ -65,11 +68,14 @@ from .store import (
     Generation,
     IndexStore,
     Manifest,
+    damaged_error,
     generation_name,
     generation_number,
     load_generation,
     now_iso,
+    storage_error,
 )
+from .updates import apply_update, check_plan, previous_generation
 
 __all__ = [
     "MAX_CHUNKS_PER_SHARD",
@@ -88,6 +94,7 @@ __all__ = [
     "merge_results",
     "open_generation",
     "shard_generation",
+    "shard_generations",
     "shard_ids",
     "split_plan",
 ]
@@ -124,7 +131,7 @@ class ShardStore(IndexStore):
 
     ``live`` is the shard's generation the published top generation names
     (None: a new or empty shard). Updates only seal the shard's generations
-    (:func:`~colbert_modal.pipeline.apply_update`); the top generation
+    (:func:`~colbert_modal.updates.apply_update`); the top generation
     publishes them. Writes happen under the index's lock (or write lease).
     """
 
@@ -180,7 +187,7 @@ def build_shard(
     """Apply ``job.plan`` to its shard: seal the shard's next generation, publish nothing.
 
     The body of remote mode's shard containers, and of local mode's loop
-    over shards: :func:`~colbert_modal.pipeline.apply_update` on a
+    over shards: :func:`~colbert_modal.updates.apply_update` on a
     :class:`ShardStore`.
     """
     t0 = time.perf_counter()
@@ -277,7 +284,7 @@ def apply(
 ) -> IndexReport:
     """Carry out ``plan`` on the index in ``store``, sharded or not; call under ``store.lock()``.
 
-    An index of one shard is :func:`~colbert_modal.pipeline.apply_update`'s.
+    An index of one shard is :func:`~colbert_modal.updates.apply_update`'s.
     A sharded one: each shard the plan changes is built by ``build_shards``
     (default: here, one after another; remote mode maps them over Modal
     containers), then one top generation naming every shard's generation is
@@ -295,6 +302,8 @@ def apply(
     t0 = time.perf_counter()
     check_plan(plan, prev)
     top = prev if sharded_prev else None
+    if top is not None:
+        shard_generations(top)  # IndexStorageError unless the shards agree with the top manifest
     old_files = dict(top.manifest.files) if top else {}
     live: dict[str, dict[str, Any]] = (
         {sid: dict(v) for sid, v in (top.manifest.shards or {}).items()} if top else
@@ -328,7 +337,10 @@ def apply(
         created_at=top.manifest.created_at if top else now_iso(), files=files, format=SHARDED_FORMAT, shards=live,
     )
     with progress.stage("publishing", unit="generation") as stage:
-        store.publish(store.new_build_dir(manifest.generation), manifest, None)
+        try:
+            store.publish(store.new_build_dir(manifest.generation), manifest, None)
+        except OSError as exc:  # a full disk: IndexStorageError, as for an unsharded index
+            raise exc if isinstance(exc, IndexStorageError) else storage_error(exc, f"publishing {plan.name!r}") from exc
         stage.update(1)
     return _report(plan, files, removed, results, live, t0, {"encode_and_build": t1 - t0,
                                                              "publish": time.perf_counter() - t1})
@@ -367,6 +379,12 @@ def _run(jobs: list[ShardJob], build_shards: ShardBuilder | None, engine_factory
         if r.generation is not None:  # sealed, never published: free its space now
             shutil.rmtree(Path(jobs[0].index_root) / jobs[0].index / "shards" / r.shard / "generations" / r.generation,
                           ignore_errors=True)
+    storage = [(sid, e) for sid, e in sorted(failures.items()) if isinstance(e, IndexStorageError)
+               or (isinstance(e, OSError) and e.errno in DISK_FULL)]
+    if storage:  # a full disk or a damaged shard: IndexStorageError, as for an unsharded index
+        sid, cause = storage[0]
+        error = cause if isinstance(cause, IndexStorageError) else storage_error(cause, "building the shard")
+        raise IndexStorageError(f"shard {sid} of index {jobs[0].index!r}: {error}") from cause
     causes = "; ".join(f"shard {sid}: {type(e).__name__}: {e}" for sid, e in sorted(failures.items()))
     raise ShardBuildError(
         f"{len(failures)} of {len(jobs)} shards of index {jobs[0].index!r} failed to build ({causes}); "
@@ -461,11 +479,43 @@ def merge_results(parts: Sequence[Sequence[SearchResult]], k: int, query: str | 
 
 
 def shard_generation(top: Generation, shard: str) -> Generation | None:
-    """The generation of ``shard`` that the top generation ``top`` names (None: an empty shard)."""
-    name = ((top.manifest.shards or {}).get(shard) or {}).get("generation")
+    """The generation of ``shard`` that the top generation ``top`` names (None: an empty shard).
+
+    Raises IndexStorageError where it does not agree with the top manifest:
+    its chunk count, or one of its files (hash, chunk ids, metadata),
+    differs from what the top manifest records.
+    """
+    entry = (top.manifest.shards or {}).get(shard) or {}
+    name = entry.get("generation")
     if not name:
         return None
-    return load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
+    gen = load_generation(top.path.parent.parent / "shards" / shard / "generations" / name)
+    m, files = gen.manifest, top.manifest.files
+    problem = None  # (its manifest's own generation number is the source's where it was adopted: not compared)
+    if m.n_chunks != entry.get("chunks"):
+        problem = f"it holds {m.n_chunks} chunks where the top manifest says {entry.get('chunks')}"
+    else:
+        for p, e in m.files.items():
+            t = files.get(p)
+            if t is None or t.shard != shard or (t.content_hash, t.chunk_ids, t.metadata) != (
+                    e.content_hash, e.chunk_ids, e.metadata):
+                problem = f"its file {p[-200:]!r} is not the top manifest's"
+                break
+    if problem is not None:
+        raise damaged_error(top.path / "manifest.json",
+                            f"it does not agree with shard {shard} ({gen.path / 'manifest.json'}): {problem}")
+    return gen
+
+
+def shard_generations(top: Generation) -> dict[str, Generation | None]:
+    """Every shard's generation that ``top`` names (:func:`shard_generation`), checked against it:
+    between them the shards hold exactly the top manifest's files. Raises IndexStorageError."""
+    gens = {sid: shard_generation(top, sid) for sid in top.manifest.shards or {}}
+    held = sum(len(g.manifest.files) for g in gens.values() if g is not None)
+    if held != len(top.manifest.files):
+        raise damaged_error(top.path / "manifest.json",
+                            f"it lists {len(top.manifest.files)} files where its shards hold {held}")
+    return gens
 
 
 class OpenShards(OpenIndex):
@@ -478,8 +528,7 @@ class OpenShards(OpenIndex):
     def __init__(self, generation: Generation, **kwargs: Any) -> None:
         super().__init__(generation)
         self.parts: dict[str, OpenGeneration] = {}
-        for sid in generation.manifest.shards or {}:
-            gen = shard_generation(generation, sid)
+        for sid, gen in shard_generations(generation).items():
             if gen is not None:
                 self.parts[sid] = OpenGeneration(gen, **kwargs)
 

@@ -23,15 +23,15 @@ The manifest records a checksum of ``chunks.jsonl`` and of each engine file
 against them before it is searched or built on
 (:meth:`Generation.verified_chunks`), so a damaged index raises
 :class:`~colbert_modal.errors.IndexStorageError` naming the file, never
-serves wrong hits. Only a manifest's file sizes and mtimes may change after
-publish (:meth:`IndexStore.refresh_files`).
+serves wrong hits; a sharded index's top manifest is checked by
+:mod:`~colbert_modal.integrity`. Only a manifest's file sizes and mtimes may
+change after publish (:meth:`IndexStore.refresh_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -50,6 +50,16 @@ from .errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexStorageError,
+)
+from .integrity import (
+    REBUILD_HINT,
+    damaged_error,
+    file_checksum,
+    generation_checksums,
+    storage_error,
+    top_checksum_problem,
+    top_problem,
+    with_checksum,
 )
 from .models import Chunk, IndexInfo
 from .names import (
@@ -87,9 +97,6 @@ FORMAT_VERSION = 1
 SHARDED_FORMAT = 2
 logger = logging.getLogger(__name__)
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
-#: What a damaged-index error tells the user to do.
-REBUILD_HINT = "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def now_iso() -> str:
@@ -142,7 +149,8 @@ class Manifest:
     shards: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The manifest as stored (a sharded index's top manifest: with its checksum, see :mod:`.integrity`)."""
+        data = {
             "format": self.format,
             "name": self.name,
             "model": self.model,
@@ -156,6 +164,7 @@ class Manifest:
             **({"checksums": self.checksums} if self.checksums is not None else {}),
             **({"shards": dict(sorted(self.shards.items()))} if self.shards is not None else {}),
         }
+        return with_checksum(data) if self.shards is not None else data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -264,40 +273,17 @@ def load_generation(path: Path) -> Generation:
         manifest = Manifest.from_json(data)
         if not isinstance(manifest.files, dict) or not all(isinstance(e.chunk_ids, list) for e in manifest.files.values()):
             raise TypeError("malformed 'files'")
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {exc})") from exc
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        raise damaged_error(path / "manifest.json", f"is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(manifest.format, int) or manifest.format > SHARDED_FORMAT:
-        raise IndexStorageError(f"index file {path / 'manifest.json'} has format {manifest.format!r}, newer than "
-                                f"this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
+        raise IndexStorageError(f"index file {path / 'manifest.json'} has format {str(manifest.format)[:20]!r}, newer "
+                                f"than this release of colbert_modal reads ({SHARDED_FORMAT}); upgrade colbert-modal")
+    problem = top_checksum_problem(data)
+    if problem is None and (manifest.shards is not None or manifest.format == SHARDED_FORMAT):
+        problem = top_problem(manifest.files, manifest.shards)  # a sharded index's top manifest
+    if problem is not None:
+        raise damaged_error(path / "manifest.json", problem)
     return Generation(path, manifest)
-
-
-def damaged_error(path: Path, problem: str) -> IndexStorageError:
-    """The error for a damaged index file: names it and says how to repair the index."""
-    return IndexStorageError(f"index file {path} is damaged: {problem}; {REBUILD_HINT}")
-
-
-def file_checksum(path: Path) -> str:
-    """``"sha256:<hex>"`` of the file at ``path``."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def generation_checksums(path: Path) -> dict[str, str]:
-    """Checksums of chunks.jsonl and every engine file of the generation in ``path``."""
-    files = [path / "chunks.jsonl", *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
-    return {p.relative_to(path).as_posix(): file_checksum(p) for p in files}
-
-
-def storage_error(exc: OSError, what: str) -> IndexStorageError:
-    """``exc`` (raised while ``what``) as an IndexStorageError that says what to do."""
-    if exc.errno in _FULL:
-        return IndexStorageError(f"no space left on the device while {what}; free space and run it again "
-                                 "(the published index is unchanged)")
-    return IndexStorageError(f"{what} failed ({exc.strerror or exc}); the published index is unchanged")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -335,11 +321,18 @@ class IndexStore:
             name = path.read_bytes().decode("utf-8").strip()
         except FileNotFoundError:
             return None
+        except NotADirectoryError as exc:
+            raise self._not_a_directory() from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise damaged_error(path, f"cannot be read ({exc})") from exc
         if not is_generation_name(name):
             raise damaged_error(path, f"does not name a generation ({name[:40]!r})")
         return name
+
+    def _not_a_directory(self, doing: str = "cannot be read") -> IndexStorageError:
+        bad = self.path if self.root.is_dir() else self.root
+        return IndexStorageError(f"index root {self.root} {doing}: {bad} is not a directory; "
+                                 "pass index_root= a folder, or set COLBERT_MODAL_INDEX_ROOT")
 
     def _current_or_none(self) -> str | None:
         try:
@@ -355,6 +348,8 @@ class IndexStore:
             (self.path / "generations").mkdir(exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-", delete=True):
                 pass
+        except (NotADirectoryError, FileExistsError) as exc:
+            raise self._not_a_directory("is not writable") from exc
         except OSError as exc:
             raise IndexStorageError(
                 f"index root {self.root} is not writable ({exc.strerror or exc}); "
