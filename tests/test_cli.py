@@ -108,6 +108,11 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert_one_line_error(invoke(["search", "x", "--name", "bad name", "--index-root", tmp_path], code=2))
     result = invoke(["index", tmp_path, "--name", "x", "--password", "a", "--password", "b"], code=2)
     assert "at most one --password" in result.output
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError, not ValueError
+    result = invoke(["search", "x", "--name", "x", "--index-root", tmp_path, "--where-json", deep], code=2)
+    assert "not JSON" in result.output and len(result.output) < 1000
+    assert_one_line_error(invoke(["search", "x", "--name", "x", "--index-root", tmp_path, "--where", "a=" + deep],
+                                 code=3))  # a plain string value then: no such index
 
 
 def test_unknown_index_is_one_line_exit_3(tmp_path: Path) -> None:

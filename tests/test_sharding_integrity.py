@@ -170,6 +170,23 @@ def test_damaged_top_manifest_is_rebuilt_dropped_and_deleted(sharded, corruption
     assert not (spare / "ix").exists()
 
 
+def test_a_damaged_remote_index_is_rebuilt_through_the_modal_bodies(
+    sharded, inprocess: Path, colbert_checkpoint: Path, tmp_path: Path
+) -> None:
+    idx, docs = sharded
+    _edit_top(idx, _drop_shard, checksum=True)
+    shutil.copytree(idx.store.path, inprocess / "ix")  # the damaged index on the "Volume"
+    remote = ColbertIndexer("ix", mode="remote", **_kw(tmp_path / "local", colbert_checkpoint))
+    with pytest.raises(IndexStorageError, match="manifest.json"):
+        remote.search("penguin")
+    with pytest.raises(IndexStorageError, match="manifest.json"):
+        remote.index([docs])  # only a rebuild repairs it
+    report = remote.index([docs], rebuild=True)
+    assert report.documents_total == len(TEXTS)
+    assert remote.search("penguin quartz walrus", k=1)[0].source == str(docs / "b.txt")
+    remote.close()
+
+
 def test_top_generation_written_before_checksums_opens_and_updates(sharded) -> None:
     idx, docs = sharded
     path = _top_dir(idx) / "manifest.json"

@@ -260,7 +260,7 @@ def _json_or_text(text: str) -> Any:
     """``text`` parsed as JSON where it can be (numbers, true/false/null, lists, quoted strings), else the text."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -282,8 +282,8 @@ def parse_where_options(values: Sequence[str], where_json: str | None = None) ->
     if where_json is not None:
         try:
             loaded = json.loads(where_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--where-json") from None
+        except (ValueError, RecursionError) as exc:
+            raise click.BadParameter(f"not JSON: {str(exc)[:200]}", param_hint="--where-json") from None
         if not isinstance(loaded, dict):
             raise click.BadParameter("must be a JSON object of conditions", param_hint="--where-json")
         where.update(loaded)
@@ -321,8 +321,8 @@ def parse_meta_options(values: Sequence[str], meta_json: Path | None = None) -> 
     if meta_json is not None:
         try:
             loaded = json.loads(Path(meta_json).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"{meta_json}: {exc}", param_hint="--meta-json") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise click.BadParameter(f"{meta_json}: {str(exc)[:200]}", param_hint="--meta-json") from None
         if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
             raise click.BadParameter(f"{meta_json}: must be a JSON object from path or glob to an object",
                                      param_hint="--meta-json")

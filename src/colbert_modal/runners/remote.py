@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import IndexNotFoundError
+from ..errors import IndexNotFoundError, IndexStorageError
 from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import nothing_to_index
 from ..progress import Progress
@@ -41,7 +41,12 @@ class RemoteRunner:
         generation that moved meanwhile is refused there and nothing is lost.
         """
         try:
-            manifest = self.session.manifest(self.name)
+            try:
+                manifest = self.session.manifest(self.name)
+            except IndexStorageError:
+                if not rebuild:
+                    raise
+                manifest = None  # a rebuild repairs a damaged index, as locally
             if manifest is None and must_exist:
                 raise IndexNotFoundError(f"no index named {self.name!r} {self.where}")
             made = plan(manifest)
