@@ -137,3 +137,14 @@ def test_a_huge_text_file_over_the_chunk_cap_is_skipped_in_bounded_memory(colber
     grew_mib, rest = done.stdout.split(" ", 1)
     assert rest.strip() == "[('huge.txt', 'TooManyChunks')] 1"
     assert int(grew_mib) < 4 * mib, f"peak RSS grew by {grew_mib} MiB for a {mib} MiB file"
+
+
+def test_a_chunker_whose_chunks_the_encoder_would_cut_is_refused(colbert_checkpoint: Path, tmp_path: Path) -> None:
+    from colbert_modal.chunking import Chunker, load_tokenizer
+    from colbert_modal.errors import ConfigurationError
+
+    (tmp_path / "long.txt").write_text("the walrus and the penguin " * 40, encoding="utf-8")
+    wider = Chunker(load_tokenizer(colbert_checkpoint), max_tokens=64, overlap=0)  # the index keeps 16 a chunk
+    with pytest.raises(ConfigurationError, match="a chunk of 64 tokens, over the index's max_tokens=16"):
+        pipeline.plan_update([tmp_path], name="p", settings=pipeline.Settings(str(colbert_checkpoint), 16, 0),
+                             manifest=None, chunker=wider)

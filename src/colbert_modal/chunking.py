@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from .errors import ColbertModalError, ConfigurationError, ModelLoadError
+from .errors import ConfigurationError, ModelLoadError
 from .models import Chunk, Document, Page
 
 __all__ = [
@@ -274,8 +274,6 @@ class Chunker:
         stream = _Stream(self.tokenizer, document.pages)
         for position, (lo, hi) in enumerate(self._windows(stream)):
             start, end = stream.tok(lo).start, stream.tok(hi - 1).end
-            if hi - lo > self.max_tokens:  # pragma: no cover - the windows never exceed it
-                raise ColbertModalError(f"{document.source}: a chunk of {hi - lo} tokens, over max_tokens={self.max_tokens}")
             yield Chunk(
                 id=f"{document.id}-{position:05d}",
                 document_id=document.id,

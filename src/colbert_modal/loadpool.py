@@ -189,7 +189,9 @@ def _tie_to_parent(parent: int) -> None:
     Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``).
     Everywhere on POSIX: a thread sees the parent pid change (the process was
     re-parented) and exits. Both check first that the parent did not die
-    before they were in place.
+    before they were in place. (Linux sends the signal when the parent's
+    *thread* that started the worker ends; :func:`load_and_chunk` ends its
+    workers before it returns, in that thread.)
     """
     if sys.platform.startswith("linux"):
         try:

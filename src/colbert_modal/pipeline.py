@@ -250,12 +250,10 @@ def _load_and_chunk(
 ) -> float:
     """Load and chunk ``to_load`` into ``plan`` (in this process, or in loader processes); returns when loading ended.
 
-    Both ways give the same plan: files are taken in input order, and
-    duplicates, the chunk cap and metadata are decided here. In this process
-    each document is chunked as it loads and stops at the cap, so memory
-    follows the biggest file, not the batch. ``before`` holds each file's
-    stat from before it was read: the manifest records it, so that a file
-    changed while it was read is read again by the next update.
+    Both ways give the same plan: files are taken in input order, and duplicates, the chunk cap and metadata
+    are decided here. In this process each document is chunked as it loads, up to the cap: memory follows the
+    biggest file, not the batch. ``before``: each file's stat from before it was read, which the manifest
+    records (a file changed while it was read is read again by the next update).
     """
     n_workers = 1 if isinstance(chunker, Chunker) else worker_count(len(to_load), workers)
     made: dict[str, list[Chunk]] | None = None
@@ -297,10 +295,8 @@ def _load_and_chunk(
         if made is not None:
             chunks = made[doc.source]
         else:
-            if not isinstance(chunker, Chunker):
-                chunker = chunker()
-            if chunking is None:
-                chunking = progress.stage("chunking", total=len(to_load), unit="file")
+            chunker = chunker if isinstance(chunker, Chunker) else chunker()
+            chunking = chunking or progress.stage("chunking", total=len(to_load), unit="file")
             t = time.perf_counter()
             chunks = list(itertools.islice(chunker.chunk(doc), max_chunks_per_file + 1))
             chunk_seconds += time.perf_counter() - t
@@ -328,6 +324,10 @@ def _add_file(
             "raise it (index(..., max_chunks_per_file=...)) to index this file whole",
         ))
         return
+    longest = max((c.n_tokens for c in chunks), default=0)
+    if longest > plan.settings.max_tokens:  # the encoder would cut it: a chunker with other settings than the index
+        raise ConfigurationError(f"{doc.source}: a chunk of {longest} tokens, over the index's max_tokens="
+                                 f"{plan.settings.max_tokens}; the chunker must be built with the index's settings")
     try:
         now = os.stat(doc.source)
     except OSError as exc:
@@ -346,12 +346,8 @@ def _add_file(
         meta = old[doc.source].metadata if doc.source in old else {}
     chunks = [with_metadata(c, {}, meta) for c in chunks]
     plan.new_files[doc.source] = FileEntry(
-        content_hash=doc.content_hash,
-        document_id=doc.id,
-        chunk_ids=[c.id for c in chunks],
-        size=st.st_size,
-        mtime=st.st_mtime,
-        metadata=meta,
+        content_hash=doc.content_hash, document_id=doc.id, chunk_ids=[c.id for c in chunks],
+        size=st.st_size, mtime=st.st_mtime, metadata=meta,
     )
     plan.new_chunks.extend(chunks)
 
