@@ -3,7 +3,7 @@
 A tmp directory stands in for the Volume mount ($COLBERT_MODAL_VOLUME_PATH);
 the engine is the real one on the tiny lexical checkpoint. What only Modal's
 cloud can run (image build, Volume reload/commit, app.run) is listed in
-docs/remote.md and exercised by the opt-in ``remote`` test in test_remote.py.
+docs/remote.md and exercised by the opt-in ``remote`` test in test_remote_client.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sharded indexes (issue 16): split by document, built shard by shard, searched and merged.
+"""Sharded indexes: split by document, built shard by shard, searched and merged.
 
 The evidence the issue asks for: with the exact backend a sharded index
 gives the unsharded index's results (locally, and through the real Modal

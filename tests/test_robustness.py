@@ -1,4 +1,4 @@
-"""Safe to embed in an app (issue 14): threads, damaged indexes, bad names, full disks.
+"""Safe to embed in an app: threads, damaged indexes, bad names, full disks.
 
 Each test reproduces one finding of the issue with the real engine (the tiny
 lexical checkpoint) and real files; faults are injected only where a real
