@@ -136,7 +136,7 @@ def bench_eval(a: argparse.Namespace) -> None:
     import tracemalloc
 
     from colbert_modal.filters import ChunkColumns, parse_where
-    from colbert_modal.models import Chunk
+    from colbert_modal.records import Chunk
 
     per_file = 100
     chunks = [

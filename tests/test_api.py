@@ -75,3 +75,16 @@ def test_suite_uses_the_plugin_checkpoint_with_its_own_words(colbert_checkpoint)
     assert not hasattr(conftest, "colbert_checkpoint")
     vocab = set((colbert_checkpoint / "vocab.txt").read_text(encoding="utf-8").split())
     assert {"aardvark", "zeppelin", "[unused0]", "[unused1]"} <= vocab
+
+
+def test_records_keep_their_old_module_name_for_imports_and_pickles() -> None:
+    """``colbert_modal.models`` was the records' module; user code and pickles name it."""
+    import pickle
+
+    from colbert_modal import models, records
+
+    assert models.SearchResult is records.SearchResult and set(models.__all__) == set(records.__all__)
+    hit = records.SearchResult(rank=1, score=1.0, text="t", source="s.pdf", pages=[1], chunk_id="c",
+                               document_id="d", metadata={})
+    old = pickle.dumps(hit, protocol=2).replace(b"colbert_modal.records", b"colbert_modal.models")  # as an older release wrote it
+    assert b"colbert_modal.models" in old and pickle.loads(old) == hit

@@ -21,8 +21,8 @@ LAYERS: list[list[str]] = [
     ["errors"],
     ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
     ["view"],  # page images (pypdfium2, lazily) and opening files
-    ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
-    ["hub", "names"],  # model names to checkpoints; index and generation names
+    ["records", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
+    ["hub", "names", "models"],  # model names to checkpoints; index and generation names; models: records' old name
     ["files", "integrity"],  # reading input files safely; checksums, the top manifest's checks, storage errors
     ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)

@@ -8,7 +8,7 @@ import pytest
 
 from colbert_modal.chunking import Chunker, WhitespaceTokenizer, load_tokenizer
 from colbert_modal.errors import ConfigurationError, ModelLoadError
-from colbert_modal.models import Document, Page
+from colbert_modal.records import Document, Page
 
 
 def _doc(pages: list[str], doc_id: str = "d0c") -> Document:

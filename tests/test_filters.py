@@ -17,7 +17,7 @@ from colbert_modal import ColbertIndexer
 from colbert_modal.errors import ConfigurationError
 from colbert_modal.filters import ChunkColumns, check_metadata, parse_where
 from colbert_modal.loaders import LOADER_KEYS, load_file
-from colbert_modal.models import Chunk
+from colbert_modal.records import Chunk
 from colbert_modal.pipeline import resolve_metadata
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 from colbert_modal import loadpool
 from colbert_modal.errors import ConfigurationError
-from colbert_modal.models import Document, SkippedFile
+from colbert_modal.records import Document, SkippedFile
 from helpers import read_or_hang
 
 TESTS = Path(__file__).parent

@@ -23,7 +23,7 @@ from colbert_modal.remote import VOLUME_MOUNT, gpu_setting
 from colbert_modal.remote import server as remote
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.errors import IndexLockedError, IndexNotFoundError
-from colbert_modal.models import IndexInfo, IndexReport
+from colbert_modal.records import IndexInfo, IndexReport
 from colbert_modal.pipeline import Settings, UpdatePlan, plan_update
 from colbert_modal.store import Manifest
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from colbert_modal import ColbertIndexer, pipeline
-from colbert_modal.models import Document
+from colbert_modal.records import Document
 from helpers import change_after_reading
 
 

@@ -18,7 +18,7 @@ import pytest
 from colbert_modal import ColbertIndexer
 from colbert_modal import sharding
 from colbert_modal.errors import ConfigurationError, SettingsMismatchError, ShardBuildError
-from colbert_modal.models import SearchResult
+from colbert_modal.records import SearchResult
 from colbert_modal.pipeline import Settings, UpdatePlan
 from colbert_modal.store import FileEntry
 

@@ -21,7 +21,7 @@ import pytest
 from colbert_modal import modal_app
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.errors import IndexLockedError, IndexNotFoundError
-from colbert_modal.models import IndexInfo, IndexReport, SkippedFile
+from colbert_modal.records import IndexInfo, IndexReport, SkippedFile
 from colbert_modal.pipeline import Settings, UpdatePlan, plan_update
 from colbert_modal.store import Manifest
 from modal_standin import (  # noqa: F401 (fixture modal_standin)

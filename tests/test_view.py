@@ -15,7 +15,7 @@ from colbert_modal import DependencyMissingError, FileAccessError, display, view
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.cli import cli
 from colbert_modal.loaders import load_file
-from colbert_modal.models import FileWarning, IndexReport, SearchResult, SearchResults, SkippedFile
+from colbert_modal.records import FileWarning, IndexReport, SearchResult, SearchResults, SkippedFile
 
 PDF = Path(__file__).parent / "data" / "pdfs" / "pdflatex-4-pages.pdf"  # from ../shared/data/pdfs
 

@@ -43,22 +43,22 @@ from .errors import (
 # stays cheap: pydantic, pypdf, tokenizers, torch and modal load only when needed.
 _LAZY = {
     "ColbertIndexer": ".indexer",
-    "Chunk": ".models",
-    "Document": ".models",
-    "FileWarning": ".models",
-    "IndexInfo": ".models",
-    "IndexReport": ".models",
-    "Page": ".models",
-    "SearchResult": ".models",
-    "SearchResults": ".models",
-    "SkippedFile": ".models",
+    "Chunk": ".records",
+    "Document": ".records",
+    "FileWarning": ".records",
+    "IndexInfo": ".records",
+    "IndexReport": ".records",
+    "Page": ".records",
+    "SearchResult": ".records",
+    "SearchResults": ".records",
+    "SkippedFile": ".records",
     "default_index_root": ".store",
     "list_indexes": ".store",
 }
 
 if _TYPE_CHECKING:
     from .indexer import ColbertIndexer
-    from .models import (
+    from .records import (
         Chunk,
         Document,
         FileWarning,

@@ -1,4 +1,4 @@
-"""Documents in, token-bounded :class:`~colbert_modal.models.Chunk` objects out.
+"""Documents in, token-bounded :class:`~colbert_modal.records.Chunk` objects out.
 
 Chunks are measured with the model's own tokenizer (the ``tokenizers``
 library: no torch, no model weights), hold at most ``max_tokens`` tokens,
@@ -11,7 +11,7 @@ Chunk ids are ``<document id>-<position>``: the same file with the same
 settings gives the same ids.
 
 >>> chunker = Chunker(WhitespaceTokenizer(), max_tokens=4, overlap=1)
->>> from colbert_modal.models import Document, Page
+>>> from colbert_modal.records import Document, Page
 >>> doc = Document(id="abc", source="/x.txt", content_hash="abc",
 ...                pages=[Page(number=1, text="one two three. four five"), Page(number=2, text="six seven")])
 >>> [(c.text, c.pages) for c in chunker.chunk(doc)]
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from .errors import ConfigurationError, ModelLoadError
-from .models import Chunk, Document, Page
+from .records import Chunk, Document, Page
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

@@ -38,9 +38,9 @@ from .errors import (
 )
 from .indexer import ColbertIndexer
 from .loaders import PasswordBook
-from .models import IndexInfo, IndexReport, SearchResult, SkippedFile
 from .pipeline import MAX_CHUNKS_PER_FILE
 from .progress import should_show
+from .records import IndexInfo, IndexReport, SearchResult, SkippedFile
 from .store import default_index_root, list_indexes
 
 __all__ = ["EXIT_CODES", "cli", "format_pages", "main", "make_snippet", "parse_passwords", "query_terms"]

@@ -3,7 +3,7 @@
 Pure string functions, shared by the CLI (text) and the Jupyter views of
 :class:`~colbert_modal.SearchResults`, :class:`~colbert_modal.SearchResult`
 and :class:`~colbert_modal.IndexReport` (HTML). They take the records by
-duck typing, so this module sits below :mod:`colbert_modal.models`.
+duck typing, so this module sits below :mod:`colbert_modal.records`.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class CorruptFileError(LoadError):
 class NoDocumentsError(ColbertModalError):
     """A call to ``index`` found nothing it could index.
 
-    ``report`` holds the :class:`~colbert_modal.models.IndexReport` with the
+    ``report`` holds the :class:`~colbert_modal.records.IndexReport` with the
     reason for every file that was skipped.
     """
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError
-from .models import Chunk
+from .records import Chunk
 
 __all__ = [
     "BUILTIN_FIELDS",

@@ -15,7 +15,6 @@ from .errors import ConfigurationError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
-from .models import IndexInfo, IndexReport, SearchResult
 from .pipeline import (
     MAX_CHUNKS_PER_FILE,
     MetadataSpec,
@@ -26,6 +25,7 @@ from .pipeline import (
     shard_count,
 )
 from .progress import Progress
+from .records import IndexInfo, IndexReport, SearchResult
 from .runners import Runner
 from .runners.local import LocalRunner
 from .search import check_queries

@@ -1,4 +1,4 @@
-"""Paths in, :class:`~colbert_modal.models.Document` objects out.
+"""Paths in, :class:`~colbert_modal.records.Document` objects out.
 
 PDFs are read page by page with pypdf; ``.txt`` and ``.md`` files are read as
 text, in sections of bounded size so that a huge file never sits in memory as
@@ -6,7 +6,7 @@ one string. Folders are walked recursively.
 
 A file that cannot be used raises a :class:`~colbert_modal.errors.LoadError`
 subclass from :func:`load_file`; :func:`load_paths` collects those per file
-as :class:`~colbert_modal.models.SkippedFile` entries and goes on with the
+as :class:`~colbert_modal.records.SkippedFile` entries and goes on with the
 rest of the batch.
 """
 
@@ -34,7 +34,7 @@ from .errors import (
     UnsupportedFileTypeError,
 )
 from .files import detect_encoding, hash_file, not_regular, open_regular, text_sections
-from .models import Document, FileWarning, Page, SkippedFile
+from .records import Document, FileWarning, Page, SkippedFile
 
 __all__ = [
     "LOADER_KEYS",

@@ -48,8 +48,8 @@ from . import errors
 from .chunking import Chunker, load_tokenizer
 from .errors import ColbertModalError, ConfigurationError, LoadError
 from .loaders import Passwords, iter_documents, password_for
-from .models import Chunk, Document, FileWarning, SkippedFile
 from .progress import Stage
+from .records import Chunk, Document, FileWarning, SkippedFile
 
 __all__ = [
     "DEFAULT_LOAD_TIMEOUT",

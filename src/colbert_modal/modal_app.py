@@ -222,7 +222,7 @@ def shards(index_name: str):
 
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
 def info(index_name: str):
-    """:class:`~colbert_modal.models.IndexInfo` of the published index."""
+    """:class:`~colbert_modal.records.IndexInfo` of the published index."""
     _reload_volume()
     return server.read_info(server.volume_path(), index_name)
 

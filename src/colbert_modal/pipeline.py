@@ -29,8 +29,8 @@ from .errors import (
 from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .loadpool import load_batch, worker_count
-from .models import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .progress import Progress, Stage
+from .records import Chunk, Document, FileWarning, IndexReport, SkippedFile
 from .store import FileEntry, Manifest
 
 __all__ = [

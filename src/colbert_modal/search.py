@@ -5,7 +5,7 @@ What can be searched, from the bottom up (one name per level):
 - an engine index (:class:`~colbert_modal.engine.SearchIndex`: ``ExactIndex``
   or ``PlaidIndex``): one format's files, searched by chunk position;
 - an :class:`OpenIndex`: one published generation with its chunks, searched
-  into :class:`~colbert_modal.models.SearchResult` s. Three kinds:
+  into :class:`~colbert_modal.records.SearchResult` s. Three kinds:
   :class:`OpenGeneration` (an unsharded index),
   :class:`~colbert_modal.sharding.OpenShards` (every shard of a sharded one,
   merged) and :class:`~colbert_modal.sharding.OpenShard` (one shard of it);
@@ -24,7 +24,7 @@ from typing import Any
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError, EngineError, IndexStorageError
 from .filters import ChunkColumns, parse_where
-from .models import Chunk, SearchResult, SearchResults
+from .records import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
 __all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]

@@ -58,9 +58,9 @@ from typing import Any, NamedTuple
 
 from .errors import ConfigurationError, IndexStorageError, ShardBuildError
 from .integrity import DISK_FULL
-from .models import Chunk, IndexReport, SearchResult, SearchResults
 from .pipeline import UpdatePlan, nothing_to_index
 from .progress import Progress
+from .records import Chunk, IndexReport, SearchResult, SearchResults
 from .search import OpenGeneration, OpenIndex
 from .store import (
     SHARDED_FORMAT,

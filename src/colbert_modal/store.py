@@ -61,7 +61,6 @@ from .integrity import (
     top_problem,
     with_checksum,
 )
-from .models import Chunk, IndexInfo
 from .names import (
     default_index_root,
     generation_name,
@@ -70,6 +69,7 @@ from .names import (
     is_plain_name,
     validate_index_name,
 )
+from .records import Chunk, IndexInfo
 
 __all__ = [
     "FORMAT_VERSION",
@@ -243,7 +243,7 @@ class Generation:
         return chunks
 
     def info(self) -> IndexInfo:
-        """What this generation holds, as :class:`~colbert_modal.models.IndexInfo`."""
+        """What this generation holds, as :class:`~colbert_modal.records.IndexInfo`."""
         m = self.manifest
         return IndexInfo(
             name=m.name,

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .errors import ColbertModalError, IndexLockedError, IndexStorageError
-from .models import Chunk, IndexReport
 from .pipeline import UpdatePlan, check_settings, nothing_to_index, with_metadata
 from .progress import Progress
+from .records import Chunk, IndexReport
 from .store import FileEntry, Generation, IndexStore, Manifest, now_iso, storage_error
 
 __all__ = ["Applied", "apply_update", "check_plan", "previous_generation"]

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models import IndexReport
 from ..progress import Event
+from ..records import IndexReport
 
 __all__ = [
     "API_VERSION",

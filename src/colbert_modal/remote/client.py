@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigurationError, IndexNotFoundError, RemoteError
-from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import UpdatePlan
 from ..progress import Progress, Stage
+from ..records import IndexInfo, IndexReport, SearchResults
 from ..sharding import ShardAnswer, merge_results
 from ..store import Manifest
 from . import KINDS, ApplyFinished, ContainerStarted, gpu_setting

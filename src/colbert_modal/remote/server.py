@@ -25,9 +25,9 @@ from typing import Any
 from ..chunking import Chunker, load_tokenizer
 from ..errors import IndexNotFoundError
 from ..filters import parse_where
-from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import Settings, UpdatePlan, plan_update
 from ..progress import Event, Progress, StageAdvanced, StageEnded, StageStarted
+from ..records import IndexInfo, IndexReport, SearchResults
 from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
 from ..sharding import (
     OpenShard,

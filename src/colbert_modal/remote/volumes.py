@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, IndexNotFoundError
-from ..models import IndexInfo
+from ..records import IndexInfo
 from ..sharding import adopt_shards, shard_generation
 from ..store import Generation, IndexStore
 from . import VOLUME_NAME

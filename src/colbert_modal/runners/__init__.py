@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models import IndexInfo, IndexReport, SearchResults
     from ..pipeline import UpdatePlan
     from ..progress import Progress
+    from ..records import IndexInfo, IndexReport, SearchResults
     from ..store import Manifest
 
 __all__ = ["Planner", "Runner"]

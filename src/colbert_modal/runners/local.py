@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IndexStorageError
-from ..models import IndexInfo, IndexReport, SearchResults
 from ..progress import Progress
+from ..records import IndexInfo, IndexReport, SearchResults
 from ..search import LiveIndex, OpenIndex
 from ..sharding import apply as apply_sharded
 from ..sharding import open_generation

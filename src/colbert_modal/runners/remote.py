@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IndexNotFoundError, IndexStorageError
-from ..models import IndexInfo, IndexReport, SearchResults
 from ..pipeline import nothing_to_index
 from ..progress import Progress
+from ..records import IndexInfo, IndexReport, SearchResults
 from ..remote import VOLUME_NAME
 from ..remote.client import RemoteSession
 from ..remote.volumes import check_remote_model
