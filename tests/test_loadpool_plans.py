@@ -20,7 +20,7 @@ from colbert_modal import ColbertIndexer, loaders, loadpool
 from colbert_modal.chunking import Chunker, load_tokenizer
 from colbert_modal.errors import ConfigurationError
 from colbert_modal.pipeline import Settings, UpdatePlan, plan_update
-from colbert_modal.progress import Progress
+from colbert_modal.progress import Event, Progress, StageAdvanced
 from conftest import PDFS
 from helpers import make_text_pdf, read_or_die, read_then_change
 
@@ -161,8 +161,8 @@ def test_ctrl_c_ends_the_loader_processes(
     folder = mixed_folder(tmp_path / "docs")
     seen: list[int] = []
 
-    def interrupt(event: tuple[Any, ...]) -> None:
-        if event[0] == "update" and event[1] == "loading":
+    def interrupt(event: Event) -> None:
+        if isinstance(event, StageAdvanced) and event.stage == "loading":
             seen.extend(p.pid for p in loaders_running())
             raise KeyboardInterrupt
 
@@ -197,7 +197,7 @@ def test_a_script_without_a_main_guard_can_use_loader_processes(colbert_checkpoi
         from colbert_modal import loadpool
         from colbert_modal.chunking import Chunker, load_tokenizer
         from colbert_modal.pipeline import Settings, plan_update
-        from colbert_modal.progress import Progress
+        from colbert_modal.progress import Event, StageAdvanced, Progress
 
         loadpool.PARALLEL_MIN_FILES = 2
         progress = Progress(False)

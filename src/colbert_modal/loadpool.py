@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import errors
 from .chunking import Chunker, load_tokenizer
@@ -165,6 +165,31 @@ class Loaded:
     chunks: list[Chunk] | None
 
 
+# --- what a loader process tells its parent (pickled over its stdout) ---------------------------
+
+
+class WorkerReady(NamedTuple):
+    """The process loaded its tokenizer and takes files."""
+
+
+class WorkerFailed(NamedTuple):
+    """The process cannot work at all (e.g. the tokenizer does not load): the batch fails with this."""
+
+    error: str
+    message: str
+
+
+class FileDone(NamedTuple):
+    """File number ``position`` of the batch is done: its outcome."""
+
+    position: int
+    loaded: Loaded
+
+
+#: One message of a loader process.
+WorkerMessage = WorkerReady | WorkerFailed | FileDone
+
+
 #: What a loader process runs first (``python -c``): ignore Ctrl-C (the parent
 #: ends it), keep the results channel (stdout) away from stray prints, take the
 #: parent's ``sys.path``, then serve. A fresh interpreter that never imports the
@@ -225,7 +250,7 @@ def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
         _tie_to_parent(parent)
     settings, max_chunks, reader = pickle.load(inp)
 
-    def send(msg: tuple[Any, ...]) -> None:
+    def send(msg: WorkerMessage) -> None:
         pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
@@ -233,9 +258,9 @@ def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
     try:
         chunker = Chunker(load_tokenizer(model), max_tokens=max_tokens, overlap=overlap)
     except Exception as exc:
-        send(("fatal", type(exc).__name__, str(exc)))
+        send(WorkerFailed(type(exc).__name__, str(exc)))
         return
-    send(("ready",))
+    send(WorkerReady())
     while True:
         try:
             task = pickle.load(inp)
@@ -251,12 +276,12 @@ def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
                 if isinstance(item, Document):
                     chunks = list(itertools.islice(chunker.chunk(item), max_chunks + 1))
                     items[i] = item.model_copy(update={"pages": []})
-            send(("done", index, Loaded(items, chunks)))
+            send(FileDone(index, Loaded(items, chunks)))
         except LoadError as exc:  # a reader that raises instead of reporting
-            send(("done", index, Loaded([_skip(path, type(exc).__name__, exc.reason)], None)))
+            send(FileDone(index, Loaded([_skip(path, type(exc).__name__, exc.reason)], None)))
         except Exception as exc:  # one file must not stop the batch
             reason = f"could not be read or chunked in a loader process ({type(exc).__name__}: {exc})"
-            send(("done", index, Loaded([_skip(path, type(exc).__name__, reason)], None)))
+            send(FileDone(index, Loaded([_skip(path, type(exc).__name__, reason)], None)))
 
 
 def _skip(path: str, error: str, reason: str) -> SkippedFile:
@@ -298,7 +323,7 @@ def _fatal(name: str, message: str) -> ColbertModalError:
 class _Worker:
     """One loader process (a fresh interpreter) and the thread that reads its replies into ``replies``."""
 
-    def __init__(self, init: tuple[Any, ...], replies: queue.Queue[tuple[_Worker, Any]]) -> None:
+    def __init__(self, init: tuple[Any, ...], replies: queue.Queue[tuple[_Worker, WorkerMessage | None]]) -> None:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
         self.proc = subprocess.Popen(
@@ -311,7 +336,7 @@ class _Worker:
         self.send(init)
         threading.Thread(target=self._read, args=(replies,), daemon=True, name="colbert-modal-loader").start()
 
-    def _read(self, replies: queue.Queue[tuple[_Worker, Any]]) -> None:
+    def _read(self, replies: queue.Queue[tuple[_Worker, WorkerMessage | None]]) -> None:
         assert self.proc.stdout is not None
         try:
             while True:
@@ -377,7 +402,7 @@ def load_and_chunk(
     todo = list(enumerate(str(f) for f in files))
     todo.reverse()  # pop() from the end hands out files in input order
     results: list[Loaded | None] = [None] * len(files)
-    replies: queue.Queue[tuple[_Worker, Any]] = queue.Queue()
+    replies: queue.Queue[tuple[_Worker, WorkerMessage | None]] = queue.Queue()
     live: set[_Worker] = set()
 
     def feed(worker: _Worker) -> None:
@@ -432,13 +457,13 @@ def load_and_chunk(
                 if todo:
                     live.add(_Worker(init, replies))  # a fresh worker for the rest
                 continue
-            if msg[0] == "fatal":
-                raise _fatal(msg[1], msg[2])
-            if msg[0] == "ready":
+            if isinstance(msg, WorkerFailed):
+                raise _fatal(msg.error, msg.message)
+            if isinstance(msg, WorkerReady):
                 worker.ready = True
             else:
                 worker.held = None
-                finish(msg[1], msg[2])
+                finish(msg.position, msg.loaded)
             feed(worker)
             expire()
     finally:
