@@ -227,7 +227,8 @@ class Encoder:
     @property
     def dim(self) -> int:
         if self._rag is None:  # without loading ragatouille
-            return read_settings(self.model_path).dim
+            with contextlib.suppress(UnsupportedCheckpoint):  # unreadable: let colbert-ai say why
+                return read_settings(self.model_path).dim
         return int(self.rag.model.config.dim)
 
     # --- encoding --------------------------------------------------------

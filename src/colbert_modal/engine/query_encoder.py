@@ -167,14 +167,19 @@ def _load_tokenizer(folder: Path) -> tuple[Any, dict[str, Any]]:
 def _load_weights(folder: Path) -> dict[str, Any]:
     import torch
 
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    try:
+        if (folder / "model.safetensors").is_file():
+            from safetensors.torch import load_file
 
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-    else:
-        raise UnsupportedCheckpoint(f"{folder}: no model.safetensors or pytorch_model.bin")
+            state = load_file(str(folder / "model.safetensors"))
+        elif (folder / "pytorch_model.bin").is_file():
+            state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        else:
+            raise UnsupportedCheckpoint(f"{folder}: no model.safetensors or pytorch_model.bin")
+    except UnsupportedCheckpoint:
+        raise
+    except Exception as exc:  # safetensors' own error type, pickle errors: colbert-ai's load reports them
+        raise UnsupportedCheckpoint(f"{folder}: weights unreadable ({type(exc).__name__}: {exc})") from exc
     return dict(state)
 
 
@@ -408,6 +413,8 @@ class QueryEncoder:
         import torch
 
         queries = list(queries)
+        if not queries:
+            return torch.zeros((0, self.settings.query_maxlen, self.dim), dtype=torch.float32)
         ids, att = self.tensorize(queries, self.query_maxlen(queries))
         ids_t, att_t = torch.from_numpy(ids), torch.from_numpy(att)
         parts = [self.forward(ids_t[s : s + self.bsize], att_t[s : s + self.bsize]).cpu()
