@@ -28,6 +28,7 @@ LAYERS: list[list[str]] = [
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
     ["engine._upstream"],
     ["engine.precision", "engine.clustering"],
+    ["engine.query_encoder"],  # the lean query encoder: torch, tokenizers, safetensors only
     ["engine.encoder"],
     ["engine.exact", "engine.plaid"],
     ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes

@@ -64,19 +64,22 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _record_autocast(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record the CPU autocast dtype inside each encoder forward (colbert-ai's ColBERT.doc/query)."""
+    """Record the CPU autocast dtype inside each encoder forward (colbert-ai's ColBERT.doc/query,
+    the lean query encoder's ``query``)."""
     import torch
     from colbert.modeling.colbert import ColBERT
 
+    from colbert_modal.engine.query_encoder import QueryEncoder
+
     seen: list[str] = []
-    for name in ("doc", "query"):
-        original = getattr(ColBERT, name)
+    for cls, name in ((ColBERT, "doc"), (ColBERT, "query"), (QueryEncoder, "query")):
+        original = getattr(cls, name)
 
         def forward(self, *a, _original=original, **k):
             seen.append(str(torch.get_autocast_dtype("cpu")) if torch.is_autocast_enabled("cpu") else "off")
             return _original(self, *a, **k)
 
-        monkeypatch.setattr(ColBERT, name, forward)
+        monkeypatch.setattr(cls, name, forward)
     return seen
 
 

@@ -27,6 +27,8 @@ The modules, each importing only those above it in this list:
   quiet output, what the PLAID patches target);
 - ``precision``: the precision setting, the autocast, the device probe;
 - ``clustering``: :func:`kmeans` (torch only);
+- ``query_encoder``: the lean query encoder (the checkpoint's BERT and head in
+  torch, no ragatouille): what searching an exact index encodes queries with;
 - ``encoder``: the loaded checkpoint (:class:`Encoder`) and fast document encoding;
 - ``exact`` and ``plaid``: each backend's build, on-disk format and search;
 - this package: :class:`Engine` (an encoder that builds and opens both) and

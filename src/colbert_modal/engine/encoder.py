@@ -23,7 +23,8 @@ from typing import Any
 from ..errors import EngineError, ModelLoadError
 from ..hub import resolve_model
 from ._upstream import import_ragatouille, load_lock, quiet
-from .precision import check_precision, checkpoint_device, set_precision
+from .precision import check_precision, checkpoint_device, resolve_precision, set_precision
+from .query_encoder import QueryEncoder, UnsupportedCheckpoint, default_device, read_settings
 
 __all__ = [
     "Encoder",
@@ -175,6 +176,8 @@ class Encoder:
         self._rag: Any = None
         self._resolved_precision: str | None = None
         self._lock = threading.RLock()
+        #: the lean query encoder; False where the checkpoint needs colbert-ai's (see :attr:`query_encoder`)
+        self._query_encoder: QueryEncoder | bool | None = None
 
     # --- the model -------------------------------------------------------
 
@@ -223,6 +226,9 @@ class Encoder:
 
     @property
     def dim(self) -> int:
+        if self._rag is None:  # without loading ragatouille
+            with contextlib.suppress(UnsupportedCheckpoint):  # unreadable: let colbert-ai say why
+                return read_settings(self.model_path).dim
         return int(self.rag.model.config.dim)
 
     # --- encoding --------------------------------------------------------
@@ -230,6 +236,8 @@ class Encoder:
     @property
     def device(self) -> str:
         """Where the encoders run: "cuda" or "cpu"."""
+        if self._rag is None:  # where colbert-ai will put it, without loading ragatouille
+            return default_device()
         return checkpoint_device(self.checkpoint)
 
     @property
@@ -286,7 +294,45 @@ class Encoder:
             memo[key] = Q
         return Q
 
+    @property
+    def query_encoder(self) -> QueryEncoder | None:
+        """The lean query encoder (:mod:`~colbert_modal.engine.query_encoder`), loaded once;
+        None where the checkpoint needs colbert-ai's (queries then go through ragatouille)."""
+        with self._lock:
+            if self._query_encoder is None:
+                device = self.device
+                weights = None
+                if self._rag is not None:  # share the loaded checkpoint's weights
+                    ckpt = self.checkpoint
+                    weights = {f"bert.{k}": v for k, v in ckpt.bert.state_dict().items()}
+                    weights["linear.weight"] = ckpt.linear.weight
+                try:
+                    self._query_encoder = QueryEncoder(
+                        self.model_path, precision=resolve_precision(self.precision, device), device=device,
+                        weights=weights,
+                    )
+                except UnsupportedCheckpoint as exc:
+                    logger.info("queries of %s are encoded by colbert-ai: %s", self.model_name, exc)
+                    self._query_encoder = False
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    raise ModelLoadError(
+                        f"could not load ColBERT checkpoint {self.model_name!r} from {self.model_path}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            return self._query_encoder if isinstance(self._query_encoder, QueryEncoder) else None
+
     def _encode_queries(self, queries: Sequence[str]) -> Any:
+        lean = self.query_encoder
+        if lean is None:
+            return self.encode_queries_upstream(queries)
+        try:
+            return lean.encode(queries)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise EngineError(f"encoding {len(queries)} queries failed: {exc}") from exc
+
+    def encode_queries_upstream(self, queries: Sequence[str]) -> Any:
+        """Query embeddings by colbert-ai's ``Checkpoint.queryFromText`` (loads ragatouille), as
+        :meth:`encode_queries` computes them without it: float32 [n_queries, query length, dim]."""
         import torch
 
         ckpt = self.checkpoint
