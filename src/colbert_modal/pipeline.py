@@ -69,7 +69,7 @@ class Settings:
 
 def shard_count(manifest: Manifest | None) -> int:
     """How many shards the index of ``manifest`` has (1: unsharded, or no index)."""
-    return len(manifest.shards) if manifest is not None and manifest.shards else 1
+    return manifest.shard_count if manifest is not None else 1
 
 
 def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bool) -> None:

@@ -268,7 +268,7 @@ def default_shards(n_chunks: int) -> int:
 
 def _wanted_shards(plan: UpdatePlan, prev: Generation | None) -> int:
     if prev is not None and not plan.rebuild:
-        return len(prev.manifest.shards or {}) or 1
+        return prev.manifest.shard_count
     asked = plan.settings.shard_count
     return asked if asked is not None else default_shards(len(plan.new_chunks))
 

@@ -174,6 +174,11 @@ class Manifest:
         return cls(files=files, **{k: data[k] for k in keys if k in data})
 
     @property
+    def shard_count(self) -> int:
+        """How many shards the index has (1: unsharded)."""
+        return len(self.shards) if self.shards else 1
+
+    @property
     def n_chunks(self) -> int:
         return sum(len(e.chunk_ids) for e in self.files.values())
 
@@ -259,7 +264,7 @@ class Generation:
             updated_at=m.updated_at,
             sources=sorted(m.files),
             metadata_keys=m.metadata_keys(),
-            shards=len(m.shards) if m.shards else 1,
+            shards=m.shard_count,
             shard_chunks={sid: int(v.get("chunks") or 0) for sid, v in (m.shards or {}).items()},
         )
 
