@@ -25,6 +25,7 @@ LAYERS: list[list[str]] = [
     ["hub"],
     ["loaders", "chunking", "store", "filters"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
+    ["engine.extensions"],  # colbert-ai's C++ extension compiles: the stale-lock guard (torch only)
     ["engine._upstream"],
     ["engine.precision", "engine.clustering"],
     ["engine.encoder"],
