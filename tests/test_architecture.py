@@ -23,9 +23,9 @@ LAYERS: list[list[str]] = [
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["models", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub"],
-    ["loaders", "chunking", "store", "filters"],
+    # engine.extensions: colbert-ai's C++ extension compiles, the stale-lock guard (torch only, no colbert-ai)
+    ["loaders", "chunking", "store", "filters", "engine.extensions"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)
-    ["engine.extensions"],  # colbert-ai's C++ extension compiles: the stale-lock guard (torch only)
     ["engine._upstream"],
     ["engine.precision", "engine.clustering"],
     ["engine.encoder"],
