@@ -1,7 +1,9 @@
 """``colbert-modal doctor``: check each step a first run needs, say which one fails and what to do.
 
-Without ``remote``: the engine imports, the index root is writable, a tiny
-index is built, searched and dropped in a temporary folder.
+Without ``remote``: the engine imports, the index root is writable, the
+model's checkpoint is here (or can be fetched: offline, this fails at once,
+see :func:`colbert_modal.hub.hub_unreachable`), a tiny index is built,
+searched and dropped in a temporary folder.
 
 With ``remote``: Modal credentials (never printing a secret), reachability
 of Modal's API, whether the app is deployed, then a tiny index, a search
@@ -83,7 +85,7 @@ def _round_trip(indexer: ColbertIndexer, folder: Path) -> str:
 
 
 def check_local(*, index_root: str | os.PathLike[str] | None = None, model: str | None = None) -> list[Step]:
-    """Local mode: engine importable, index root writable, a tiny index built, searched and dropped."""
+    """Local mode: engine importable, index root writable, model found, a tiny index built, searched and dropped."""
     from .store import default_index_root
 
     steps: list[Step] = []
@@ -96,6 +98,9 @@ def check_local(*, index_root: str | os.PathLike[str] | None = None, model: str 
         with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
             pass
         step.detail = f"{root} is writable"
+    if steps[0].ok:
+        with _timed(steps, "model", fix="Point at a local checkpoint: --model DIR or COLBERT_MODAL_MODEL=DIR.") as step:
+            step.detail = _model_detail(model)
     if any(s.ok is False for s in steps):
         steps.append(Step("tiny index", None, "skipped: fix the steps above first"))
         return steps
@@ -199,6 +204,15 @@ def check_remote(
             indexer.close()
             session.close()
     return steps
+
+
+def _model_detail(model: str | None) -> str:
+    """Where the model's checkpoint is (a local folder, the hub cache, a download); fails fast offline."""
+    from .hub import DEFAULT_MODEL, resolve_model
+
+    name = model or os.environ.get("COLBERT_MODAL_MODEL") or DEFAULT_MODEL
+    path = resolve_model(name)
+    return name if os.path.abspath(name) == path else f"{name} ({path})"
 
 
 def _engine_versions() -> str:

@@ -3,9 +3,18 @@
 The rest of :mod:`colbert_modal.engine` reaches the two libraries through
 here: :func:`import_ragatouille` (which first prepares the environment
 colbert-ai needs, then defers its CPU extension's compile), :func:`quiet`
-for their console output, and :func:`plaid_build_targets` for the objects
-the PLAID build patches (:func:`colbert_modal.engine.plaid.plaid_build_patches`)
-replace attributes on. Importing this module imports neither library.
+for their console output, :func:`index_checkpoint` to open a PLAID index
+with a checkpoint at another path than the one it records, and
+:func:`plaid_build_targets` for the objects the PLAID build patches
+(:func:`colbert_modal.engine.plaid.plaid_build_patches`) replace attributes
+on. Importing this module imports neither library.
+
+What the two libraries are given, once, as their modules load: our
+``print`` and a quiet ``tqdm`` (:func:`quiet`), torch's ``cpp_extension.load``
+behind the stale-lock guard (:mod:`~colbert_modal.engine.extensions`), a
+``torch.load`` that reads PLAID index files as tensors only, and a
+``MixedPrecisionManager`` that does not warn. No process-wide warning
+filter is added: the host's ``warnings.filters`` stay as they are.
 """
 
 from __future__ import annotations
@@ -17,17 +26,21 @@ import logging
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import DependencyMissingError
+from . import extensions
 
 __all__ = [
     "PlaidBuildTargets",
     "colbert_config",
     "extensions_dir",
     "import_ragatouille",
+    "index_checkpoint",
     "load_lock",
     "plaid_build_targets",
     "quiet",
@@ -118,28 +131,72 @@ def _silence_upstream_modules() -> None:
                     k: getattr(tq, k) for k in ("trange", "auto") if hasattr(tq, k)})
             elif isinstance(tq, type) and tq.__name__ == "tqdm":
                 namespace["tqdm"] = _upstream_tqdm
+            _guard_module(name, namespace)
             _patched.add(name)
 
 
-def _ignore_upstream_warnings() -> None:
-    """Warnings users cannot act on ("CUDA is not available ... Disabling autocast",
-    upstream deprecations): filtered by module and message. Re-adding a filter
-    that is there already only moves it first, so each :func:`quiet` does it
-    (an app or a test runner may have reset the filters since);
-    ``warnings.catch_warnings`` would swap the process-wide filters and is
-    not thread-safe."""
-    warnings.filterwarnings("ignore", module=r"(colbert|ragatouille)(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*CUDA is not available")
-    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\..* is deprecated")
+#: colbert-ai modules that ``torch.load`` the files of a PLAID index (centroids,
+#: buckets, residuals, codes, ivf): there ``torch`` is :class:`_IndexFileTorch`.
+_INDEX_READERS = frozenset({
+    "colbert.search.index_loader",
+    "colbert.indexing.codecs.residual",
+    "colbert.indexing.codecs.residual_embeddings",
+    "colbert.indexing.index_manager",
+    "colbert.indexing.collection_indexer",
+    "colbert.index_updater",
+})
+
+
+def _guard_module(name: str, namespace: dict[str, Any]) -> None:
+    """An upstream module's extension compiles go through the stale-lock guard
+    (:func:`~colbert_modal.engine.extensions.guarded`); its index files load as tensors only."""
+    ext = sys.modules.get("torch.utils.cpp_extension")
+    if ext is not None and namespace.get("load") is getattr(ext, "load", ext):
+        namespace["load"] = extensions.guarded(namespace["load"])
+    if name in _INDEX_READERS and isinstance(namespace.get("torch"), types.ModuleType):
+        namespace["torch"] = _IndexFileTorch(namespace["torch"])
+
+
+class _IndexFileTorch(types.ModuleType):
+    """``torch`` as colbert-ai's PLAID index readers see it: ``load`` reads tensors, never code.
+
+    colbert-ai calls ``torch.load(path, map_location='cpu')``, which unpickles
+    anything on a torch before 2.6 (or with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    set); index files come from Volumes other people write. Here every load
+    is ``weights_only=True``, and a file that holds more than tensors raises
+    :class:`~colbert_modal.errors.IndexStorageError` naming it.
+    """
+
+    def __init__(self, real: types.ModuleType) -> None:
+        super().__init__(real.__name__, real.__doc__)
+        self.__dict__["_real"] = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_real"], name)
+
+    def load(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        import pickle
+
+        kwargs["weights_only"] = True
+        try:
+            return self.__dict__["_real"].load(f, *args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            from ..store import damaged_error
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise damaged_error(
+                Path(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else Path(str(f)),
+                f"it holds more than tensors and was not loaded ({first[:200]})",
+            ) from exc
 
 
 @contextlib.contextmanager
 def quiet(verbose: bool = False) -> Iterator[None]:
     """colbert-ai and ragatouille print a lot even at verbose=0: keep their
     output off the console (logged at DEBUG on this module's logger) unless
-    ``verbose``, without replacing the process's streams (thread-safe)."""
+    ``verbose``, without replacing the process's streams or touching the
+    warning filters (thread-safe)."""
     _silence_upstream_modules()
-    _ignore_upstream_warnings()
     token = _VERBOSE.set(verbose)
     try:
         yield
@@ -171,8 +228,11 @@ def import_ragatouille() -> Any:
     try:
         with _LOAD_LOCK:
             if "ragatouille" not in sys.modules:
-                _ignore_upstream_warnings()
-                with warnings.catch_warnings():  # once, at import: the 0.0.10 / PyLate notice, deprecations
+                # Once, at import, under the load lock: the 0.0.10 / PyLate notice and
+                # import-time deprecations. (catch_warnings swaps the process's filter
+                # list for a copy and puts the original back: the host's filters are
+                # unchanged afterwards.)
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     import ragatouille
             import ragatouille
@@ -182,6 +242,7 @@ def import_ragatouille() -> Any:
             f"(install torch first to pick CPU wheels), or use mode='remote'. ({exc})"
         ) from exc
     _defer_segmented_maxsim()
+    _quiet_mixed_precision()
     _silence_upstream_modules()
     return ragatouille
 
@@ -212,6 +273,81 @@ def _defer_segmented_maxsim() -> None:
 
 
 _EXTENSION_LOCK = threading.Lock()
+
+
+def _quiet_mixed_precision() -> None:
+    """colbert-ai's ``MixedPrecisionManager`` on ``torch.amp``, enabled only where CUDA is.
+
+    As shipped it calls ``torch.cuda.amp.GradScaler()`` / ``autocast()``:
+    deprecated (a FutureWarning at every checkpoint load and encoding) and,
+    without CUDA, disabled with a "CUDA is not available" warning. The same
+    objects from ``torch.amp``, with ``enabled`` saying whether CUDA is there,
+    behave the same and warn about nothing, so no process-wide warning filter
+    is needed.
+    """
+    from colbert.utils import amp
+
+    manager = amp.MixedPrecisionManager
+    if getattr(manager, "colbert_modal_quiet", False):
+        return
+
+    def __init__(self: Any, activated: bool) -> None:
+        import torch
+
+        self.activated = activated
+        if activated:
+            self.scaler = torch.amp.GradScaler("cuda", enabled=torch.cuda.is_available())
+
+    def context(self: Any) -> Any:
+        import torch
+
+        if not self.activated:
+            return contextlib.nullcontext()
+        return torch.amp.autocast("cuda", enabled=torch.cuda.is_available())
+
+    manager.__init__ = __init__
+    manager.context = context
+    manager.colbert_modal_quiet = True
+
+
+#: (index folder, checkpoint) for :func:`index_checkpoint`, in this context.
+_INDEX_CHECKPOINT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "colbert_modal_index_checkpoint", default=None
+)
+
+
+@contextlib.contextmanager
+def index_checkpoint(index_path: str | os.PathLike[str], checkpoint: str) -> Iterator[None]:
+    """Within the block (this thread), colbert-ai reads the PLAID index at ``index_path`` as
+    built with the checkpoint at ``checkpoint``, whatever path its ``metadata.json`` records.
+
+    colbert-ai records the checkpoint's absolute path and reopens it from
+    there; an index built in a Modal container, or pulled, names a path
+    that is not here. The index's files are never written (a published,
+    checksummed generation stays as it is): the path is replaced in the
+    config colbert-ai loads, in memory.
+    """
+    _prepare_environment()
+    from colbert.infra import ColBERTConfig
+
+    with _PATCH_LOCK:
+        if not getattr(ColBERTConfig.load_from_index, "colbert_modal_override", False):
+            original = ColBERTConfig.load_from_index.__func__
+
+            def load_from_index(cls: Any, path: Any) -> Any:
+                config = original(cls, path)
+                override = _INDEX_CHECKPOINT.get()
+                if override is not None and os.path.realpath(os.fspath(path)) == override[0]:
+                    config.configure(checkpoint=override[1])
+                return config
+
+            load_from_index.colbert_modal_override = True  # type: ignore[attr-defined]
+            ColBERTConfig.load_from_index = classmethod(load_from_index)
+    token = _INDEX_CHECKPOINT.set((os.path.realpath(os.fspath(index_path)), checkpoint))
+    try:
+        yield
+    finally:
+        _INDEX_CHECKPOINT.reset(token)
 
 
 class PlaidBuildTargets(NamedTuple):

@@ -17,6 +17,8 @@ generation's engine directory:
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +27,7 @@ from ..errors import EngineError, IndexStorageError
 from ..progress import Stage
 from .encoder import Encoder
 
-__all__ = ["ExactIndex", "Reuse", "build", "load", "reuse_from"]
+__all__ = ["ExactIndex", "Reuse", "build", "load", "read_npy", "reuse_from"]
 
 
 class Reuse(NamedTuple):
@@ -44,14 +46,66 @@ def load(engine_dir: Path) -> tuple[Any, Any]:
 
     Raises :class:`~colbert_modal.errors.EngineError` where they are unreadable.
     """
-    import numpy as np
-
     try:
-        embs = np.load(engine_dir / "embeddings.npy", mmap_mode="r")
-        doclens = np.load(engine_dir / "doclens.npy")
+        embs = read_npy(engine_dir / "embeddings.npy", mmap=True)
+        doclens = read_npy(engine_dir / "doclens.npy")
     except (OSError, ValueError) as exc:
         raise EngineError(f"exact index in {engine_dir} is unreadable: {exc}") from exc
     return embs, doclens
+
+
+#: The header numpy writes for a plain array: ``{'descr': '<f2', 'fortran_order': False, 'shape': (3, 128), }``.
+_NPY_HEADER = re.compile(
+    r"\{\s*'descr':\s*'([<>|=]?[a-zA-Z]\d*)',\s*'fortran_order':\s*(True|False),\s*"
+    r"'shape':\s*\(\s*((?:\d+\s*,\s*)*(?:\d+\s*)?)\),?\s*\}\s*"
+)
+
+
+def read_npy(path: Path, *, mmap: bool = False) -> Any:
+    """The array in the ``.npy`` file at ``path`` (memory-mapped where ``mmap``), read without ``ast``.
+
+    ``np.load`` parses the header with ``ast.literal_eval``; on CPython 3.11
+    that can raise ``SystemError: AST constructor recursion depth mismatch``
+    when several threads parse at once and a garbage collection runs
+    finalizers in the middle (the interpreter's AST state is shared:
+    python/cpython#106905). Our files' headers are one plain dict (numeric
+    dtype, C order), read here with a regular expression; anything else
+    goes to ``np.load``. Raises ValueError for a header or size that does
+    not fit, OSError where the file cannot be read.
+    """
+    import numpy as np
+
+    with open(path, "rb") as f:
+        magic = f.read(8)
+        if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
+            raise ValueError(f"{path.name} is not a .npy file")
+        major = magic[6]
+        size_bytes = 2 if major == 1 else 4
+        raw = f.read(size_bytes)
+        if len(raw) < size_bytes:
+            raise ValueError(f"{path.name}: truncated .npy header")
+        header_len = int.from_bytes(raw, "little")
+        header = f.read(header_len).decode("utf-8" if major >= 3 else "latin-1")
+        offset = 8 + size_bytes + header_len
+        f.seek(0, os.SEEK_END)
+        file_size = f.tell()
+    m = _NPY_HEADER.fullmatch(header)
+    if m is None or m.group(2) == "True" or major not in (1, 2, 3):
+        return np.load(path, mmap_mode="r" if mmap else None)  # not one of ours: numpy's own parser
+    dtype = np.dtype(m.group(1))
+    if dtype.hasobject:
+        raise ValueError(f"{path.name}: object arrays are not read")
+    shape = tuple(int(x) for x in m.group(3).replace(",", " ").split())
+    count = int(np.prod(shape, dtype=np.int64))
+    if file_size - offset != count * dtype.itemsize:
+        raise ValueError(
+            f"{path.name}: {file_size - offset} bytes of data where its header {shape} needs {count * dtype.itemsize}"
+        )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    if mmap:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.fromfile(path, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def reuse_from(engine_dir: Path, mapping: list[int]) -> Reuse:

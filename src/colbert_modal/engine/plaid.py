@@ -12,7 +12,6 @@ ragatouille's ``from_index`` and searches it with colbert-ai's own search.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 from ..errors import EngineError
 from ..progress import Progress
 from . import clustering, encoder
-from ._upstream import import_ragatouille, load_lock, plaid_build_targets, quiet
+from ._upstream import import_ragatouille, index_checkpoint, load_lock, plaid_build_targets, quiet
 from .precision import Autocast, checkpoint_device, set_precision
 
 __all__ = ["FAISS_KMEANS_MIN_CHUNKS", "PlaidIndex", "build", "plaid_build_options", "plaid_build_patches"]
@@ -234,9 +233,9 @@ class PlaidIndex:
         path = engine_dir / rel
         self.engine = engine
         self.n = len(texts)
-        _point_index_at_checkpoint(path, engine.model_path)
         try:
-            with load_lock(), quiet(engine.verbose):  # it loads the checkpoint too
+            # it loads the checkpoint too: ours, wherever the index says it was built
+            with load_lock(), quiet(engine.verbose), index_checkpoint(path, engine.model_path):
                 self.rag = ragatouille.RAGPretrainedModel.from_index(str(path), verbose=0)
         except (OSError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
             raise EngineError(f"PLAID index {path} could not be opened: {type(exc).__name__}: {exc}") from exc
@@ -347,22 +346,3 @@ class PlaidIndex:
         finally:
             searcher.configure(ncells=base_ncells, ndocs=base_ndocs)
 
-
-def _point_index_at_checkpoint(index_path: Path, model_path: str) -> None:
-    """Rewrite the checkpoint path colbert-ai recorded in the index, if it moved.
-
-    colbert-ai stores the checkpoint's absolute path and reopens from there;
-    an index built in a Modal container (or before a checkpoint moved) would
-    otherwise point nowhere.
-    """
-    meta = index_path / "metadata.json"
-    try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    cfg = data.get("config", data)
-    if cfg.get("checkpoint") != model_path:
-        cfg["checkpoint"] = model_path
-        tmp = meta.with_name(f".metadata.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=4), encoding="utf-8")
-        os.replace(tmp, meta)
