@@ -180,7 +180,7 @@ def test_exact_scores_are_brute_force_maxsim(random_checkpoint: Path, tmp_path: 
     eng = engine_mod.Engine(random_checkpoint, precision="fp32")
     words = "walrus penguin meteor glacier harbour lantern volcano world state people".split()
     texts = [" ".join(words[: 1 + i % len(words)] * (1 + i // 3)) for i in range(17)]  # 3 to ~60 tokens
-    eng.build_exact(texts, tmp_path / "e", max_tokens=64)
+    eng.build_exact(texts, tmp_path / "e", max_tokens=500)  # nothing cut: every token scores
     idx = engine_mod.ExactIndex(eng, tmp_path / "e")
     assert len(idx._groups) > 2  # several group lengths, most chunks padded
     E = np.load(tmp_path / "e" / "embeddings.npy").astype(np.float32)
@@ -206,10 +206,10 @@ def test_document_encoding_matches_colbert_ai(random_checkpoint: Path) -> None:
     eng = engine_mod.Engine(random_checkpoint, precision="fp32")
     texts = [
         "", "x", "Hello, world!", "naïve café — déjà vu? 123-456.", "the walrus. The penguin; the meteor!",
-        " ".join(["glacier"] * 200),  # truncated
+        " ".join(["glacier"] * 40),  # long (nothing is cut: a passage over the window is an error)
         "state of the world " * 5, "((( ))) ... !!!", "a\nb\tc",
     ] * 3
-    fast_e, fast_d = eng.encode_documents(texts, max_tokens=24, bsize=4)
+    fast_e, fast_d = eng.encode_documents(texts, max_tokens=500, bsize=4)
 
     ckpt = eng.checkpoint
     ckpt.mask = types.MethodType(ColBERT.mask, ckpt)  # colbert-ai's own per-token mask
@@ -243,3 +243,14 @@ def test_segmented_maxsim_extension_compiles_only_when_called(random_checkpoint:
     out = ColBERT.segmented_maxsim(scores, torch.tensor([3, 2]))
     assert torch.allclose(out, torch.tensor([0.5 + 0.9, 0.7 + 0.8]))
     assert not isinstance(ColBERT.__dict__["segmented_maxsim"], staticmethod)  # the compiled one now
+
+
+def test_a_passage_longer_than_the_window_is_an_error_not_a_cut(random_checkpoint: Path) -> None:
+    """The planner makes chunks that fit; should one not (another tokenizer, a bug), encoding refuses to cut it."""
+    from colbert_modal.errors import EngineError
+
+    eng = engine_mod.Engine(random_checkpoint, precision="fp32")
+    fits = "walrus"
+    eng.encode_documents([fits], max_tokens=32)
+    with pytest.raises(EngineError, match="passage 1 has more than 32 tokens.*would be cut"):
+        eng.encode_documents([fits, " ".join(["walrus"] * 200)], max_tokens=32)

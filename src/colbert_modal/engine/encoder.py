@@ -105,6 +105,12 @@ def doc_tokens(ckpt: Any, texts: list[str], maxlen: int) -> tuple[Any, Any] | No
                               direction=getattr(doc_tok.tok, "truncation_side", "right"))
         cached = ckpt._colbert_modal_doc_tok = (maxlen, tok)
     encodings = cached[1].encode_batch(texts, add_special_tokens=True)
+    for i, enc in enumerate(encodings):
+        if enc.overflowing:  # never cut a passage silently: the planner makes chunks that fit
+            raise ValueError(
+                f"passage {i} has more than {maxlen - 3} tokens, the encoder's window; it would be cut "
+                "(chunk it with the index's max_tokens)"
+            )
     lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
     ids = np.full((len(texts), int(lengths.max())), doc_tok.tok.pad_token_id, dtype=np.int64)
     for row, enc in zip(ids, encodings, strict=True):
