@@ -172,11 +172,20 @@ def test_remote_aio_through_the_inprocess_transport(
     assert singles == expected and batch == expected
     assert info.documents == report.documents_total and idx._remote is not None
 
-    # index.aio and delete.aio: planned in a worker thread, applied "on Modal"
-    new = ColbertIndexer("fresh", mode="remote", model=kwargs["model"], index_root=tmp_path / "l2", progress=False)
+    # index.aio and delete.aio: planned in a worker thread, applied "on Modal"; two shards, searched together
+    new = ColbertIndexer(
+        "fresh", mode="remote", model=kwargs["model"], index_root=tmp_path / "l2", progress=False, shards=2
+    )
     made = asyncio.run(new.index.aio([corpus_dir / "notes"]))
     assert made.chunks_written > 0 and (inprocess / "fresh" / "CURRENT").exists()
-    assert asyncio.run(new.search.aio("meteor shower harbour", k=1))[0].source.endswith("meteor.md")
+    assert new._remote is not None and len(new._remote.session.shard_ids("fresh") or []) == 2
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(new.search.aio("meteor shower harbour", k=2), new.search.aio("walrus", k=1))
+
+    meteor, walrus = asyncio.run(both())
+    assert meteor == new.search("meteor shower harbour", k=2) and len(meteor) == 2
+    assert meteor[0].source.endswith("meteor.md") and walrus[0].source.endswith("plain.txt")
     gone = asyncio.run(new.delete.aio([corpus_dir / "notes" / "plain.txt"]))
     assert gone.documents_total == made.documents_total - 1
 
