@@ -219,3 +219,39 @@ def test_remote_aio_uses_modals_remote_aio_through_the_standin(
     finally:
         idx.close()
     assert len(standin.calls_of("Searcher.search_batch")) == 2 * len(queries)
+
+
+def test_cancelling_a_remote_aio_search_through_the_standin(
+    standin: StandIn, papers_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811 (fixtures)
+) -> None:
+    """Cancelling the task ends the wait at once; the session goes on (the container finishes its input)."""
+    from colbert_modal.remote.server import IndexServer
+
+    _put_papers(standin, papers_index)
+    real = IndexServer.search_batch
+
+    def slow(self: IndexServer, queries: Any, *args: Any, **kwargs: Any) -> Any:
+        if queries == ["slow"]:
+            time.sleep(3)
+        return real(self, queries, *args, **kwargs)
+
+    monkeypatch.setattr(IndexServer, "search_batch", slow)
+    idx = _remote(tmp_path)
+
+    async def main() -> tuple[float, Any]:
+        await idx.info.aio()
+        task = asyncio.create_task(idx.search.aio("slow", k=1))
+        await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.perf_counter() - t0, await idx.search.aio("penguin", k=1)
+
+    try:
+        waited, after = asyncio.run(main())
+    finally:
+        idx.close()
+    assert waited < 1.0  # not the 3 s the body takes
+    assert after[0].source.endswith("bestiary.pdf")
+    assert len(standin.calls_of("Searcher.search_batch")) == 2
