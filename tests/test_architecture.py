@@ -45,6 +45,8 @@ LAYERS: list[list[str]] = [
     ["remote.client"],
     ["runners.remote"],  # the indexer's remote runner: plans here, applies through the session
     ["indexer"],
+    ["adapters"],  # RAG framework adapters (optional extras): hits as the frameworks keep them
+    ["adapters.langchain", "adapters.llama_index"],  # LangChain retriever and reranker; LlamaIndex retriever
     ["doctor"],  # first-run checks: drives the indexer and the remote client
     ["cli", "testing"],
 ]

@@ -16,17 +16,32 @@ context copied (``asyncio.to_thread``) too.
 
 The descriptor is generic in the method's parameters (``ParamSpec``):
 ``indexer.search.local`` has ``search``'s signature for mypy and editors.
+
+Every dispatchable method also has an awaitable variant, Modal's spelling::
+
+    await indexer.search.aio("q")
+
+On the local side the call runs in a worker thread (``asyncio.to_thread``,
+the context copied, so a forced side holds there) and never blocks the
+event loop. On the remote side the same synchronous body runs in a
+greenlet on the loop's thread; where it reaches Modal, the runner hands
+the call to :func:`await_`, which awaits modal's own ``.remote.aio`` on the
+loop and resumes the body with its result (the way SQLAlchemy's asyncio
+layer drives sync code): no thread per call, and cancelling the task
+cancels that await. Without greenlet installed, the remote side runs in a
+worker thread too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-__all__ = ["Dispatch", "Mode", "dispatchable", "mode_of"]
+__all__ = ["Dispatch", "Mode", "await_", "bridged", "dispatchable", "mode_of"]
 
 Mode = Literal["local", "remote"]
 P = ParamSpec("P")
@@ -41,6 +56,8 @@ S = TypeVar("S", bound=HasMode)
 
 #: The side forced by ``.local`` / ``.remote`` for one object, for the duration of the call.
 _FORCED: contextvars.ContextVar[tuple[int, Mode] | None] = contextvars.ContextVar("colbert_modal_mode", default=None)
+#: The greenlet an ``.aio`` call runs its remote body in (see :func:`bridged`).
+_BRIDGE: contextvars.ContextVar[Any] = contextvars.ContextVar("colbert_modal_aio_bridge", default=None)
 
 
 def mode_of(obj: HasMode) -> Mode:
@@ -72,6 +89,15 @@ class Dispatch(Generic[P, R]):
         """Run on Modal (the index on a Modal Volume)."""
         return self._on("remote", *args, **kwargs)
 
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await the call on the event loop: local work in a worker thread; remote calls through modal's ``.aio``."""
+        mode = mode_of(self._obj)
+        if mode == "remote":
+            bridge = _greenlet_bridge()
+            if bridge is not None:
+                return await bridge(self._on, mode, *args, **kwargs)
+        return await asyncio.to_thread(self._on, mode, *args, **kwargs)
+
     def _on(self, mode: Mode, *args: Any, **kwargs: Any) -> R:
         token = _FORCED.set((id(self._obj), mode))
         try:
@@ -102,3 +128,55 @@ class dispatchable(Generic[S, P, R]):
         if obj is None:
             return self
         return Dispatch(self._fn, obj)
+
+
+# --- the remote side of .aio: a sync body run in a greenlet, its Modal calls awaited on the loop -----
+
+
+def bridged() -> bool:
+    """Whether this code runs inside an ``.aio`` call's greenlet, where :func:`await_` may be called."""
+    bridge = _BRIDGE.get()
+    if bridge is None:
+        return False
+    import greenlet
+
+    return bridge is greenlet.getcurrent()
+
+
+def await_(awaitable: Awaitable[R]) -> R:
+    """Await ``awaitable`` on the event loop from the sync body of an ``.aio`` call (see :func:`bridged`).
+
+    The body's greenlet hands it to the loop's side and resumes with its
+    result (or its exception, a cancellation included).
+    """
+    if not bridged():
+        raise RuntimeError("await_() outside an .aio call's body")
+    import greenlet
+
+    parent = greenlet.getcurrent().parent
+    assert parent is not None
+    return parent.switch(awaitable)
+
+
+def _greenlet_bridge() -> Callable[..., Awaitable[Any]] | None:
+    try:
+        import greenlet
+    except ImportError:  # pragma: no cover - greenlet is a dependency; a thread then
+        return None
+
+    async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        ctx = contextvars.copy_context()
+        body = greenlet.greenlet(lambda: fn(*args, **kwargs))
+        body.gr_context = ctx
+        ctx.run(_BRIDGE.set, body)
+        step = body.switch()
+        while not body.dead:
+            try:
+                result = await step
+            except BaseException as exc:  # a cancellation too: raised in the body where it awaited
+                step = body.throw(exc)
+            else:
+                step = body.switch(result)
+        return step
+
+    return run

@@ -11,6 +11,7 @@ modal is imported inside functions only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -290,6 +291,84 @@ class RemoteSession:
                 shard_ids = self.shard_ids(name, fresh=True) or []
                 if not shard_ids:
                     return self.search_batch(name, queries, k, where)
+                target = max(generations)
+                continue
+            if len(generations) == 1:
+                return [merge_results([answers[sid].results[i] for sid in shard_ids], k, q)
+                        for i, q in enumerate(queries)]
+            target = max(generations)
+        raise RemoteError(f"searching {name!r}: its shards kept answering from different generations "
+                          "(it is being rewritten); try again")
+
+    # --- awaitable variants (the ``.aio`` methods): modal's own async calls, on the caller's loop ----------
+
+    async def _connect_aio(self) -> None:
+        """Connect in a worker thread, once per session (it may start the app run and build the images)."""
+        self._check_open()
+        if not self.transport.connected and not self.transport.runs_here:
+            await asyncio.to_thread(self._connect)
+
+    async def call_aio(self, fn: Any, *args: Any, what: str, limit: float | None = None, **kwargs: Any) -> Any:
+        """:meth:`call` awaited: ``fn.remote.aio`` (cancelling the await abandons the call)."""
+        self._check_open()
+        with translated(what, limit=limit):
+            return await self.transport.call_aio(fn, *args, **kwargs)
+
+    async def info_aio(self, name: str) -> IndexInfo:
+        await self._connect_aio()
+        info: IndexInfo = await self.call_aio(self._handle("info", cls=False), name, what=f"reading index {name!r}")
+        return info
+
+    async def shard_ids_aio(self, name: str, *, fresh: bool = False) -> list[str] | None:
+        if fresh or name not in self._shard_ids:
+            await self._connect_aio()
+            self._shard_ids[name] = await self.call_aio(
+                self._handle("shards", cls=False), name, what=f"reading the shards of {name!r}"
+            )
+        return self._shard_ids[name]
+
+    async def search_batch_aio(
+        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
+    ) -> list[SearchResults]:
+        """:meth:`search_batch` awaited; a sharded index's shards asked at once (``asyncio.gather``)."""
+        shard_ids = await self.shard_ids_aio(name)
+        if shard_ids:
+            return await self._search_shards_aio(name, shard_ids, queries, k, where)
+        searcher = self._handle("Searcher", cls=True, options=self.search_options)(index_name=name)
+        results = await self.call_aio(
+            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where,
+            what=f"searching {name!r}",
+        )
+        return [SearchResults(r, query=q) for q, r in zip(queries, results, strict=True)]
+
+    async def _search_shards_aio(
+        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None
+    ) -> list[SearchResults]:
+        """As :meth:`_search_shards` (one generation for all shards), the shards awaited together."""
+        searcher = self._handle("Searcher", cls=True, options=self.search_options)
+        target = self.written.get(name)
+        answers: dict[str, ShardAnswer] = {}
+        for _ in range(4):
+            todo = [sid for sid in shard_ids if sid not in answers or answers[sid].generation < (target or 0)]
+            asks = [self.call_aio(
+                searcher(index_name=name, shard=sid).search_shard, queries, k=k, min_generation=target,
+                where=where, what=f"searching shard {sid} of {name!r}",
+            ) for sid in todo]
+            try:
+                answers.update(zip(todo, [ShardAnswer(*a) for a in await asyncio.gather(*asks)], strict=True))
+            except IndexNotFoundError:
+                answers.clear()
+                shard_ids = await self.shard_ids_aio(name, fresh=True) or []
+                if not shard_ids:  # rebuilt unsharded
+                    return await self.search_batch_aio(name, queries, k, where)
+                continue
+            counts = {a.shard_count for a in answers.values()}
+            generations = {a.generation for a in answers.values()}
+            if counts != {len(shard_ids)}:
+                answers.clear()
+                shard_ids = await self.shard_ids_aio(name, fresh=True) or []
+                if not shard_ids:
+                    return await self.search_batch_aio(name, queries, k, where)
                 target = max(generations)
                 continue
             if len(generations) == 1:

@@ -20,11 +20,13 @@ tests the kind.
 Every transport does the same four things: connect (showing it on a
 progress stage), look up a handle (with ``with_options``), call a method
 (``.remote`` or ``.local``), stream a generator method (``.remote_gen``),
-and open the Volume's files. modal is imported inside functions only.
+and open the Volume's files; :meth:`Transport.call_aio` is the awaitable call
+(``.remote.aio``) of the ``.aio`` methods. modal is imported inside functions only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import threading
@@ -178,6 +180,10 @@ class Transport:
     def stream(self, fn: Any, *args: Any, **kwargs: Any) -> Iterable[Any]:
         return fn.remote_gen(*args, **kwargs)
 
+    async def call_aio(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`call` awaited on the caller's loop: modal's own ``.remote.aio`` (no thread)."""
+        return await fn.remote.aio(*args, **kwargs)
+
     def volume(self) -> VolumeFiles:
         import modal
 
@@ -291,6 +297,10 @@ class InProcessTransport(Transport):
     def stream(self, fn: Any, *args: Any, **kwargs: Any) -> Iterable[Any]:
         args, kwargs = _roundtrip((args, kwargs))
         return (_roundtrip(item) for item in fn.local(*args, **kwargs))
+
+    async def call_aio(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """The body runs here, so in a worker thread (on Modal it runs in the container)."""
+        return await asyncio.to_thread(self.call, fn, *args, **kwargs)
 
     def volume(self) -> VolumeFiles:
         return DirectoryVolume(volume_path())

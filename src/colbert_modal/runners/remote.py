@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..dispatch import await_, bridged
 from ..errors import IndexNotFoundError, IndexStorageError
 from ..pipeline import nothing_to_index
 from ..progress import Progress
@@ -35,6 +36,15 @@ class RemoteRunner:
         check_remote_model(model, self.session)
 
     def update(self, plan: Planner, *, rebuild: bool, must_exist: bool, progress: Progress) -> IndexReport:
+        """:meth:`_update`; in an ``.aio`` call, in a worker thread (planning loads and chunks files here)."""
+        if bridged():
+            import asyncio
+
+            return await_(asyncio.to_thread(self._update, plan, rebuild=rebuild, must_exist=must_exist,
+                                            progress=progress))
+        return self._update(plan, rebuild=rebuild, must_exist=must_exist, progress=progress)
+
+    def _update(self, plan: Planner, *, rebuild: bool, must_exist: bool, progress: Progress) -> IndexReport:
         """Plan here against the Volume's manifest (loading and chunking run on this machine), apply on Modal.
 
         The write lease is taken in the container; a plan made against a
@@ -57,9 +67,13 @@ class RemoteRunner:
             progress.close()
 
     def search_batch(self, queries: Sequence[str], k: int, where: dict[str, Any] | None) -> list[SearchResults]:
+        if bridged():  # an .aio call: modal's .remote.aio, awaited on the caller's loop
+            return await_(self.session.search_batch_aio(self.name, list(queries), k, where=where))
         return list(self.session.search_batch(self.name, list(queries), k, where=where))
 
     def info(self) -> IndexInfo:
+        if bridged():
+            return await_(self.session.info_aio(self.name))
         return self.session.info(self.name)
 
     def forget(self) -> None:
