@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
-from .dispatch import Mode, dispatchable, mode_of
+from .dispatch import Mode, await_, bridged, dispatchable, mode_of
 from .engine import BACKENDS, check_precision
 from .errors import ConfigurationError
 from .filters import parse_where
@@ -329,10 +330,14 @@ class ColbertIndexer:
 
         runner = self._remote
         if runner is None or runner.closed:
-            session = RemoteSession(
-                session_kind(self.remote_app), gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose,
-                progress=self.progress,
-            )
+            kind = session_kind(self.remote_app)
+
+            def open_session() -> RemoteSession:
+                return RemoteSession(kind, gpu=self.gpu, timeout=self.remote_timeout, verbose=self.verbose,
+                                     progress=self.progress)
+
+            # an .aio call's body runs on the event loop: open the session (it probes Modal) in a worker thread
+            session = await_(asyncio.to_thread(open_session)) if bridged() else open_session()
             runner = self._remote = RemoteRunner(
                 session, self.name, backend=self.backend, lock_timeout=self.lock_timeout
             )
