@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import IndexNotFoundError, IndexStorageError
-from ..models import IndexInfo, IndexReport, SearchResults
+from ..models import IndexInfo, IndexReport, RerankResult, SearchResults
 from ..pipeline import nothing_to_index
 from ..progress import Progress
 from ..remote import VOLUME_NAME
 from ..remote.client import RemoteSession
 from ..remote.volumes import check_remote_model
+from ..reranking import Item
 from . import Planner
 
 __all__ = ["RemoteRunner"]
@@ -61,6 +62,14 @@ class RemoteRunner:
 
     def info(self) -> IndexInfo:
         return self.session.info(self.name)
+
+    def rerank(
+        self, query: str, items: Sequence[Item], k: int | None, *, model: str | None, max_tokens: int | None
+    ) -> list[RerankResult]:
+        """In a warm Searcher container of this index (where it is sharded, the first shard's)."""
+        if model is not None:
+            self.check_model(model)
+        return self.session.rerank(self.name, query, list(items), k, model=model, max_tokens=max_tokens)
 
     def forget(self) -> None:
         """Nothing is loaded here: the Searcher containers follow new generations themselves."""
