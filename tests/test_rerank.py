@@ -106,6 +106,8 @@ def test_bad_k_query_and_max_tokens(kw: dict) -> None:
             idx.rerank("penguin", ["t"], k=bad)
     with pytest.raises(ConfigurationError):
         idx.rerank("  ", ["t"])
+    with pytest.raises(ConfigurationError, match="one query string"):
+        colbert_modal.rerank(["two", "queries"], ["t"])
     with pytest.raises(ConfigurationError, match="max_tokens"):
         colbert_modal.rerank("penguin", ["t"], max_tokens=4)
 

@@ -26,7 +26,7 @@ from .pipeline import (
     shard_count,
 )
 from .progress import Progress
-from .reranking import check_items, check_k
+from .reranking import check_items, check_k, check_query
 from .runners import Runner
 from .runners.local import LocalRunner
 from .search import check_queries
@@ -293,8 +293,7 @@ class ColbertIndexer:
         come by ``id``, then position in ``texts``. Remote mode scores in the
         index's Searcher container. See :func:`colbert_modal.rerank` for a model without an index.
         """
-        query = check_queries(_one_query(query), 1)[0]
-        items, k = check_items(texts), check_k(k)
+        query, items, k = check_query(query), check_items(texts), check_k(k)
         model = _normalise_model(self._model_arg) if self._model_arg is not None else None
         return self._runner().rerank(query, items, k, model=model, max_tokens=self._max_tokens_arg)
 

@@ -27,7 +27,7 @@ from .hub import DEFAULT_MODEL
 from .models import RerankResult
 from .search import check_queries, score_key
 
-__all__ = ["Item", "check_items", "check_k", "default_model", "read_inputs", "rerank", "rerank_items"]
+__all__ = ["Item", "check_items", "check_k", "check_query", "default_model", "read_inputs", "rerank", "rerank_items"]
 
 #: The keys a record given as a mapping may have.
 RECORD_KEYS = frozenset({"text", "id", "metadata"})
@@ -91,6 +91,13 @@ def check_items(texts: Any) -> list[Item]:
     return items
 
 
+def check_query(query: Any) -> str:
+    """One query string, checked as a search checks its queries."""
+    if not isinstance(query, str):
+        raise ConfigurationError(f"rerank() takes one query string, got {type(query).__name__}")
+    return check_queries([query], 1)[0]
+
+
 def check_k(k: Any) -> int | None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ConfigurationError(f"k must be a positive integer or None (all), got {k!r}")
@@ -115,12 +122,14 @@ def maxsim_scores(encoder: Encoder, query: str, texts: Sequence[str], max_tokens
 
     embs, doclens = encoder.encode_documents(list(texts), max_tokens=max_tokens)
     Q = encoder.encode_queries([query])[0]  # [qlen, dim], float32; masked rows are zero
+    device = encoder.device
+    dtype = torch.float16 if device != "cpu" else torch.float32  # as ExactIndex computes, on either
     with torch.inference_mode():
-        D = torch.from_numpy(np.asarray(embs, dtype=np.float32))
-        sims = D @ Q.to(D.dtype).T  # [tokens, qlen]
+        D = torch.from_numpy(np.asarray(embs)).to(device, dtype)
+        sims = D @ Q.to(device, dtype).T  # [tokens, qlen]
         scores: list[float] = []
         for part in torch.split(sims, [int(n) for n in doclens]):
-            scores.append(float(part.amax(0).sum()) if part.shape[0] else float("-inf"))
+            scores.append(float(part.amax(0).float().sum()) if part.shape[0] else float("-inf"))
     return scores
 
 
@@ -158,8 +167,7 @@ def rerank(
     records (``rank``, ``score``, ``text``, ``id``, ``index``, ``metadata``).
     Bad input raises :class:`~colbert_modal.ConfigurationError` naming the item.
     """
-    query = check_queries([query] if isinstance(query, str) else query, 1)[0]
-    items, k = check_items(texts), check_k(k)
+    query, items, k = check_query(query), check_items(texts), check_k(k)
     max_tokens = check_max_tokens(max_tokens)
     name = os.fspath(model) if model is not None else default_model()
     if Path(name).expanduser().is_dir():

@@ -69,6 +69,10 @@ def _chunk_position(chunk_id: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
+def _key(score: float, source: str, pages: Sequence[int], chunk_id: str) -> tuple[float, str, int, int, str]:
+    return (-score_key(score), source, pages[0] if pages else 0, _chunk_position(chunk_id), chunk_id)
+
+
 def result_key(result: SearchResult) -> tuple[float, str, int, int, str]:
     """The order of hits: best score first; equal scores by source, first page, position in the file, chunk id.
 
@@ -76,8 +80,7 @@ def result_key(result: SearchResult) -> tuple[float, str, int, int, str]:
     several, local or remote), so a query on an index gives the same list
     every time. Scores are compared as float32 (:func:`score_key`).
     """
-    return (-score_key(result.score), result.source, result.page or 0, _chunk_position(result.chunk_id),
-            result.chunk_id)
+    return _key(result.score, result.source, result.pages, result.chunk_id)
 
 
 def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k: int | None = None) -> SearchResults:
@@ -87,25 +90,22 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k:
     engine may return more than ``k`` (every chunk tied with the ``k``-th
     score), and the tie rule picks among them.
     """
-    records = sorted(
-        (
-            SearchResult(
-                rank=1,
-                score=score,
-                text=chunks[pid].text,
-                source=chunks[pid].source,
-                pages=chunks[pid].pages,
-                chunk_id=chunks[pid].id,
-                document_id=chunks[pid].document_id,
-                metadata=chunks[pid].metadata,
-            )
-            for pid, score in hits
-        ),
-        key=result_key,
-    )
+    ordered = sorted(hits, key=lambda h: _key(h[1], chunks[h[0]].source, chunks[h[0]].pages, chunks[h[0]].id))
     out = SearchResults(query=query)
-    for rank, r in enumerate(records[:k] if k is not None else records, start=1):
-        out.append(r.model_copy(update={"rank": rank}))
+    for rank, (pid, score) in enumerate(ordered[:k] if k is not None else ordered, start=1):
+        c = chunks[pid]
+        out.append(
+            SearchResult(
+                rank=rank,
+                score=score,
+                text=c.text,
+                source=c.source,
+                pages=c.pages,
+                chunk_id=c.id,
+                document_id=c.document_id,
+                metadata=c.metadata,
+            )
+        )
     return out
 
 

@@ -408,9 +408,9 @@ class IndexServer:
         """``items`` (``reranking.Item`` s) scored for ``query`` with ``model``, else this index's model
         (else the default); ``max_tokens``, else the index's (else 256). Needs no index."""
         from ..chunking import DEFAULT_MAX_TOKENS
-        from ..reranking import check_items, check_k, default_model, rerank_items
+        from ..reranking import check_items, check_k, check_query, default_model, rerank_items
 
-        query = check_queries([query], 1)[0]
+        query = check_query(query)
         checked, k = check_items([it._asdict() if hasattr(it, "_asdict") else it for it in items]), check_k(k)
         manifest = read_manifest(self.store.root, self.store.name) if model is None or max_tokens is None else None
         model = model or (manifest["model"] if manifest else default_model())
