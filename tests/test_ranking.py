@@ -108,3 +108,23 @@ def test_merge_results_breaks_ties_by_source_page_and_position() -> None:
     assert [(r.source, r.page, r.chunk_id, r.rank) for r in merged] == [
         ("/c", 1, "d/c-0", 1), ("/a", 7, "d/a-3", 2), ("/b", 1, "d/b-0", 3), ("/b", 2, "d/b-2", 4)]
     assert merge_results([c, b, a], 4) == merged  # whatever the shards' order
+
+
+def test_plaid_lists_follow_the_same_rule(tied_docs: Path, kw: dict, tmp_path: Path, monkeypatch) -> None:
+    """PLAID (approximate) sorts the hits it finds by the same key; the same query gives the same list."""
+    monkeypatch.chdir(tmp_path)
+    words = "aardvark bicycle carousel dolphin espresso flamingo glacier harbour igloo jasmine kangaroo lantern".split()
+    for i in range(30):  # enough tokens for PLAID's k-means; no two files alike
+        text = " ".join(words[(i * 5 + j) % len(words)] for j in range(6)) + f". {' '.join(words[: 1 + i // 12])}"
+        (tied_docs / f"filler{i:02d}.txt").write_text(text + f" {i}.\n", encoding="utf-8")
+    idx = ColbertIndexer("plaid", **{**kw, "backend": "plaid"})
+    idx.index([tied_docs])
+    (tied_docs / "0-dup.txt").write_text("umbrella penguin walrus\n", encoding="utf-8")  # last in the index
+    idx.index([tied_docs])
+    assert idx.info().backend == "plaid"
+    first = idx.search_batch(QUERIES, k=6)
+    for hits in first:
+        _check_tie_rule(hits)
+    assert [Path(r.source).name for r in first[0][:5]] == ["0-dup.txt", "a-dup.txt", "c-dup.txt", "m-dup.txt",
+                                                             "x-dup.txt"]
+    assert _listing(ColbertIndexer("plaid", **{**kw, "backend": "plaid"}).search_batch(QUERIES, k=6)) == _listing(first)
