@@ -18,6 +18,8 @@ def test_all_is_exactly_the_public_names() -> None:
     modules = {n for n in public if inspect.ismodule(getattr(colbert_modal, n))}
     assert set(colbert_modal.__all__) == (public - modules) | {"__version__"}
     assert colbert_modal.__all__ == sorted(colbert_modal.__all__)
+    assert {"rerank", "RerankResult"} <= set(colbert_modal.__all__)
+    assert inspect.isfunction(colbert_modal.rerank)  # the function, not the module that defines it
 
 
 def test_every_error_is_a_colbert_modal_error_and_documented() -> None:

@@ -378,3 +378,14 @@ def test_the_deployed_app_version_is_checked_once_per_session(
     with _remote(tmp_path, remote_app="deployed") as idx:  # a new session checks again
         idx.info()
     assert len(standin.calls_of("app_version")) == 2
+
+
+def test_rerank_runs_in_the_searcher_container(standin: StandIn, papers_index: Path, tmp_path: Path) -> None:
+    _put_papers(standin, papers_index)
+    texts = ["flamingo glacier", "penguin quartz rhubarb", {"text": "quartz", "id": "q", "metadata": {"n": 1}}]
+    local = ColbertIndexer("papers", index_root=papers_index.parent, progress=False).rerank("penguin quartz", texts)
+    with _remote(tmp_path) as idx:  # no model given: the index's on the Volume
+        hits = idx.rerank("penguin quartz", texts, k=2)
+    assert [(h.index, h.id, h.metadata) for h in hits] == [(1, None, {}), (2, "q", {"n": 1})]
+    assert [h.score for h in hits] == [h.score for h in local[:2]]
+    assert "Searcher.rerank" in [c.tag for c in standin.calls]

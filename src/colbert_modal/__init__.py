@@ -49,11 +49,13 @@ _LAZY = {
     "IndexInfo": ".records",
     "IndexReport": ".records",
     "Page": ".records",
+    "RerankResult": ".records",
     "SearchResult": ".records",
     "SearchResults": ".records",
     "SkippedFile": ".records",
     "default_index_root": ".store",
     "list_indexes": ".store",
+    "rerank": ".reranking",
 }
 
 if _TYPE_CHECKING:
@@ -65,10 +67,12 @@ if _TYPE_CHECKING:
         IndexInfo,
         IndexReport,
         Page,
+        RerankResult,
         SearchResult,
         SearchResults,
         SkippedFile,
     )
+    from .reranking import rerank
     from .store import default_index_root, list_indexes
 
 
@@ -117,6 +121,7 @@ __all__ = [
     "RemoteError",
     "RemoteTimeoutError",
     "RemoteUnavailableError",
+    "RerankResult",
     "SearchResult",
     "SearchResults",
     "SettingsMismatchError",
@@ -126,4 +131,5 @@ __all__ = [
     "__version__",
     "default_index_root",
     "list_indexes",
+    "rerank",
 ]

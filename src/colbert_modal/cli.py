@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import __version__
+from . import __version__, reranking
 from .chunking import DEFAULT_MAX_TOKENS
 from .display import format_pages, make_snippet, query_terms
 from .errors import (
@@ -524,6 +524,19 @@ def _print_result(result: SearchResult, query: str, *, width: int, full_path: bo
         click.echo("   " + click.style(_shown(result.source), dim=True))
     snippet = make_snippet(result.text, query, width=width, highlight=lambda w: click.style(w, bold=True))
     click.echo("   " + snippet)
+
+
+@cli.command("rerank", epilog=SUB_EPILOG)
+@click.argument("query")
+@click.argument("texts", nargs=-1)
+@click.option("-n", "--name", required=True, help="The index whose model scores the texts (it is not searched).")
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=None, help="Keep the best k (default: all).")
+@index_root_option
+@remote_option
+@json_option
+def rerank_(query: str, texts: tuple[str, ...], name: str, k: int | None, as_json: bool, **opts: Any) -> None:
+    """Score TEXTS for QUERY with index NAME's model, best first: each a file's text, a text, or a .jsonl of them."""
+    click.echo(reranking.cli_rerank(_indexer(name, **opts), query, texts, k, as_json=as_json))  # opts: root, remote
 
 
 @cli.command("list", epilog=SUB_EPILOG)

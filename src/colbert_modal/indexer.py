@@ -26,7 +26,8 @@ from .pipeline import (
     shard_count,
 )
 from .progress import Progress
-from .records import IndexInfo, IndexReport, SearchResult
+from .records import IndexInfo, IndexReport, RerankResult, SearchResult
+from .reranking import check_items, check_k, check_query
 from .runners import Runner
 from .runners.local import LocalRunner
 from .search import check_queries
@@ -280,6 +281,22 @@ class ColbertIndexer:
         if not queries:
             return []
         return list(self._runner().search_batch(queries, k, dict(where) if where else None))
+
+    @dispatchable
+    def rerank(self, query: str, texts: Iterable[Any], *, k: int | None = None) -> list[RerankResult]:
+        """Score ``texts`` for ``query`` with this index's model, best first; the index is not searched.
+
+        ``texts``: strings, or records (a mapping with ``text`` and optional
+        ``id`` and ``metadata``, or an object with ``.text``, such as a
+        :class:`SearchResult`); ``k``: keep the best ``k`` (default: all).
+        Scored as the index scores its chunks (texts cut at its ``max_tokens``):
+        a text that is one of its chunks gets its search score. Equal scores
+        come by ``id``, then position in ``texts``. Remote mode scores in the
+        index's Searcher container. See :func:`colbert_modal.rerank` for a model without an index.
+        """
+        query, items, k = check_query(query), check_items(texts), check_k(k)
+        model = _normalise_model(self._model_arg) if self._model_arg is not None else None
+        return self._runner().rerank(query, items, k, model=model, max_tokens=self._max_tokens_arg)
 
     @dispatchable
     def info(self) -> IndexInfo:

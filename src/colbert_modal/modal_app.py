@@ -359,6 +359,11 @@ class Searcher:
         return ShardAnswer(generation, results, shard_count)
 
     @modal.method()
+    def rerank(self, query, items, k=None, model=None, max_tokens=None):
+        """``items`` (``reranking.Item`` s) scored for ``query``: with this index's model unless ``model``."""
+        return self.index_server.rerank(query, items, k, model=model, max_tokens=max_tokens)
+
+    @modal.method()
     def generation(self):
         """The generation this container serves, after checking for a newer one."""
         try:

@@ -20,6 +20,7 @@ __all__ = [
     "IndexInfo",
     "IndexReport",
     "Page",
+    "RerankResult",
     "SearchResult",
     "SearchResults",
     "SkippedFile",
@@ -113,6 +114,17 @@ class SearchResult(_Record):
             image.save(buf, format="PNG", optimize=True)
             png = buf.getvalue()
         return display.result_html(self, None, png)
+
+
+class RerankResult(_Record):
+    """One text given to ``rerank``, scored for the query. ``rank`` is 1-based; higher ``score`` is better."""
+
+    rank: int = Field(ge=1)
+    score: float
+    text: str
+    id: str | None = Field(None, description="The record's id, as given (None for a plain string).")
+    index: int = Field(ge=0, description="0-based position of the text in the list given.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class SearchResults(list):  # list[SearchResult] that renders as a table in notebooks

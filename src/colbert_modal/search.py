@@ -17,6 +17,7 @@ What can be searched, from the bottom up (one name per level):
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ from .filters import ChunkColumns, parse_where
 from .records import Chunk, SearchResult, SearchResults
 from .store import Generation, IndexStore, Manifest
 
-__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "to_results"]
+__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "result_key", "score_key", "to_results"]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -49,10 +50,49 @@ def check_queries(queries: Sequence[str], k: int) -> list[str]:
     return queries
 
 
-def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None) -> SearchResults:
-    """Engine hits (chunk position, score), best first, as :class:`SearchResult` records answering ``query``."""
+def score_key(score: float) -> float:
+    """``score`` as the float32 it was computed in: the value ties are decided on.
+
+    The engines score in float32 (float16 embeddings, float32 sums); a score
+    that went through a float64 sum, JSON or pickling compares equal to the
+    same chunk's score computed elsewhere once rounded back to float32.
+    """
+    try:
+        return float(struct.unpack("f", struct.pack("f", score))[0])
+    except OverflowError:  # beyond float32's range: keep it as is
+        return float(score)
+
+
+def _chunk_position(chunk_id: str) -> int:
+    """The position of a chunk in its file, from its id ``'<document id>-<position>'`` (-1 if none)."""
+    tail = chunk_id.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _key(score: float, source: str, pages: Sequence[int], chunk_id: str) -> tuple[float, str, int, int, str]:
+    return (-score_key(score), source, pages[0] if pages else 0, _chunk_position(chunk_id), chunk_id)
+
+
+def result_key(result: SearchResult) -> tuple[float, str, int, int, str]:
+    """The order of hits: best score first; equal scores by source, first page, position in the file, chunk id.
+
+    The same key sorts every list of hits (exact and PLAID, one shard or
+    several, local or remote), so a query on an index gives the same list
+    every time. Scores are compared as float32 (:func:`score_key`).
+    """
+    return _key(result.score, result.source, result.pages, result.chunk_id)
+
+
+def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k: int | None = None) -> SearchResults:
+    """Engine hits (chunk position, score) as :class:`SearchResult` records answering ``query``, best first.
+
+    The hits are sorted by :func:`result_key` and the best ``k`` kept: an
+    engine may return more than ``k`` (every chunk tied with the ``k``-th
+    score), and the tie rule picks among them.
+    """
+    ordered = sorted(hits, key=lambda h: _key(h[1], chunks[h[0]].source, chunks[h[0]].pages, chunks[h[0]].id))
     out = SearchResults(query=query)
-    for rank, (pid, score) in enumerate(hits, start=1):
+    for rank, (pid, score) in enumerate(ordered[:k] if k is not None else ordered, start=1):
         c = chunks[pid]
         out.append(
             SearchResult(
@@ -134,7 +174,7 @@ class OpenGeneration(OpenIndex):
         if subset is not None and len(subset) == 0:
             return [SearchResults(query=q) for q in queries]
         hits = self.index.search(list(queries), k, subset) if subset is not None else self.index.search(list(queries), k)
-        return [to_results(h, self.chunks, q) for q, h in zip(queries, hits, strict=True)]
+        return [to_results(h, self.chunks, q, k) for q, h in zip(queries, hits, strict=True)]
 
     def select(self, conditions: Any) -> Any:
         """The positions (sorted int array) of the chunks matching parsed ``where`` conditions."""

@@ -39,9 +39,11 @@ the index.
 
 **Search.** Every shard is searched (:class:`OpenShards` in this process;
 one Modal container per shard in remote mode) and the hits are merged by
-score into the global top k (:func:`merge_results`). MaxSim scores are per
-chunk, so with the exact backend the merge gives the unsharded index's
-results.
+score into the global top k (:func:`merge_results`), equal scores ordered by
+source, first page and position in the file
+(:func:`~colbert_modal.search.result_key`). MaxSim scores are per chunk, so
+with the exact backend the merge gives the unsharded index's list exactly,
+ties at the k-th place included.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from .integrity import DISK_FULL
 from .pipeline import UpdatePlan, nothing_to_index
 from .progress import Progress
 from .records import Chunk, IndexReport, SearchResult, SearchResults
-from .search import OpenGeneration, OpenIndex
+from .search import OpenGeneration, OpenIndex, result_key
 from .store import (
     SHARDED_FORMAT,
     FileEntry,
@@ -466,14 +468,15 @@ class ShardAnswer(NamedTuple):
 
 
 def merge_results(parts: Sequence[Sequence[SearchResult]], k: int, query: str | None = None) -> SearchResults:
-    """The ``k`` best of several shards' results for one query, by score, ranked again from 1.
+    """The ``k`` best of several shards' results for one query, ranked again from 1.
 
-    Ties keep the shards' order (and each shard's own order).
+    Sorted by :func:`~colbert_modal.search.result_key` (score, then source,
+    first page, position in the file): each shard's list is its best ``k``
+    by that key, so the merged list is the unsharded index's, ties included.
     """
-    pooled = sorted(((r.score, i, j, r) for i, part in enumerate(parts) for j, r in enumerate(part)),
-                    key=lambda t: (-t[0], t[1], t[2]))
+    pooled = sorted((r for part in parts for r in part), key=result_key)
     out = SearchResults(query=query)
-    for rank, (_, _, _, r) in enumerate(pooled[:k], start=1):
+    for rank, r in enumerate(pooled[:k], start=1):
         out.append(r.model_copy(update={"rank": rank}))
     return out
 

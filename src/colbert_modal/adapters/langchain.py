@@ -33,7 +33,7 @@ from pydantic import ConfigDict, Field
 from ..indexer import ColbertIndexer
 from . import hit_metadata
 
-__all__ = ["ColbertReranker", "ColbertRetriever", "maxsim_scores", "to_document"]
+__all__ = ["ColbertReranker", "ColbertRetriever", "to_document"]
 
 
 def to_document(hit: Any) -> Document:
@@ -74,8 +74,9 @@ class ColbertReranker(BaseDocumentCompressor):
     """Reorders documents by ColBERT MaxSim against the query with ``indexer``'s model; keeps the best ``k``.
 
     Each returned document is a copy with ``relevance_score`` (the MaxSim
-    score, comparable to the index's own scores) in its metadata. The model
-    runs in this process (``colbert-modal[local]``), whatever the indexer's mode.
+    score, the one the index's own search gives) in its metadata. It is
+    :meth:`ColbertIndexer.rerank <colbert_modal.ColbertIndexer.rerank>`: in
+    this process or in the index's Searcher container, as the indexer's mode says.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -88,25 +89,10 @@ class ColbertReranker(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         if not documents:
             return []
-        scores = maxsim_scores(self.indexer, query, [d.page_content for d in documents])
-        order = sorted(range(len(documents)), key=lambda i: -scores[i])[: self.k]
+        hits = self.indexer.rerank(query, [d.page_content for d in documents], k=self.k)
         return [
-            documents[i].model_copy(update={"metadata": {**documents[i].metadata, "relevance_score": scores[i]}})
-            for i in order
+            documents[h.index].model_copy(
+                update={"metadata": {**documents[h.index].metadata, "relevance_score": h.score}}
+            )
+            for h in hits
         ]
-
-
-def maxsim_scores(indexer: ColbertIndexer, query: str, texts: Sequence[str]) -> list[float]:
-    """ColBERT MaxSim of ``query`` against each of ``texts``, with the index's model (texts cut at its chunk size)."""
-    import torch
-
-    from ..engine import get_engine
-
-    engine = get_engine(indexer.model, verbose=indexer.verbose, precision=indexer.precision)
-    embs, lengths = engine.encode_documents(list(texts), max_tokens=indexer.max_tokens)
-    Q = engine.encode_queries([query])[0]  # [qlen, dim]; masked query vectors are zero
-    sims = Q @ torch.from_numpy(embs).float().T  # [qlen, n_tokens]
-    return [
-        float(part.amax(dim=1).sum()) if part.shape[1] else float("-inf")
-        for part in torch.split(sims, [int(n) for n in lengths], dim=1)
-    ]

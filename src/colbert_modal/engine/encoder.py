@@ -80,14 +80,15 @@ def speed_up(ckpt: Any) -> None:
         ckpt.mask = types.MethodType(vectorised_mask, ckpt)
 
 
-def doc_tokens(ckpt: Any, texts: list[str], maxlen: int) -> tuple[Any, Any] | None:
+def doc_tokens(ckpt: Any, texts: list[str], maxlen: int, *, cut: bool = False) -> tuple[Any, Any] | None:
     """colbert-ai's ``DocTokenizer.tensorize`` ids as numpy: (ids [n, L], lengths [n]).
 
     ``[CLS] text [SEP]`` truncated to ``maxlen - 1`` tokens, then the
     ``[D]`` marker inserted after ``[CLS]``; rows padded with the pad id.
     None where the checkpoint's tokenizer is not a fast (Rust) one. Our own
     copy of the Rust tokenizer (its truncation settings are ours) is kept on
-    the checkpoint.
+    the checkpoint. A text longer than that is an error unless ``cut``
+    (reranking cuts, as ColBERT's document encoder does; an index never does).
     """
     import numpy as np
 
@@ -106,7 +107,7 @@ def doc_tokens(ckpt: Any, texts: list[str], maxlen: int) -> tuple[Any, Any] | No
         cached = ckpt._colbert_modal_doc_tok = (maxlen, tok)
     encodings = cached[1].encode_batch(texts, add_special_tokens=True)
     for i, enc in enumerate(encodings):
-        if enc.overflowing:  # never cut a passage silently: the planner makes chunks that fit
+        if enc.overflowing and not cut:  # never cut a passage silently: the planner makes chunks that fit
             raise ValueError(
                 f"passage {i} has more than {maxlen - 3} tokens, the encoder's window; it would be cut "
                 "(chunk it with the index's max_tokens)"
@@ -153,12 +154,12 @@ def encode_tokens(ckpt: Any, ids: Any, lengths: Any, bsize: int, dtype: Any = No
     return sorted_embs[rows], kept.astype(np.int32)
 
 
-def encode_documents(ckpt: Any, texts: list[str], maxlen: int, bsize: int) -> tuple[Any, Any]:
+def encode_documents(ckpt: Any, texts: list[str], maxlen: int, bsize: int, *, cut: bool = False) -> tuple[Any, Any]:
     """(float16 numpy [n_tokens, dim], int32 [n_texts]) as colbert-ai's ``docFromText`` computes them."""
     import numpy as np
     import torch
 
-    fast = doc_tokens(ckpt, texts, maxlen)
+    fast = doc_tokens(ckpt, texts, maxlen, cut=cut)
     if fast is not None:
         return encode_tokens(ckpt, *fast, bsize)
     # not a fast (Rust) tokenizer: colbert-ai's own path. No to_cpu=True: with
@@ -263,9 +264,12 @@ class Encoder:
         return max(256, 4 * self.doc_bsize)
 
     def encode_documents(
-        self, texts: Sequence[str], *, max_tokens: int, bsize: int | None = None
+        self, texts: Sequence[str], *, max_tokens: int, bsize: int | None = None, cut: bool = False
     ) -> tuple[Any, Any]:
         """Token embeddings of ``texts``: (float16 [n_tokens, dim], int32 [n_texts]).
+
+        A text over ``max_tokens`` tokens is an EngineError (an index never
+        cuts a chunk), or cut there with ``cut=True`` (reranking).
 
         The same model calls and outputs as colbert-ai's ``docFromText``
         (``[CLS] [D] tokens [SEP]``, punctuation and padding masked, rows
@@ -285,7 +289,7 @@ class Encoder:
             ckpt.doc_tokenizer.doc_maxlen = maxlen
             ckpt.colbert_config.doc_maxlen = maxlen
             try:
-                return encode_documents(ckpt, list(texts), maxlen, bsize)
+                return encode_documents(ckpt, list(texts), maxlen, bsize, cut=cut)
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise EngineError(f"encoding {len(texts)} passages failed: {exc}") from exc
 

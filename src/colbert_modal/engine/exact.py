@@ -298,6 +298,9 @@ class ExactIndex:
     def search(self, queries: Sequence[str], k: int, subset: Any = None) -> list[list[tuple[int, float]]]:
         """The ``k`` best (chunk position, score) of each query, best first (the engine's ``Hits``).
 
+        Every chunk tied with the ``k``-th score is returned too (so there
+        may be more than ``k``): which of them make the list is decided by
+        the tie rule (:func:`~colbert_modal.search.result_key`), not here.
         ``subset`` (an int array of chunk positions, or None for all): rank
         only those chunks; only they are scored, so the cost follows their
         number. The result is exact MaxSim over them.
@@ -322,8 +325,21 @@ class ExactIndex:
                         f"index file {self.engine_dir / 'embeddings.npy'} is damaged: it gives NaN scores; "
                         "rebuild with index(..., rebuild=True) or `colbert-modal index --rebuild`"
                     )
-                top = torch.topk(scores, k, dim=1)
-                for vals, idx in zip(top.values, top.indices, strict=True):
-                    pos = idx.numpy() if subset is None else subset[idx.numpy()]
-                    out.append([(int(i), float(v)) for v, i in zip(vals, pos, strict=True)])
+                out.extend(_top_with_ties(scores, k, subset))
         return out
+
+
+def _top_with_ties(scores: Any, k: int, subset: Any) -> list[list[tuple[int, float]]]:
+    """Per row of ``scores`` [nq, n]: the ``k`` best (position, score), and every chunk tied with the ``k``-th."""
+    import torch
+
+    out: list[list[tuple[int, float]]] = []
+    top = torch.topk(scores, k, dim=1)
+    for row, vals, idx in zip(scores, top.values, top.indices, strict=True):
+        kth = vals[-1]
+        if int((row >= kth).sum()) > k:  # a tie at the cut: take all of it, in position order
+            idx = torch.nonzero(row >= kth).flatten()
+            vals = row[idx]
+        pos = idx.numpy() if subset is None else subset[idx.numpy()]
+        out.append(sorted(((int(i), float(v)) for v, i in zip(vals, pos, strict=True)), key=lambda h: (-h[1], h[0])))
+    return out

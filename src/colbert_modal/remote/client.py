@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigurationError, IndexNotFoundError, RemoteError
 from ..pipeline import UpdatePlan
 from ..progress import Progress, Stage
-from ..records import IndexInfo, IndexReport, SearchResults
+from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
 from ..sharding import ShardAnswer, merge_results
 from ..store import Manifest
 from . import KINDS, ApplyFinished, ContainerStarted, gpu_setting
@@ -251,6 +251,18 @@ class RemoteSession:
             what=f"searching {name!r}",
         )
         return [SearchResults(r, query=q) for q, r in zip(queries, results, strict=True)]
+
+    def rerank(
+        self, name: str, query: str, items: list[Any], k: int | None, *, model: str | None, max_tokens: int | None
+    ) -> list[RerankResult]:
+        """``items`` (checked ``reranking.Item`` s) scored in a warm Searcher of index ``name`` (a sharded
+        index's first shard's); ``model``/``max_tokens`` None: the index's on the Volume, else the defaults."""
+        shard_ids = self.shard_ids(name)
+        handle = self._handle("Searcher", cls=True, options=self.search_options)
+        searcher = handle(index_name=name, shard=shard_ids[0]) if shard_ids else handle(index_name=name)
+        return list(self.call(
+            searcher.rerank, query, items, k=k, model=model, max_tokens=max_tokens, what=f"reranking with {name!r}",
+        ))
 
     def _search_shards(
         self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None

@@ -27,7 +27,7 @@ from ..errors import IndexNotFoundError
 from ..filters import parse_where
 from ..pipeline import Settings, UpdatePlan, plan_update
 from ..progress import Event, Progress, StageAdvanced, StageEnded, StageStarted
-from ..records import IndexInfo, IndexReport, SearchResults
+from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
 from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
 from ..sharding import (
     OpenShard,
@@ -400,6 +400,22 @@ class IndexServer:
         if not queries:
             return opened.manifest.generation, []
         return opened.manifest.generation, opened.search_batch(queries, k, where)
+
+    def rerank(
+        self, query: str, items: Sequence[Any], k: int | None = None, *, model: str | None = None,
+        max_tokens: int | None = None,
+    ) -> list[RerankResult]:
+        """``items`` (``reranking.Item`` s) scored for ``query`` with ``model``, else this index's model
+        (else the default); ``max_tokens``, else the index's (else 256). Needs no index."""
+        from ..chunking import DEFAULT_MAX_TOKENS
+        from ..reranking import check_items, check_k, check_query, default_model, rerank_items
+
+        query = check_query(query)
+        checked, k = check_items([it._asdict() if hasattr(it, "_asdict") else it for it in items]), check_k(k)
+        manifest = read_manifest(self.store.root, self.store.name) if model is None or max_tokens is None else None
+        model = model or (manifest["model"] if manifest else default_model())
+        max_tokens = max_tokens or (manifest["max_tokens"] if manifest else DEFAULT_MAX_TOKENS)
+        return rerank_items(engine_factory(self.verbose)(model), query, checked, k, max_tokens=max_tokens)
 
     def close(self) -> None:
         self._live.forget()

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # pragma: no cover
     from ..pipeline import UpdatePlan
     from ..progress import Progress
-    from ..records import IndexInfo, IndexReport, SearchResults
+    from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
+    from ..reranking import Item
     from ..store import Manifest
 
 __all__ = ["Planner", "Runner"]
@@ -54,6 +55,12 @@ class Runner(Protocol):
         ...
 
     def info(self) -> IndexInfo:
+        ...
+
+    def rerank(
+        self, query: str, items: Sequence[Item], k: int | None, *, model: str | None, max_tokens: int | None
+    ) -> list[RerankResult]:
+        """``items`` scored for ``query``; ``model``/``max_tokens`` None: the index's, else the defaults."""
         ...
 
     def forget(self) -> None:

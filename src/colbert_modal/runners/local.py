@@ -7,7 +7,8 @@ from typing import Any
 
 from ..errors import IndexStorageError
 from ..progress import Progress
-from ..records import IndexInfo, IndexReport, SearchResults
+from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
+from ..reranking import Item, default_model, rerank_items
 from ..search import LiveIndex, OpenIndex
 from ..sharding import apply as apply_sharded
 from ..sharding import open_generation
@@ -74,6 +75,18 @@ class LocalRunner:
 
     def info(self) -> IndexInfo:
         return self.store.current().info()
+
+    def rerank(
+        self, query: str, items: Sequence[Item], k: int | None, *, model: str | None, max_tokens: int | None
+    ) -> list[RerankResult]:
+        from ..chunking import DEFAULT_MAX_TOKENS
+        from ..engine import get_engine
+
+        manifest = self.manifest() if model is None or max_tokens is None else None
+        model = model or (manifest.model if manifest is not None else default_model())
+        max_tokens = max_tokens or (manifest.max_tokens if manifest is not None else DEFAULT_MAX_TOKENS)
+        engine = get_engine(model, verbose=self.verbose, precision=self.precision)
+        return rerank_items(engine, query, items, k, max_tokens=max_tokens)
 
     def drop(self) -> None:
         """Delete the index from disk entirely."""

@@ -9,10 +9,11 @@ from ..dispatch import await_, bridged
 from ..errors import IndexNotFoundError, IndexStorageError
 from ..pipeline import nothing_to_index
 from ..progress import Progress
-from ..records import IndexInfo, IndexReport, SearchResults
+from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
 from ..remote import VOLUME_NAME
 from ..remote.client import RemoteSession
 from ..remote.volumes import check_remote_model
+from ..reranking import Item
 from . import Planner
 
 __all__ = ["RemoteRunner"]
@@ -75,6 +76,14 @@ class RemoteRunner:
         if bridged():
             return await_(self.session.info_aio(self.name))
         return self.session.info(self.name)
+
+    def rerank(
+        self, query: str, items: Sequence[Item], k: int | None, *, model: str | None, max_tokens: int | None
+    ) -> list[RerankResult]:
+        """In a warm Searcher container of this index (where it is sharded, the first shard's)."""
+        if model is not None:
+            self.check_model(model)
+        return self.session.rerank(self.name, query, list(items), k, model=model, max_tokens=max_tokens)
 
     def forget(self) -> None:
         """Nothing is loaded here: the Searcher containers follow new generations themselves."""
