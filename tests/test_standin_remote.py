@@ -106,7 +106,9 @@ def _app_creates(standin: StandIn) -> int:
 
 
 @pytest.mark.slow
-def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("volume_version", [2, 1])
+def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_path: Path, volume_version: int) -> None:
+    standin.volume_version = volume_version  # a Volume made before VolumeFS v2 (or without version=2) is v1
     with _remote(tmp_path, model=HUB_ID) as idx:
         report = idx.index(corpus_dir)
         assert report.chunks_written > 0 and report.documents_total >= 5
@@ -119,7 +121,7 @@ def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_pat
         before = len(standin.rpcs)
         path = idx.pull()
         pull_rpcs = standin.rpcs[before:]
-        assert "VolumeGetFile2" in pull_rpcs and "VolumeListFiles2" in pull_rpcs
+        assert "VolumeGetFile2" in pull_rpcs and ("VolumeListFiles2" if volume_version == 2 else "VolumeListFiles") in pull_rpcs
         assert not {"AppCreate", "FunctionMap"} & set(pull_rpcs)  # no app run, no container, for reading files
         assert idx.search.local("flamingo glacier", k=1)[0].source.endswith("atlas.pdf")
         assert path == tmp_path / "local" / "papers"
@@ -129,6 +131,22 @@ def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_pat
         assert idx.search("meteor shower harbour", k=1)[0].source.endswith("meteor.md")
     assert _app_creates(standin) == 1
     assert [c.tag for c in standin.calls].count("Writer.adopt") == 1
+    assert ("VolumePutFiles2" if volume_version == 2 else "VolumePutFiles") in standin.rpcs
+    # the containers took the write lease in the Dict, as on Modal, and gave it back
+    assert {"DictUpdate", "DictPop"} <= set(standin.rpcs) and standin.dict_items(modal_app.LEASES_NAME) == {}
+
+
+def test_a_lease_held_in_the_dict_by_another_app_refuses_the_write(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    import modal
+
+    held = {"token": "t", "owner": "app ap-other, container ta-1", "expires": 4e9}
+    assert modal.Dict.from_name(modal_app.LEASES_NAME, create_if_missing=True).put("papers", held, skip_if_exists=True)
+    with _remote(tmp_path, model=HUB_ID) as idx, pytest.raises(IndexLockedError, match=r"app ap-other, container ta-1"):
+        idx.index(corpus_dir)
+    assert standin.dict_items(modal_app.LEASES_NAME) == {"papers": held}
+    assert not (_volume(standin) / "papers").exists()
 
 
 @pytest.mark.slow
