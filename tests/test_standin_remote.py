@@ -370,3 +370,60 @@ def test_shards_against_a_deployed_app_from_before_sharding_is_refused(
         with pytest.raises(ConfigurationError, match="predates sharded indexes.*colbert-modal deploy"):
             idx.index([corpus_dir])
     assert not standin.calls_of("Writer.*")  # refused before any container ran
+
+
+def _publish_copy(index: Path, number: int) -> None:
+    """Publish generation ``number`` of ``index`` on the Volume: a copy of g000001 (as another writer would)."""
+    import json
+
+    gen = index / "generations" / f"g{number:06d}"
+    shutil.copytree(index / "generations" / "g000001", gen)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["generation"] = number
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    (index / "CURRENT").write_text(gen.name + "\n")
+
+
+@pytest.mark.slow
+def test_concurrent_searches_in_one_container_never_answer_older_than_asked(
+    standin: StandIn, papers_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 8: one input copies a new generation off the Volume (files open) while another, which
+    asks for a newer one still (min_generation), reloads: its reload must not fail into an older answer."""
+    import time
+
+    from colbert_modal.remote import server
+
+    monkeypatch.setenv("COLBERT_MODAL_REFRESH_INTERVAL", "0")
+    _put_papers(standin, papers_index)
+    index = _volume(standin) / "papers"
+    real_copytree = shutil.copytree
+
+    def slow_copy(src, dst, *args, **kwargs):  # a large generation: the copy holds a Volume file open a while
+        if "modal-volumes-containers" in str(src):
+            first = next(p for p in sorted(Path(src).rglob("*")) if p.is_file())
+            with first.open("rb"):
+                time.sleep(1.5)
+        return real_copytree(src, dst, *args, **kwargs)
+
+    answers: dict[str, int] = {}
+    with modal_app.app.run():
+        searcher = modal_app.Searcher(index_name="papers")
+        assert searcher.search_shard.remote(["penguin"], k=1)["generation"] == 1
+        _publish_copy(index, 2)
+        monkeypatch.setattr(server.shutil, "copytree", slow_copy)
+
+        def ask(who: str, min_generation: int | None) -> None:
+            answers[who] = searcher.search_shard.remote(["penguin"], k=1, min_generation=min_generation)["generation"]
+
+        a = threading.Thread(target=ask, args=("a", None))
+        a.start()
+        time.sleep(0.5)
+        _publish_copy(index, 3)
+        b = threading.Thread(target=ask, args=("b", 3))
+        b.start()
+        a.join(60)
+        b.join(60)
+    assert answers["b"] == 3, answers
+    assert answers["a"] in (2, 3)
+    assert len({c.container for c in standin.calls_of("Searcher.search_shard")}) == 1  # @modal.concurrent

@@ -38,9 +38,9 @@ call at its Volume commit (``"commit"``: nothing published, the body's work
 lost; ``"mid-commit"``: the first half of its changes published) or reload;
 the input answers INTERNAL_FAILURE (which modal's client retries for
 ``.remote()``). A call past its timeout answers TIMEOUT and its container is
-killed too. A dead container's threads get ``ContainerKilled`` (when they next
-run Python), and its Volume and Dict calls are refused, so nothing it does
-later is seen. Calls it started are **not** cancelled: the children of a
+killed too. A dead container's Volume and Dict calls (and ``volume_path()``)
+raise ``ContainerKilled`` in its threads, so nothing it does later is seen; its
+threads are not stopped (they end at such a call, or run on unseen). Calls it started are **not** cancelled: the children of a
 timed-out parent (its ``.map``) run on and commit (whether Modal cancels them
 is not documented; this is the unkind answer).
 
@@ -56,9 +56,10 @@ functions, on methods of a parametrized class, and on ``with_options`` variants;
 also from inside a body (the test process has the app running, so the body's
 handles are hydrated, as in a container). Every input runs in its own thread as
 it arrives, so the inputs of a map run concurrently. A class variant (class
-parameters + ``with_options``) keeps a pool of instances, each a warm
-container: an input takes an idle one or makes one (``@enter`` runs once per
-instance), so no instance runs two inputs at once. Bodies see
+parameters + ``with_options``) keeps its instances, each a warm
+container: an input takes one with room or makes one (``@enter`` runs once per
+instance); a container runs one input at a time, or up to ``n`` with
+``@modal.concurrent(max_inputs=n)``. Bodies see
 ``modal.current_input_id()`` and ``modal.current_function_call_id()`` as in a
 container, and a call made from a body records it as ``Call.parent_input_id``.
 Retries (``retries=`` or ``with_options(retries=...)``): the client retries
@@ -68,8 +69,7 @@ Retries (``retries=`` or ``with_options(retries=...)``): the client retries
 Image builds happen only where a test asks (``build_images``, see
 :mod:`.images`); otherwise every image is "built". What it does not model:
 the input plane, autoscaling limits (``max_containers`` does not serialise
-calls), ``@modal.concurrent`` (a container runs one input at a time),
-background commits and the commit at container shutdown (a body that does not
+calls), background commits and the commit at container shutdown (a body that does not
 commit loses its writes), ``@exit``, and output expiry (outputs are kept).
 A generator body (``.remote_gen()``) runs to its end in its thread, each item
 sent on the call's ``data_out`` stream as it comes, then ``GeneratorDone``.
@@ -131,17 +131,28 @@ def _client_fits(server: StandIn) -> bool:
     )
 
 
+#: The one server of the process, and how many fixture instances use it: each test module that imports
+#: the fixture defines one of its own, but objects the modal client hydrated (a module-level Volume or
+#: Dict) keep talking to the server they were hydrated against, so every module must share it.
+_SHARED: list = []
+
+
 @pytest.fixture(scope="session", name="modal_standin_server")
 def standin_server_fixture(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[StandIn]:
     """The session's stand-in server (use ``modal_standin`` in tests)."""
-    server = StandIn(tmp_path_factory.mktemp("modal-standin")).start()
+    if not _SHARED:
+        _SHARED[:] = [StandIn(tmp_path_factory.mktemp("modal-standin")).start(), 0]
+    _SHARED[1] += 1
     try:
-        yield server
+        yield _SHARED[0]
     finally:
-        reset_modal_client()
-        server.stop()
+        _SHARED[1] -= 1
+        if not _SHARED[1]:
+            reset_modal_client()
+            _SHARED.pop(0).stop()
+            _SHARED.clear()
 
 
 @pytest.fixture(name="modal_standin")

@@ -41,7 +41,6 @@ a container's threads; a thread a body starts belongs to its container).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import threading
@@ -63,10 +62,13 @@ class Kill:
     ``at``: ``"commit"``: when the body first calls ``Volume.commit()``, before anything is published
     (the body ran; its work is lost); ``"mid-commit"``: after the first half of its changes (sorted by
     path) is published; ``"reload"``: at its first ``Volume.reload()`` (nothing of its own published).
-    The input answers INTERNAL_FAILURE, as a crashed or preempted container does on Modal.
+    The input answers INTERNAL_FAILURE, as a crashed or preempted container does on Modal (modal's client
+    retries such an input, in a new container, as often as it fails). ``"timeout"``: the call times out
+    after ``seconds`` (whatever its function's timeout), answers TIMEOUT and its container dies.
     """
 
     at: str = "commit"
+    seconds: float = 0.0
 
 
 _local = threading.local()
@@ -194,22 +196,20 @@ class Container:
     why: str = ""
     kill: Kill | None = None
     obj: Any = None  # the class instance (None for a function)
+    busy: int = 0  # inputs running in it now
+    enter_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def view_at(self, mount_path: str) -> View | None:
         name = self.mounts.get(mount_path)
         return self.views.get(name) if name is not None else None
 
     def die(self, why: str) -> None:
-        """Mark the container dead and raise :class:`ContainerKilled` in its other threads (best effort:
-        a thread blocked in C gets it when it returns to Python). Its Volume and Dict calls are refused
-        from now on, so nothing it does later is seen by anyone."""
-        if self.dead:
-            return
-        self.dead, self.why = True, why
-        me = threading.get_ident()
-        for ident in list(self.threads):
-            if ident != me:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ContainerKilled))
+        """Mark the container dead: from now on its Volume and Dict calls (and ``volume_path()``) raise
+        :class:`ContainerKilled` in its threads, so nothing it does later is seen by anyone. Its threads are
+        not stopped (an exception raised into a thread that is inside modal's client can break the client);
+        they end at their next such call, or run to their end unseen."""
+        if not self.dead:
+            self.dead, self.why = True, why
 
     def check_alive(self) -> None:
         if self.dead:

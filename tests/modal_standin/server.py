@@ -102,7 +102,6 @@ class StandIn:
         self.builds = ImageBuilds()
         for box in getattr(self, "all_containers", {}).values():
             box.die("the stand-in was reset")  # a previous test's leftovers publish nothing more
-        self.instances: dict[str, list[Container]] = {}  # idle containers per function / class variant
         self.containers = 0  # class instances made so far
         self.function_containers = 0  # function containers made so far
         self.all_containers: dict[int | str, Container] = {}
@@ -174,6 +173,12 @@ class StandIn:
         from modal._serialization import deserialize
 
         return {deserialize(k, None): deserialize(v, None) for k, v in self.dicts.get(name, {}).items()}
+
+    def dict_put(self, name: str, key: Any, value: Any) -> None:
+        """Set an entry of the named Dict directly (as another app would)."""
+        from modal._serialization import serialize
+
+        self.dicts.setdefault(name, {})[serialize(key)] = serialize(value)  # no lock: inject's match may call this
 
     def kill(self, container: int | str, why: str = "killed by the test") -> None:
         """Kill a container now (see :meth:`.containers.Container.die`)."""

@@ -169,6 +169,12 @@ def _gpus_of(request: api_pb2.FunctionCreateRequest) -> list[str]:
     return [f.resources.gpu_config.gpu_type for f in functions if f.resources.gpu_config.gpu_type]
 
 
+def _max_concurrent_inputs(definition: Any) -> int:
+    if isinstance(definition, api_pb2.FunctionData):
+        definition = definition.ranked_functions[0].function if definition.ranked_functions else None
+    return definition.max_concurrent_inputs if isinstance(definition, api_pb2.Function) else 1
+
+
 def _volume_mounts(definition: Any) -> dict[str, str]:
     """mount path -> Volume name, from a function's definition."""
     if isinstance(definition, api_pb2.FunctionData):
@@ -749,6 +755,8 @@ class Servicer(ModalClientBase):
             injected = exc
         if injected is TIMEOUT:
             return self._timeout_result(call.tag, timeout), data_format
+        if isinstance(injected, Kill) and injected.at == "timeout":
+            timeout = injected.seconds
         future: concurrent.futures.Future = concurrent.futures.Future()
         thread = threading.Thread(
             target=self._run_body,
@@ -791,18 +799,19 @@ class Servicer(ModalClientBase):
         container. A class takes an idle instance of its variant (a warm container) or makes one
         (a cold start: ``@enter`` runs), so concurrent inputs of one variant get one instance each."""
         reset_context = _set_current_context_ids([call.input_id], [call.call_id], [call.input_jwt])
-        box, pool = None, None
+        box = None
         try:
             if injected is not None and not isinstance(injected, Kill):
                 raise injected
             module = sys.modules.get(base.module_name) or importlib.import_module(base.module_name)
-            box, pool = self._container_for(call, fn, base)
+            box = self._container_for(call, fn, base)
             if isinstance(injected, Kill):
                 box.kill = injected
             with running_in(box):
                 if base.is_class:
-                    if box.obj is None:
-                        box.obj = getattr(module, base.tag[:-2])(**fn.params)
+                    with box.enter_lock:  # concurrent inputs of a new container: @enter runs once
+                        if box.obj is None:
+                            box.obj = getattr(module, base.tag[:-2])(**fn.params)
                     value = getattr(box.obj, method_name).local(*call.args, **call.kwargs)
                 else:
                     value = getattr(module, base.tag).local(*call.args, **call.kwargs)
@@ -814,17 +823,20 @@ class Servicer(ModalClientBase):
             outcome = (True, value, "")
         finally:
             reset_context()
-            if box is not None and pool is not None and not box.dead:
-                box.kill = None
+            if box is not None:
                 with self.s.lock:
-                    pool.append(box)  # idle again before its output is out
+                    box.busy -= 1  # room again before its output is out
+                    if not box.busy:
+                        box.kill = None
         future.set_result(outcome)
 
-    def _container_for(self, call: Call, fn: FunctionRecord, base: FunctionRecord) -> tuple[Container, list]:
-        """An idle container of ``fn`` (warm: its views as it left them) or a new one (its views taken now)."""
+    def _container_for(self, call: Call, fn: FunctionRecord, base: FunctionRecord) -> Container:
+        """A container of ``fn`` with room for one more input (warm: its views as it left them; up to
+        ``@modal.concurrent(max_inputs=n)`` inputs at once, else one), or a new one (its views taken now)."""
+        limit = max(1, _max_concurrent_inputs(base.definition))
         with self.s.lock:
-            pool = self.s.instances.setdefault(fn.function_id, [])
-            box = pool.pop() if pool else None
+            box = next((b for b in reversed(self.s.all_containers.values())
+                        if b.function_id == fn.function_id and not b.dead and b.busy < limit), None)
             if box is None:
                 if base.is_class:
                     self.s.containers += 1
@@ -834,11 +846,12 @@ class Servicer(ModalClientBase):
                     box_id = f"f{self.s.function_containers}"
                 box = Container(box_id, fn.function_id, _volume_mounts(base.definition))
                 self.s.all_containers[box_id] = box
-        if not box.views:
-            for name in sorted(set(box.mounts.values())):
-                box.views[name] = View(self.s.volume_dir(name), self.s.view_dir(box.id, name), self.s.volume_lock)
+            box.busy += 1
+            if not box.views:
+                for name in sorted(set(box.mounts.values())):
+                    box.views[name] = View(self.s.volume_dir(name), self.s.view_dir(box.id, name), self.s.volume_lock)
         call.container, call.box = box.id, box
-        return box, pool
+        return box
 
     def _drain(self, call: Call, items: Any, data_format: int) -> api_pb2.GeneratorDone:
         """Run a generator body to its end, each item a ``DataChunk`` of the call's ``data_out`` stream (as Modal's
