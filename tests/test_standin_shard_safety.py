@@ -8,6 +8,7 @@ view of the Volume per container, see its docs).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,86 @@ def test_a_sharded_build_is_coordinated_from_a_cpu_container(standin: StandIn, c
     builds = standin.calls_of("ShardWriter.build")
     assert len(builds) == 3 and all(c.gpus == modal_app.GPU for c in builds)
     assert sorted(_check_published(_volume(standin), "sharded")) == ["s000", "s001", "s002"]
+
+
+CHAOS_RUNS = int(os.environ.get("COLBERT_MODAL_CHAOS_RUNS") or 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(CHAOS_RUNS))
+def test_chaos_sharded_builds_with_a_killed_shard_a_timed_out_writer_and_readers_throughout(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: int
+) -> None:
+    """A 4-shard remote index: an update whose shard container is killed mid-commit (modal's client runs the
+    input again in a new container), an update whose Writer times out while its shards run (they run on),
+    then a clean retry that takes the lapsed lease over; readers search every shard throughout. Every search
+    answers from a published generation, nothing a reader needs is deleted, every published generation
+    verifies. ``COLBERT_MODAL_CHAOS_RUNS=20`` repeats it."""
+    import shutil
+    import threading
+    import time
+
+    from colbert_modal import modal_app, sharding
+    from colbert_modal.remote import leases, server
+
+    monkeypatch.setattr(leases, "LEASE_TTL", 6.0)
+    monkeypatch.setattr(leases, "COMMIT_MARGIN", 1.0)
+    monkeypatch.setenv("COLBERT_MODAL_REFRESH_INTERVAL", "0")
+    docs = tmp_path / "docs"
+    shutil.copytree(corpus_dir, docs)
+    volume = _volume(standin)
+    published: set[int] = set()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for sid in sharding.shard_ids(4):
+                try:
+                    answer = modal_app.Searcher(index_name="chaos", shard=sid).search_shard.remote(["penguin"], k=2)
+                    seen.append(answer["generation"])
+                except Exception as exc:
+                    errors.append(exc)
+            time.sleep(0.1)
+
+    def publish(expected: int) -> None:
+        assert int((volume / "chaos" / "CURRENT").read_text().strip()[1:]) == expected
+        published.add(expected)
+        _check_published(volume, "chaos")
+
+    with _remote(tmp_path, "chaos", model=HUB_ID, shards=4, lock_timeout=60) as idx:
+        idx.index([docs])
+        publish(1)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            (docs / "z1.txt").write_text("A zeppelin over the walrus, one.\n", encoding="utf-8")
+            standin.inject("ShardWriter.build", Kill("mid-commit"))
+            idx.index([docs])
+            publish(2)
+            assert any(c.box is not None and c.box.dead for c in standin.calls_of("ShardWriter.build"))
+
+            real = server.build_shard
+
+            def slow(*args, **kwargs):
+                time.sleep(2.5)
+                return real(*args, **kwargs)
+
+            (docs / "z2.txt").write_text("A zeppelin over the walrus, two.\n", encoding="utf-8")
+            monkeypatch.setattr(server, "build_shard", slow)
+            standin.timeouts["Writer.*"] = 1.0
+            with pytest.raises(Exception, match="timed out"):
+                idx.index([docs])
+            del standin.timeouts["Writer.*"]
+            monkeypatch.setattr(server, "build_shard", real)
+            report = idx.index([docs])  # waits for the dead Writer's lease to lapse, then takes it over
+            assert report.indexed == [str(docs / "z2.txt")]
+            publish(3)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            reader.join(60)
+    assert not errors, errors[:3]
+    assert seen and set(seen) <= published, (sorted(set(seen)), published)
+    assert standin.dict_items(modal_app.LEASES_NAME) == {}

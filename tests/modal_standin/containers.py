@@ -240,7 +240,7 @@ def install_patches() -> None:
             run = self.run
 
             def run_in_container() -> None:
-                with running_in(container):
+                with running_in(container), contextlib.suppress(ContainerKilled):  # it dies with its container
                     run()
 
             self.run = run_in_container  # type: ignore[method-assign]
