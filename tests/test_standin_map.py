@@ -323,12 +323,13 @@ def test_what_a_body_can_check(modal_standin: StandIn) -> None:
         inside = can_map.remote()
     # In the stand-in, as in a Modal container, the app's functions and classes are hydrated;
     # a Cls bound to parameters is not until its first call (FunctionBindParams).
-    assert inside["is_local"] is True  # unlike a Modal container
+    assert inside["is_local"] is False  # as in a Modal container
     assert inside["input_id"] and inside["input_id"].startswith("in-")
     assert (inside["function_hydrated"], inside["cls_hydrated"], inside["bound_method_hydrated"]) == (True, True, False)
     assert inside["hydrate"] == "ok"
 
     plain = can_map.local()  # no app running
+    assert plain["is_local"] is True
     assert plain["input_id"] is None
     assert (plain["function_hydrated"], plain["cls_hydrated"]) == (False, False)
     assert "the App it is defined on is not running" in plain["hydrate"]

@@ -106,7 +106,9 @@ def _app_creates(standin: StandIn) -> int:
 
 
 @pytest.mark.slow
-def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("volume_version", [2, 1])
+def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_path: Path, volume_version: int) -> None:
+    standin.volume_version = volume_version  # a Volume made before VolumeFS v2 (or without version=2) is v1
     with _remote(tmp_path, model=HUB_ID) as idx:
         report = idx.index(corpus_dir)
         assert report.chunks_written > 0 and report.documents_total >= 5
@@ -119,7 +121,7 @@ def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_pat
         before = len(standin.rpcs)
         path = idx.pull()
         pull_rpcs = standin.rpcs[before:]
-        assert "VolumeGetFile2" in pull_rpcs and "VolumeListFiles2" in pull_rpcs
+        assert "VolumeGetFile2" in pull_rpcs and ("VolumeListFiles2" if volume_version == 2 else "VolumeListFiles") in pull_rpcs
         assert not {"AppCreate", "FunctionMap"} & set(pull_rpcs)  # no app run, no container, for reading files
         assert idx.search.local("flamingo glacier", k=1)[0].source.endswith("atlas.pdf")
         assert path == tmp_path / "local" / "papers"
@@ -129,6 +131,22 @@ def test_index_search_info_pull_push(standin: StandIn, corpus_dir: Path, tmp_pat
         assert idx.search("meteor shower harbour", k=1)[0].source.endswith("meteor.md")
     assert _app_creates(standin) == 1
     assert [c.tag for c in standin.calls].count("Writer.adopt") == 1
+    assert ("VolumePutFiles2" if volume_version == 2 else "VolumePutFiles") in standin.rpcs
+    # the containers took the write lease in the Dict, as on Modal, and gave it back
+    assert {"DictUpdate", "DictPop"} <= set(standin.rpcs) and standin.dict_items(modal_app.LEASES_NAME) == {}
+
+
+def test_a_lease_held_in_the_dict_by_another_app_refuses_the_write(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    import modal
+
+    held = {"token": "t", "owner": "app ap-other, container ta-1", "expires": 4e9}
+    assert modal.Dict.from_name(modal_app.LEASES_NAME, create_if_missing=True).put("papers", held, skip_if_exists=True)
+    with _remote(tmp_path, model=HUB_ID) as idx, pytest.raises(IndexLockedError, match=r"app ap-other, container ta-1"):
+        idx.index(corpus_dir)
+    assert standin.dict_items(modal_app.LEASES_NAME) == {"papers": held}
+    assert not (_volume(standin) / "papers").exists()
 
 
 @pytest.mark.slow
@@ -389,3 +407,60 @@ def test_rerank_runs_in_the_searcher_container(standin: StandIn, papers_index: P
     assert [(h.index, h.id, h.metadata) for h in hits] == [(1, None, {}), (2, "q", {"n": 1})]
     assert [h.score for h in hits] == [h.score for h in local[:2]]
     assert "Searcher.rerank" in [c.tag for c in standin.calls]
+
+
+def _publish_copy(index: Path, number: int) -> None:
+    """Publish generation ``number`` of ``index`` on the Volume: a copy of g000001 (as another writer would)."""
+    import json
+
+    gen = index / "generations" / f"g{number:06d}"
+    shutil.copytree(index / "generations" / "g000001", gen)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["generation"] = number
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    (index / "CURRENT").write_text(gen.name + "\n")
+
+
+@pytest.mark.slow
+def test_concurrent_searches_in_one_container_never_answer_older_than_asked(
+    standin: StandIn, papers_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 8: one input copies a new generation off the Volume (files open) while another, which
+    asks for a newer one still (min_generation), reloads: its reload must not fail into an older answer."""
+    import time
+
+    from colbert_modal.remote import server
+
+    monkeypatch.setenv("COLBERT_MODAL_REFRESH_INTERVAL", "0")
+    _put_papers(standin, papers_index)
+    index = _volume(standin) / "papers"
+    real_copytree = shutil.copytree
+
+    def slow_copy(src, dst, *args, **kwargs):  # a large generation: the copy holds a Volume file open a while
+        if "modal-volumes-containers" in str(src):
+            first = next(p for p in sorted(Path(src).rglob("*")) if p.is_file())
+            with first.open("rb"):
+                time.sleep(1.5)
+        return real_copytree(src, dst, *args, **kwargs)
+
+    answers: dict[str, int] = {}
+    with modal_app.app.run():
+        searcher = modal_app.Searcher(index_name="papers")
+        assert searcher.search_shard.remote(["penguin"], k=1).generation == 1
+        _publish_copy(index, 2)
+        monkeypatch.setattr(server.shutil, "copytree", slow_copy)
+
+        def ask(who: str, min_generation: int | None) -> None:
+            answers[who] = searcher.search_shard.remote(["penguin"], k=1, min_generation=min_generation).generation
+
+        a = threading.Thread(target=ask, args=("a", None))
+        a.start()
+        time.sleep(0.5)
+        _publish_copy(index, 3)
+        b = threading.Thread(target=ask, args=("b", 3))
+        b.start()
+        a.join(60)
+        b.join(60)
+    assert answers["b"] == 3, answers
+    assert answers["a"] in (2, 3)
+    assert len({c.container for c in standin.calls_of("Searcher.search_shard")}) == 1  # @modal.concurrent

@@ -202,3 +202,97 @@ def test_directory_leases_put_if_absent(tmp_path: Path) -> None:
     assert leases.pop("x/y") == {"v": 3}
     assert leases.pop("x/y", "gone") == "gone"
     assert not (tmp_path / "leases").exists()  # no folder left behind
+
+
+# --- the lease in the Dict, through the real client and the stand-in (issue 21 item 6) ----------------------
+
+import test_standin_remote as remote_tests  # noqa: E402
+from colbert_modal.remote import leases as lease_module  # noqa: E402
+from modal_standin import StandIn, standin_fixture, standin_server_fixture  # noqa: E402, F401
+from test_standin_remote import HUB_ID, _remote, _volume  # noqa: E402
+
+hub_model, standin = remote_tests.hub_model, remote_tests.standin  # the fixtures
+
+
+@pytest.mark.slow
+def test_a_lapsed_lease_is_taken_over_and_leaves_no_key_behind(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    standin.dict_put(modal_app.LEASES_NAME, "papers", {"token": "dead", "owner": "app ap-gone", "expires": 1.0})
+    with _remote(tmp_path, model=HUB_ID) as idx:
+        assert idx.index(corpus_dir).chunks_written > 0
+    assert standin.dict_items(modal_app.LEASES_NAME) == {}  # neither the lease nor the takeover key "papers@dead"
+
+
+@pytest.mark.slow
+def test_a_writer_whose_lease_was_taken_over_commits_nothing(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """While the shards build, another writer takes the lease over (as after a lapse): the Writer must not
+    commit its top generation, nor its shard containers theirs."""
+    thief = {"token": "thief", "owner": "app ap-next", "expires": 4e9}
+
+    def take_over(args: tuple, kwargs: dict) -> bool:
+        standin.dict_put(modal_app.LEASES_NAME, "sharded", thief)
+        return False  # inject nothing: the shard builds as usual
+
+    standin.inject("ShardWriter.build", RuntimeError("unused"), match=take_over)
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=2) as idx, pytest.raises(Exception) as caught:
+        idx.index([corpus_dir])
+    assert "write lease" in str(caught.value), caught.value
+    volume = _volume(standin)
+    assert not (volume / "sharded" / "CURRENT").exists()
+    assert not list(volume.glob("sharded/shards/*/generations/g*")), "a shard committed under a lost lease"
+    assert standin.dict_items(modal_app.LEASES_NAME) == {"sharded": thief}
+
+
+@pytest.mark.slow
+def test_shard_containers_of_a_timed_out_writer_commit_nothing_once_the_lease_is_taken(
+    standin: StandIn, corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 2: the Writer times out while its ShardWriters run (the stand-in, like Modal as far as
+    its docs say, does not cancel them); the next writer takes the lapsed lease; the leftover shard
+    containers must not commit generations that could collide with the next update's."""
+    import time as _time
+
+    from colbert_modal import sharding
+
+    real = server.build_shard
+
+    def slow_build(*args, **kwargs):
+        _time.sleep(3.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server, "build_shard", slow_build)
+    standin.timeouts["Writer.*"] = 1.5  # apply or apply_stream
+    with _remote(tmp_path, "sharded", model=HUB_ID, shards=2) as idx, pytest.raises(Exception, match="timed out"):
+        idx.index([corpus_dir])
+    standin.dict_put(modal_app.LEASES_NAME, "sharded", {"token": "next", "owner": "app ap-next", "expires": 4e9})
+    deadline = _time.monotonic() + 120
+    while any(c.status == "running" for c in standin.calls_of("ShardWriter.build")) or not standin.calls_of(
+        "ShardWriter.build"
+    ):
+        assert _time.monotonic() < deadline
+        _time.sleep(0.2)
+    assert not list(_volume(standin).glob("sharded/shards/*/generations/g*")), "a leftover shard committed"
+    assert {c.status for c in standin.calls_of("ShardWriter.build")} == {"FAILURE"}
+    assert sharding.shard_ids(2) == sorted(c.args[0].shard for c in standin.calls_of("ShardWriter.build"))
+    assert lease_module.LEASE_TTL <= 120
+
+
+@pytest.mark.slow
+def test_delete_takes_the_lease(standin: StandIn, corpus_dir: Path, tmp_path: Path) -> None:
+    """Issue 21 item 6: deleting an index on the Volume waits for no writer and races none: it takes the lease."""
+    with _remote(tmp_path, model=HUB_ID) as idx:
+        idx.index(corpus_dir)
+    held = {"token": "t", "owner": "app ap-other", "expires": 4e9}
+    standin.dict_put(modal_app.LEASES_NAME, "papers", held)
+    with modal_app.app.run():
+        with pytest.raises(IndexLockedError, match=r"app ap-other"):
+            modal_app.delete.remote("papers")
+        assert (_volume(standin) / "papers" / "CURRENT").exists()
+        standin.dict_put(modal_app.LEASES_NAME, "papers", {**held, "expires": 1.0})  # lapsed
+        assert modal_app.delete.remote("papers") is True
+        assert modal_app.delete.remote("papers") is False
+    assert not (_volume(standin) / "papers").exists()
+    assert standin.dict_items(modal_app.LEASES_NAME) == {}

@@ -129,7 +129,6 @@ def check_remote(
         credential_source,
         probe_server,
         probe_targets,
-        translated,
     )
 
     steps: list[Step] = []
@@ -196,8 +195,7 @@ def check_remote(
             if steps[-1].ok:
                 vol_fix = f"Delete it yourself: `modal volume rm -r {VOLUME_NAME} {name}`."
                 with _timed(steps, "delete", fix=vol_fix) as step:
-                    with translated(f"deleting the throwaway index {name!r}"):
-                        session.volume().remove(name)
+                    session.drop(name)  # under the index's write lease
                     step.detail = f"throwaway index {name!r} removed from the Volume {VOLUME_NAME!r}"
                 done()
         finally:

@@ -46,7 +46,16 @@ import modal
 
 from colbert_modal.errors import IndexNotFoundError
 from colbert_modal.hub import DEFAULT_MODEL
-from colbert_modal.remote import API_VERSION, APP_NAME, UV_VERSION, VOLUME_MOUNT, VOLUME_NAME, gpu_setting, server
+from colbert_modal.remote import (
+    API_VERSION,
+    APP_NAME,
+    UV_VERSION,
+    VOLUME_MOUNT,
+    VOLUME_NAME,
+    ApplyFinished,
+    gpu_setting,
+    server,
+)
 from colbert_modal.sharding import ShardAnswer
 
 MINUTES = 60  # seconds
@@ -182,6 +191,11 @@ def _commit_volume():
         volume.commit()
 
 
+def _volume_hooks():
+    """``reload``/``commit`` for :func:`server.apply_plan` in a container (none in ``.local()`` runs)."""
+    return {} if modal.is_local() else {"reload": _reload_volume, "commit": _commit_volume}
+
+
 def _leases():
     """Where write leases live: the Dict in Modal; a folder of the Volume directory in ``.local()`` runs."""
     if modal.is_local():
@@ -239,6 +253,14 @@ BUILD_RESOURCES: dict[str, Any] = dict(
 )
 
 
+def _apply_events(plan, backend, lock_timeout, shard_options):
+    """The Writer's build: under the index's write lease, reload, build, check the lease, commit."""
+    return server.stream_apply(
+        server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout, leases=_leases(), owner=_owner(),
+        build_shards=_shard_builder(shard_options), **_volume_hooks(),
+    )
+
+
 # One writer container per app; across apps and with_options variants, the
 # index's write lease (the `leases` Dict) serialises writers.
 @app.cls(**BUILD_RESOURCES, max_containers=1)
@@ -251,14 +273,10 @@ class Writer:
 
         ``shard_options``: ``with_options`` for the ShardWriters of a sharded index (the client's GPU choice).
         """
-        with _lease(plan.name, lock_timeout):
-            _reload_volume()
-            report = server.apply_plan(
-                server.volume_path(), plan, backend=backend, lock_timeout=lock_timeout,
-                build_shards=_shard_builder(shard_options),
-            )
-            _commit_volume()
-        return report
+        for event in _apply_events(plan, backend, lock_timeout, shard_options):
+            if isinstance(event, ApplyFinished):
+                return event.report
+        raise RuntimeError("the build ended without a result")  # pragma: no cover - stream_apply always yields one
 
     @modal.method()
     def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0, shard_options=None):
@@ -267,26 +285,57 @@ class Writer:
         The client reads it with ``.remote_gen()`` (``.local()`` in tests) to
         show the container's stages; see :func:`colbert_modal.remote.server.stream_apply`.
         """
-        yield from server.stream_apply(
-            server.volume_path(),
-            plan,
-            backend=backend,
-            lock_timeout=lock_timeout,
-            reload=_reload_volume,
-            commit=_commit_volume,
-            leases=_leases(),
-            owner=_owner(),
-            build_shards=_shard_builder(shard_options),
-        )
+        yield from _apply_events(plan, backend, lock_timeout, shard_options)
 
     @modal.method()
     def adopt(self, index_name: str, upload: str):
         """Publish a generation that ``push()`` uploaded; commit the Volume."""
-        with _lease(index_name):
+        with _lease(index_name) as lease:
             _reload_volume()
             result = server.adopt_upload(server.volume_path(), index_name, upload)
+            if lease is not None:
+                lease.check()
             _commit_volume()
         return result
+
+
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=15 * MINUTES)
+def delete(index_name: str):
+    """Delete ``index_name`` from the Volume under its write lease (no writer is building it meanwhile);
+    False if there was none."""
+    with _lease(index_name) as lease:
+        _reload_volume()
+        found = server.delete_index(server.volume_path(), index_name)
+        if lease is not None:
+            lease.check()
+        _commit_volume()
+    return found
+
+
+#: The most ShardWriter containers (GPUs) a sharded build runs at once (``$COLBERT_MODAL_MAX_GPUS``; set
+#: it to the account's GPU limit): more shards run in waves, which the Coordinator's timeout covers.
+MAX_GPUS = int(os.environ.get("COLBERT_MODAL_MAX_GPUS") or 10)
+#: What the Coordinator of a sharded build gets: no GPU, little memory (it plans, maps, publishes).
+COORDINATOR_MEMORY_MB = 2048
+COORDINATOR_CPU = 1.0
+
+
+@app.cls(image=image, volumes={VOLUME_PATH: volume}, memory=COORDINATOR_MEMORY_MB, cpu=COORDINATOR_CPU,
+         timeout=server.MAX_FUNCTION_TIMEOUT, scaledown_window=2 * MINUTES)
+class Coordinator:
+    """Coordinates a sharded build from a CPU container: the Writer's work, without a GPU or a shard's memory.
+
+    The client calls it for a sharded update with ``with_options(timeout=server.coordinator_timeout(
+    shards, shard timeout, MAX_GPUS))``, which covers the waves of ShardWriters. If it dies (timeout,
+    crash), its ShardWriters may run on (Modal does not document cancelling a dead parent's map): each
+    checks this build's write lease before it commits, so once the lease lapses and another writer
+    takes it, none of them commits.
+    """
+
+    @modal.method()
+    def apply_stream(self, plan, backend: str = "auto", lock_timeout: float = 0.0, shard_options=None):
+        """:meth:`Writer.apply_stream` (same events, same lease), here."""
+        yield from _apply_events(plan, backend, lock_timeout, shard_options)
 
 
 #: Seconds a ShardWriter stays warm after its build: shard builds come one per
@@ -294,29 +343,49 @@ class Writer:
 SHARD_SCALEDOWN_S = 20
 
 
-@app.cls(**{**BUILD_RESOURCES, "scaledown_window": SHARD_SCALEDOWN_S})
+@app.cls(**{**BUILD_RESOURCES, "scaledown_window": SHARD_SCALEDOWN_S}, max_containers=MAX_GPUS)
 class ShardWriter:
     """Builds one shard of a sharded index's update (the Writer maps its shards over these)."""
 
     @modal.method()
-    def build(self, job):
-        """Seal the next generation of ``job.shard`` on the Volume; commit. The Writer publishes it."""
+    def build(self, job, lease_token=None):
+        """Seal the next generation of ``job.shard`` on the Volume; commit. The Writer publishes it.
+
+        ``lease_token``: the Writer's write lease; the shard commits only while it is still held (a
+        Writer that timed out or died may leave its shard containers running)."""
         _reload_volume()
-        result = server.build_shard_job(server.volume_path(), job)
+        check = None
+        if lease_token is not None and not modal.is_local():
+            def check():
+                server.check_lease(_leases(), job.index, lease_token)
+        result = server.build_shard_job(server.volume_path(), job, before_commit=check)
         _commit_volume()
         return result
 
 
 def _shard_builder(options=None):
     """How the Writer builds a sharded index's shards: in parallel, one ShardWriter container
-    each (``.map``, results as they finish, failures returned), on Modal; in the Writer's own
-    process when its body runs through ``.local()`` (the handle is not hydrated there)."""
-    if not getattr(ShardWriter, "_is_hydrated", False):
-        return None
+    each (``.map``, failures returned), on Modal; in the Writer's own process when its body runs
+    through ``.local()`` (the handle is not hydrated there).
+
+    Outputs come in job order, so each failure is tagged with its own job's shard: an error
+    cannot carry its shard itself (a timeout or a dead container is raised by modal's client,
+    and our errors' pickling keeps only their arguments)."""
+    if modal.is_local() or not getattr(ShardWriter, "_is_hydrated", False):
+        return None  # a .local() run (ShardWriter may still be hydrated by an app run that has ended)
     cls = ShardWriter.with_options(**options) if options else ShardWriter  # type: ignore[attr-defined]
 
     def build(jobs):
-        return cls().build.map(jobs, order_outputs=False, return_exceptions=True)
+        # the Writer holds the index's lease while it maps: its entry's token is this build's
+        token = (_leases().get(jobs[0].index) or {}).get("token") if jobs else None
+        outputs = cls().build.map(jobs, kwargs={"lease_token": token}, order_outputs=True, return_exceptions=True)
+        for job, out in zip(jobs, outputs, strict=True):
+            if isinstance(out, BaseException):
+                try:
+                    out.shard = job.shard  # type: ignore[attr-defined]
+                except AttributeError:  # an exception type with __slots__: matched by elimination
+                    pass
+            yield out
 
     return build
 

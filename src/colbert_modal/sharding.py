@@ -283,6 +283,8 @@ def apply(
     backend: str = "auto",
     progress: Progress | None = None,
     build_shards: ShardBuilder | None = None,
+    before_shards: Callable[[], None] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index in ``store``, sharded or not; call under ``store.lock()``.
 
@@ -291,6 +293,13 @@ def apply(
     (default: here, one after another; remote mode maps them over Modal
     containers), then one top generation naming every shard's generation is
     published. Any failed shard raises ShardBuildError and publishes nothing.
+
+    Remote mode's Writer sees the Volume as of its last reload and publishes
+    by commit, so it deletes nothing under ``shards/`` that it has not seen:
+    ``before_shards`` (a Volume commit) publishes what the lock's pruning
+    removed before any shard container starts, and ``before_publish`` (a
+    Volume reload) shows it the generations the shard containers committed
+    before it publishes the top generation and prunes.
     """
     prev = previous_generation(store, rebuild=plan.rebuild)
     sharded_prev = prev is not None and not plan.rebuild and prev.manifest.shards is not None
@@ -322,7 +331,11 @@ def apply(
         return _report(plan, old_files, removed, [], live, t0, {})
     jobs = [ShardJob(str(store.root), store.name, sid, live[sid]["generation"], part, backend)
             for sid, part in parts.items()]
+    if before_shards is not None:
+        before_shards()
     results = _run(jobs, build_shards, engine_factory, progress)
+    if before_publish is not None:
+        before_publish()
     files = {p: _with_stat(e, plan.refreshed.get(p)) for p, e in old_files.items() if p not in removed}
     rebuilt = {r.shard: r for r in results if r.files is not None}  # a shard whose update did nothing keeps its files
     files = {p: e for p, e in files.items() if e.shard not in rebuilt}

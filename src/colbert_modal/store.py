@@ -298,6 +298,9 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 class IndexStore:
     """The on-disk home of one named index."""
 
+    #: False: :meth:`lock` keeps no ``LOCK`` file open (a writer that remote mode's write lease serialises).
+    lock_file = True
+
     def __init__(self, root: str | os.PathLike[str], name: str) -> None:
         self.name = validate_index_name(name)
         self.root = Path(root).expanduser().absolute()
@@ -365,37 +368,37 @@ class IndexStore:
     def lock(self, timeout: float = 0.0) -> Iterator[None]:
         """Hold this index's write lock. Waits up to ``timeout`` seconds."""
         self._ensure_root()
-        fh = (self.path / "LOCK").open("a+")
+        fh = (self.path / "LOCK").open("a+") if self.lock_file else None
         try:
             deadline = time.monotonic() + timeout
-            while True:
+            while fh is not None:
                 try:
                     _flock(fh)
-                    break
                 except OSError as exc:
-                    if not isinstance(exc, BlockingIOError) and exc.errno in _NO_LOCKS:
-                        # Some network filesystems have no flock; writers there
-                        # must be serialised another way (Modal: one writer container).
-                        logger.warning("no file locks on %s (%s); continuing without", self.path, exc)
-                        break
-                    if not isinstance(exc, BlockingIOError):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise IndexLockedError(
-                            f"index {self.name!r} is being written by another process "
-                            f"(lock {self.path / 'LOCK'}); try again when it is done"
-                        ) from None
-                    time.sleep(0.1)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
+                    if isinstance(exc, BlockingIOError) or exc.errno not in _NO_LOCKS:
+                        if not isinstance(exc, BlockingIOError):
+                            raise
+                        if time.monotonic() >= deadline:
+                            raise IndexLockedError(
+                                f"index {self.name!r} is being written by another process "
+                                f"(lock {self.path / 'LOCK'}); try again when it is done"
+                            ) from None
+                        time.sleep(0.1)
+                        continue
+                    # Some network filesystems have no flock: writers there are serialised another way.
+                    logger.warning("no file locks on %s (%s); continuing without", self.path, exc)
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{os.getpid()}\n")
+                fh.flush()
+                break
             self._remove_stale_builds()
             yield
         finally:
-            with contextlib.suppress(OSError):
-                _funlock(fh)
-            fh.close()
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    _funlock(fh)
+                fh.close()
 
     def _remove_stale_builds(self) -> None:
         """Remove what interrupted writers left (we hold the lock): builds in

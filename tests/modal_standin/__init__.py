@@ -12,8 +12,37 @@ test module; pytest finds fixtures among a module's names)::
 The fixture points the modal client at the stand-in (``MODAL_SERVER_URL``,
 ``MODAL_TOKEN_ID``/``MODAL_TOKEN_SECRET``), gives each test its own Volume
 directories, and sets ``$COLBERT_MODAL_VOLUME_PATH`` to the directory of the
-app's Volume, so that the function bodies (run in this process, through
-``.local()``) and the Volume calls of the client see the same files.
+app's Volume: its *committed* files, which the client's Volume calls
+(``read_file``, ``listdir``, ``batch_upload``, ``remove_file``) and
+``inprocess`` sessions use.
+
+Volumes and Dicts behave as Modal's do (:mod:`.containers` quotes the modal
+source each rule comes from). Each container (a class instance, a warm slot of
+a function) has its **own view** of each Volume it mounts, a private copy
+taken when the container starts and at ``Volume.reload()``; the bodies see
+``modal.is_local()`` False and ``colbert_modal``'s ``volume_path()`` at that
+view. ``Volume.commit()`` publishes the view's changes (last write wins per
+path, deletions included, a deleted folder with what others committed into
+it); ``reload()`` commits, then takes a fresh view, and fails while the
+container has a file open under its mount. ``StandIn.volume_version`` (2, or
+1) is the version ``VolumeGetOrCreate`` answers; v1 Volumes use the v1 RPCs
+(``VolumeListFiles``, ``VolumePutFiles`` with ``MountPutFile`` contents,
+``VolumeRemoveFile``). Named ``modal.Dict`` s are served (``DictGetOrCreate``,
+``DictUpdate`` with ``if_not_exists`` for ``put(skip_if_exists=True)``,
+``DictGet``, ``DictPop``, ``DictContains``, ``DictLen``, ``DictClear``); their
+entries never expire (Modal: after 7 days of inactivity), see
+``StandIn.dict_items``.
+
+Containers die: ``inject(tag, Kill(at))`` kills the container of the next such
+call at its Volume commit (``"commit"``: nothing published, the body's work
+lost; ``"mid-commit"``: the first half of its changes published) or reload;
+the input answers INTERNAL_FAILURE (which modal's client retries for
+``.remote()``). A call past its timeout answers TIMEOUT and its container is
+killed too. A dead container's Volume and Dict calls (and ``volume_path()``)
+raise ``ContainerKilled`` in its threads, so nothing it does later is seen; its
+threads are not stopped (they end at such a call, or run on unseen). Calls it started are **not** cancelled: the children of a
+timed-out parent (its ``.map``) run on and commit (whether Modal cancels them
+is not documented; this is the unkind answer).
 
 One server serves the whole session (a module-level Volume that the client
 has hydrated keeps its client and id across tests, as it would against Modal);
@@ -27,9 +56,10 @@ functions, on methods of a parametrized class, and on ``with_options`` variants;
 also from inside a body (the test process has the app running, so the body's
 handles are hydrated, as in a container). Every input runs in its own thread as
 it arrives, so the inputs of a map run concurrently. A class variant (class
-parameters + ``with_options``) keeps a pool of instances, each a warm
-container: an input takes an idle one or makes one (``@enter`` runs once per
-instance), so no instance runs two inputs at once. Bodies see
+parameters + ``with_options``) keeps its instances, each a warm
+container: an input takes one with room or makes one (``@enter`` runs once per
+instance); a container runs one input at a time, or up to ``n`` with
+``@modal.concurrent(max_inputs=n)``. Bodies see
 ``modal.current_input_id()`` and ``modal.current_function_call_id()`` as in a
 container, and a call made from a body records it as ``Call.parent_input_id``.
 Retries (``retries=`` or ``with_options(retries=...)``): the client retries
@@ -39,13 +69,11 @@ Retries (``retries=`` or ``with_options(retries=...)``): the client retries
 Image builds happen only where a test asks (``build_images``, see
 :mod:`.images`); otherwise every image is "built". What it does not model:
 the input plane, autoscaling limits (``max_containers`` does not serialise
-calls), ``@modal.concurrent``, Volume reload/commit semantics (the bodies see
-the directory directly, and ``modal.is_local()`` is True in them), ``@exit``,
-container crashes (InternalFailure), and output expiry (outputs are kept).
+calls), background commits and the commit at container shutdown (a body that does not
+commit loses its writes), ``@exit``, and output expiry (outputs are kept).
 A generator body (``.remote_gen()``) runs to its end in its thread, each item
 sent on the call's ``data_out`` stream as it comes, then ``GeneratorDone``.
-A call that times out or is cancelled answers TIMEOUT or TERMINATED but its
-thread runs on.
+A call that is cancelled answers TERMINATED but its thread runs on.
 """
 
 from __future__ import annotations
@@ -55,6 +83,7 @@ from pathlib import Path
 
 import pytest
 
+from .containers import Container, ContainerKilled, Kill
 from .server import TOKEN, Injection, StandIn
 from .servicer import TIMEOUT, Call, FunctionCallRecord
 
@@ -62,8 +91,11 @@ __all__ = [
     "TIMEOUT",
     "TOKEN",
     "Call",
+    "Container",
+    "ContainerKilled",
     "FunctionCallRecord",
     "Injection",
+    "Kill",
     "StandIn",
     "reset_modal_client",
     "standin_fixture",
@@ -99,17 +131,28 @@ def _client_fits(server: StandIn) -> bool:
     )
 
 
+#: The one server of the process, and how many fixture instances use it: each test module that imports
+#: the fixture defines one of its own, but objects the modal client hydrated (a module-level Volume or
+#: Dict) keep talking to the server they were hydrated against, so every module must share it.
+_SHARED: list = []
+
+
 @pytest.fixture(scope="session", name="modal_standin_server")
 def standin_server_fixture(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[StandIn]:
     """The session's stand-in server (use ``modal_standin`` in tests)."""
-    server = StandIn(tmp_path_factory.mktemp("modal-standin")).start()
+    if not _SHARED:
+        _SHARED[:] = [StandIn(tmp_path_factory.mktemp("modal-standin")).start(), 0]
+    _SHARED[1] += 1
     try:
-        yield server
+        yield _SHARED[0]
     finally:
-        reset_modal_client()
-        server.stop()
+        _SHARED[1] -= 1
+        if not _SHARED[1]:
+            reset_modal_client()
+            _SHARED.pop(0).stop()
+            _SHARED.clear()
 
 
 @pytest.fixture(name="modal_standin")

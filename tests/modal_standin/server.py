@@ -20,10 +20,11 @@ from typing import Any
 from aiohttp import web
 from grpclib.server import Server
 
+from .containers import Container, ContainerKilled, Kill, install_patches
 from .images import ImageBuilds
 from .servicer import TIMEOUT, AppRecord, Call, FunctionCallRecord, FunctionRecord, Servicer
 
-__all__ = ["TIMEOUT", "Injection", "StandIn"]
+__all__ = ["TIMEOUT", "Container", "ContainerKilled", "Injection", "Kill", "StandIn"]
 
 TOKEN = ("ak-standin-token", "as-standin-secret")
 
@@ -99,8 +100,17 @@ class StandIn:
         self.reads: dict[str, tuple[Path, int, int]] = {}
         self.images: list[Any] = []
         self.builds = ImageBuilds()
-        self.instances: dict[str, list[Any]] = {}  # idle class instances ("warm containers") per variant
+        for box in getattr(self, "all_containers", {}).values():
+            box.die("the stand-in was reset")  # a previous test's leftovers publish nothing more
         self.containers = 0  # class instances made so far
+        self.function_containers = 0  # function containers made so far
+        self.all_containers: dict[int | str, Container] = {}
+        self.volume_lock = threading.Lock()  # commits and view copies, one at a time
+        #: 2 (VolumeFS v2, the default of new Volumes) or 1: what VolumeGetOrCreate answers
+        self.volume_version = 2
+        self.volume_events: list[tuple[str, int | str, str]] = []  # ("reload" | "commit", container, volume id)
+        self.mount_files: dict[str, bytes] = {}  # content by sha256 (mounts, Volume v1 uploads)
+        self.dicts: dict[str, dict[bytes, bytes]] = {}  # named Dicts: serialized key -> serialized value
         self.injections: list[Injection] = []
         self.timeouts: dict[str, float] = {}
         self.rpcs: list[str] = []
@@ -127,6 +137,7 @@ class StandIn:
         return env
 
     def start(self) -> StandIn:
+        install_patches()
         self.volumes_root.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._serve, name="modal-standin", daemon=True)
         self._thread.start()
@@ -150,7 +161,28 @@ class StandIn:
             self.volumes_root.mkdir(parents=True, exist_ok=True)
 
     def volume_dir(self, name: str) -> Path:
+        """The Volume's committed files (what the client's Volume calls and a fresh container see)."""
         return self.volumes_root / name
+
+    def view_dir(self, container: int | str, name: str) -> Path:
+        """Where container ``container`` sees Volume ``name`` (its own copy, see :mod:`.containers`)."""
+        return self.volumes_root.with_name(self.volumes_root.name + "-containers") / f"c{container}" / name
+
+    def dict_items(self, name: str) -> dict[Any, Any]:
+        """The entries of the named Dict, deserialized."""
+        from modal._serialization import deserialize
+
+        return {deserialize(k, None): deserialize(v, None) for k, v in self.dicts.get(name, {}).items()}
+
+    def dict_put(self, name: str, key: Any, value: Any) -> None:
+        """Set an entry of the named Dict directly (as another app would)."""
+        from modal._serialization import serialize
+
+        self.dicts.setdefault(name, {})[serialize(key)] = serialize(value)  # no lock: inject's match may call this
+
+    def kill(self, container: int | str, why: str = "killed by the test") -> None:
+        """Kill a container now (see :meth:`.containers.Container.die`)."""
+        self.all_containers[container].die(why)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` on the server loop (called from the loop)."""

@@ -46,6 +46,8 @@ from modal._utils.jwt_utils import DecodedJwt
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
+from . import containers as _containers
+from .containers import Container, Kill, View, running_in
 from .images import image_metadata
 
 if TYPE_CHECKING:
@@ -103,7 +105,9 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_jwt: str = ""
     retry_count: int = 0  # 0 for the first attempt; each retry (client's or server's) adds one
-    container: int = 0  # which class instance ("container") ran the last attempt; 0 for a function
+    container: int | str = 0  # which class instance ran the last attempt ("f<n>" for a function's container)
+    #: the :class:`~.containers.Container` of the last attempt (its Volume views, whether it was killed)
+    box: Container | None = None
     parent_input_id: str = ""  # the input whose body made this call (a call from inside a body), else ""
 
     @property
@@ -163,6 +167,21 @@ def _gpus_of(request: api_pb2.FunctionCreateRequest) -> list[str]:
     else:
         functions = [rf.function for rf in sorted(request.function_data.ranked_functions, key=lambda r: r.rank)]
     return [f.resources.gpu_config.gpu_type for f in functions if f.resources.gpu_config.gpu_type]
+
+
+def _max_concurrent_inputs(definition: Any) -> int:
+    if isinstance(definition, api_pb2.FunctionData):
+        definition = definition.ranked_functions[0].function if definition.ranked_functions else None
+    return definition.max_concurrent_inputs if isinstance(definition, api_pb2.Function) else 1
+
+
+def _volume_mounts(definition: Any) -> dict[str, str]:
+    """mount path -> Volume name, from a function's definition."""
+    if isinstance(definition, api_pb2.FunctionData):
+        definition = definition.ranked_functions[0].function if definition.ranked_functions else None
+    if not isinstance(definition, api_pb2.Function):
+        return {}
+    return {m.mount_path: m.volume_id.removeprefix("vo-") for m in definition.volume_mounts}
 
 
 class Servicer(ModalClientBase):
@@ -365,8 +384,14 @@ class Servicer(ModalClientBase):
         await stream.send_message(api_pb2.MountBatchedCheckExistenceResponse())  # nothing missing
 
     async def MountPutFile(self, stream: Any) -> None:
-        await self._recv(stream)
-        await stream.send_message(api_pb2.MountPutFileResponse(exists=True))
+        # Content by sha256, for mounts and Volume v1 uploads: "exists" only once the bytes are here.
+        req = await self._recv(stream)
+        if req.HasField("data") or req.data_blob_id:
+            data = req.data if req.HasField("data") else self.s.blobs[req.data_blob_id]
+            if hashlib.sha256(data).hexdigest() != req.sha256_hex:
+                raise GRPCError(Status.INVALID_ARGUMENT, "file content does not match its sha256")
+            self.s.mount_files[req.sha256_hex] = data
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=req.sha256_hex in self.s.mount_files))
 
     async def MountGetOrCreate(self, stream: Any) -> None:
         await self._recv(stream)
@@ -730,6 +755,8 @@ class Servicer(ModalClientBase):
             injected = exc
         if injected is TIMEOUT:
             return self._timeout_result(call.tag, timeout), data_format
+        if isinstance(injected, Kill) and injected.at == "timeout":
+            timeout = injected.seconds
         future: concurrent.futures.Future = concurrent.futures.Future()
         thread = threading.Thread(
             target=self._run_body,
@@ -741,8 +768,16 @@ class Servicer(ModalClientBase):
         try:
             outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout=timeout)
         except asyncio.TimeoutError:
-            # Like Modal, answer TIMEOUT; unlike Modal, the body is not killed (it is a thread).
+            # Like Modal, answer TIMEOUT and kill the container: its threads get ContainerKilled, its later
+            # Volume commits and Dict calls are refused (children it started run on, see the docs).
+            if call.box is not None:
+                call.box.die(f"timed out after {timeout} s")
             return self._timeout_result(call.tag, timeout), data_format
+        if call.box is not None and call.box.dead:
+            return api_pb2.GenericResult(
+                status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+                exception=f"container {call.box.id} of {call.tag} was killed ({call.box.why}) (stand-in)",
+            ), data_format
         if isinstance(outcome[1], api_pb2.GeneratorDone):
             # A generator body: the items went out on data_out; the output says how many.
             data_format = _GENERATOR_DONE
@@ -764,36 +799,59 @@ class Servicer(ModalClientBase):
         container. A class takes an idle instance of its variant (a warm container) or makes one
         (a cold start: ``@enter`` runs), so concurrent inputs of one variant get one instance each."""
         reset_context = _set_current_context_ids([call.input_id], [call.call_id], [call.input_jwt])
-        obj, pool = None, None
+        box = None
         try:
-            if injected is not None:
+            if injected is not None and not isinstance(injected, Kill):
                 raise injected
             module = sys.modules.get(base.module_name) or importlib.import_module(base.module_name)
-            if base.is_class:
-                with self.s.lock:
-                    pool = self.s.instances.setdefault(fn.function_id, [])
-                    if pool:
-                        obj, call.container = pool.pop()
-                    else:
-                        self.s.containers += 1
-                        call.container = self.s.containers
-                if obj is None:
-                    obj = getattr(module, base.tag[:-2])(**fn.params)
-                value = getattr(obj, method_name).local(*call.args, **call.kwargs)
-            else:
-                value = getattr(module, base.tag).local(*call.args, **call.kwargs)
-            if inspect.isgenerator(value):
-                value = self._drain(call, value, data_format)
+            box = self._container_for(call, fn, base)
+            if isinstance(injected, Kill):
+                box.kill = injected
+            with running_in(box):
+                if base.is_class:
+                    with box.enter_lock:  # concurrent inputs of a new container: @enter runs once
+                        if box.obj is None:
+                            box.obj = getattr(module, base.tag[:-2])(**fn.params)
+                    value = getattr(box.obj, method_name).local(*call.args, **call.kwargs)
+                else:
+                    value = getattr(module, base.tag).local(*call.args, **call.kwargs)
+                if inspect.isgenerator(value):
+                    value = self._drain(call, value, data_format)
         except BaseException as exc:
             outcome = (False, exc, "".join(traceback.format_exception(exc)))
         else:
             outcome = (True, value, "")
         finally:
             reset_context()
-            if obj is not None and pool is not None:
+            if box is not None:
                 with self.s.lock:
-                    pool.append((obj, call.container))  # idle again before its output is out
+                    box.busy -= 1  # room again before its output is out
+                    if not box.busy:
+                        box.kill = None
         future.set_result(outcome)
+
+    def _container_for(self, call: Call, fn: FunctionRecord, base: FunctionRecord) -> Container:
+        """A container of ``fn`` with room for one more input (warm: its views as it left them; up to
+        ``@modal.concurrent(max_inputs=n)`` inputs at once, else one), or a new one (its views taken now)."""
+        limit = max(1, _max_concurrent_inputs(base.definition))
+        with self.s.lock:
+            box = next((b for b in reversed(self.s.all_containers.values())
+                        if b.function_id == fn.function_id and not b.dead and b.busy < limit), None)
+            if box is None:
+                if base.is_class:
+                    self.s.containers += 1
+                    box_id: int | str = self.s.containers
+                else:
+                    self.s.function_containers += 1
+                    box_id = f"f{self.s.function_containers}"
+                box = Container(box_id, fn.function_id, _volume_mounts(base.definition))
+                self.s.all_containers[box_id] = box
+            box.busy += 1
+            if not box.views:
+                for name in sorted(set(box.mounts.values())):
+                    box.views[name] = View(self.s.volume_dir(name), self.s.view_dir(box.id, name), self.s.volume_lock)
+        call.container, call.box = box.id, box
+        return box
 
     def _drain(self, call: Call, items: Any, data_format: int) -> api_pb2.GeneratorDone:
         """Run a generator body to its end, each item a ``DataChunk`` of the call's ``data_out`` stream (as Modal's
@@ -910,11 +968,12 @@ class Servicer(ModalClientBase):
             if req.object_creation_type != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
                 raise GRPCError(Status.NOT_FOUND, f"Volume '{req.deployment_name}' not found")
             path.mkdir(parents=True)
-        md = api_pb2.VolumeMetadata(version=api_pb2.VOLUME_FS_VERSION_V2, name=req.deployment_name)
+        version = api_pb2.VOLUME_FS_VERSION_V1 if self.s.volume_version == 1 else api_pb2.VOLUME_FS_VERSION_V2
+        md = api_pb2.VolumeMetadata(version=version, name=req.deployment_name)
         await stream.send_message(
             api_pb2.VolumeGetOrCreateResponse(
                 volume_id=_volume_id(req.deployment_name),
-                version=api_pb2.VOLUME_FS_VERSION_V2,
+                version=version,
                 metadata=md,
             )
         )
@@ -940,16 +999,15 @@ class Servicer(ModalClientBase):
             urls.append(f"{self.s.http_url}/read/{token}")
         await stream.send_message(api_pb2.VolumeGetFile2Response(get_urls=urls, size=size, start=start, len=length))
 
-    async def VolumeListFiles2(self, stream: Any) -> None:
-        req = await self._recv(stream)
-        root = self._volume_dir(req.volume_id)
-        target = self._inside(root, req.path)
+    def _list_entries(self, volume_id: str, path: str, recursive: bool) -> list[api_pb2.FileEntry]:
+        root = self._volume_dir(volume_id)
+        target = self._inside(root, path)
         if not target.exists():
-            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {req.path}")
+            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {path}")
         if target.is_file():
             found = [target]
         else:
-            found = sorted(target.rglob("*") if req.recursive else target.iterdir())
+            found = sorted(target.rglob("*") if recursive else target.iterdir())
         entries = []
         for p in found:
             st = p.stat()
@@ -962,10 +1020,35 @@ class Servicer(ModalClientBase):
                     size=st.st_size if p.is_file() else 0,
                 )
             )
+        return entries
+
+    async def VolumeListFiles2(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        entries = self._list_entries(req.volume_id, req.path, req.recursive)
         for i in range(0, len(entries), 100):
             await stream.send_message(api_pb2.VolumeListFiles2Response(entries=entries[i : i + 100]))
         if not entries:
             await stream.send_message(api_pb2.VolumeListFiles2Response())
+
+    @staticmethod
+    def _write_file(target: Path, data: bytes, mode: int) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".standin-tmp")
+        tmp.write_bytes(data)
+        if mode:
+            os.chmod(tmp, mode & 0o777)
+        os.replace(tmp, target)
+
+    def _remove(self, volume_id: str, path: str, recursive: bool) -> None:
+        target = self._inside(self._volume_dir(volume_id), path)
+        if not target.exists():
+            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {path}")
+        if target.is_dir():
+            if not recursive:
+                raise GRPCError(Status.INVALID_ARGUMENT, f"{path} is a directory; pass recursive=True")
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
     async def VolumePutFiles2(self, stream: Any) -> None:
         req = await self._recv(stream)
@@ -987,36 +1070,145 @@ class Servicer(ModalClientBase):
                 if target.exists():
                     raise GRPCError(Status.ALREADY_EXISTS, f"{f.path}: already exists")
         for f, target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
             data = b"".join(self.s.blocks[b.contents_sha256] for b in f.blocks)[: f.size]
-            tmp = target.with_name(target.name + ".standin-tmp")
-            tmp.write_bytes(data.ljust(f.size, b"\0"))
-            if f.mode:
-                os.chmod(tmp, f.mode & 0o777)
-            os.replace(tmp, target)
+            self._write_file(target, data.ljust(f.size, b"\0"), f.mode)
         await stream.send_message(api_pb2.VolumePutFiles2Response())
 
     async def VolumeRemoveFile2(self, stream: Any) -> None:
         req = await self._recv(stream)
-        root = self._volume_dir(req.volume_id)
-        target = self._inside(root, req.path)
-        if not target.exists():
-            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {req.path}")
-        if target.is_dir():
-            if not req.recursive:
-                raise GRPCError(Status.INVALID_ARGUMENT, f"{req.path} is a directory; pass recursive=True")
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        self._remove(req.volume_id, req.path, req.recursive)
         await stream.send_message(Empty())
 
+    # --- a container's view: reload and commit (see containers.py for where the semantics come from) ----
+
+    def _caller_view(self, volume_id: str, what: str) -> tuple[Container, View]:
+        box = _containers.caller[0]
+        if box is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"Volume.{what}() must be called inside a container (stand-in)")
+        view = box.views.get(volume_id.removeprefix("vo-"))
+        if view is None:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"container {box.id} does not mount Volume {volume_id}")
+        return box, view
+
     async def VolumeReload(self, stream: Any) -> None:
-        await self._recv(stream)
+        req = await self._recv(stream)
+        box, view = self._caller_view(req.volume_id, "reload")
+        if box.kill is not None and box.kill.at == "reload":
+            box.die("killed at its Volume reload (injected)")
+            await stream.send_message(Empty())
+            return
+        busy = view.open_files()
+        if busy:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"there are open files preventing the operation (stand-in: container {box.id} has {busy[0]!r} open)",
+            )
+        view.publish()  # "uncommitted changes [...] may implicitly be committed when reloading"
+        view.take()
+        self.s.volume_events.append(("reload", box.id, req.volume_id))
         await stream.send_message(Empty())
 
     async def VolumeCommit(self, stream: Any) -> None:
-        await self._recv(stream)
+        req = await self._recv(stream)
+        box, view = self._caller_view(req.volume_id, "commit")
+        kill = box.kill
+        if kill is not None and kill.at in ("commit", "mid-commit"):
+            published = view.publish(limit=len(view.changes()) // 2) if kill.at == "mid-commit" else 0
+            box.die(f"killed at its Volume commit, {published} change(s) published (injected)")
+        else:
+            view.publish()
+            self.s.volume_events.append(("commit", box.id, req.volume_id))
         await stream.send_message(api_pb2.VolumeCommitResponse(skip_reload=True))
+
+    # --- Volume v1 (VolumeGetOrCreate answers StandIn.volume_version) ----------------------
+
+    async def VolumeListFiles(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        entries = self._list_entries(req.volume_id, req.path, req.recursive)
+        for i in range(0, len(entries), 100):
+            await stream.send_message(api_pb2.VolumeListFilesResponse(entries=entries[i : i + 100]))
+        if not entries:
+            await stream.send_message(api_pb2.VolumeListFilesResponse())
+
+    async def VolumePutFiles(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        root = self._volume_dir(req.volume_id)
+        targets = [(f, self._inside(root, f.filename)) for f in req.files]
+        for f, target in targets:
+            if f.sha256_hex not in self.s.mount_files:
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{f.filename}: content {f.sha256_hex} was never uploaded")
+            if req.disallow_overwrite_existing_files and target.exists():
+                raise GRPCError(Status.ALREADY_EXISTS, f"{f.filename}: already exists")
+        for f, target in targets:
+            self._write_file(target, self.s.mount_files[f.sha256_hex], f.mode)
+        await stream.send_message(Empty())
+
+    async def VolumeRemoveFile(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        self._remove(req.volume_id, req.path, req.recursive)
+        await stream.send_message(Empty())
+
+    # --- Dicts (modal/dict.py: DictGetOrCreate, DictUpdate with if_not_exists, DictGet, DictPop, ...) ----
+    # Entries never expire here (Modal: after 7 days of inactivity). Keys and values are the client's bytes.
+
+    def _dict(self, dict_id: str) -> dict[bytes, bytes]:
+        if not dict_id.startswith("di-"):
+            raise GRPCError(Status.NOT_FOUND, f"Dict {dict_id} not found")
+        return self.s.dicts.setdefault(dict_id[3:], {})
+
+    async def DictGetOrCreate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        if req.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_EPHEMERAL or not req.deployment_name:
+            raise GRPCError(Status.UNIMPLEMENTED, "the stand-in has named Dicts only")
+        if req.deployment_name not in self.s.dicts:
+            if req.object_creation_type != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                raise GRPCError(Status.NOT_FOUND, f"Dict '{req.deployment_name}' not found")
+            self.s.dicts[req.deployment_name] = {}
+        await stream.send_message(
+            api_pb2.DictGetOrCreateResponse(
+                dict_id="di-" + req.deployment_name, metadata=api_pb2.DictMetadata(name=req.deployment_name)
+            )
+        )
+
+    async def DictHeartbeat(self, stream: Any) -> None:
+        await self._recv(stream)
+        await stream.send_message(Empty())
+
+    async def DictUpdate(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        entries = self._dict(req.dict_id)
+        created = True
+        with self.s.lock:
+            for entry in req.updates:
+                if req.if_not_exists and entry.key in entries:
+                    created = False
+                    continue
+                entries[entry.key] = entry.value
+        await stream.send_message(api_pb2.DictUpdateResponse(created=created))
+
+    async def DictGet(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        value = self._dict(req.dict_id).get(req.key)
+        await stream.send_message(api_pb2.DictGetResponse(found=value is not None, value=value or b""))
+
+    async def DictContains(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        await stream.send_message(api_pb2.DictContainsResponse(found=req.key in self._dict(req.dict_id)))
+
+    async def DictLen(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        await stream.send_message(api_pb2.DictLenResponse(len=len(self._dict(req.dict_id))))
+
+    async def DictPop(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        with self.s.lock:
+            value = self._dict(req.dict_id).pop(req.key, None)
+        await stream.send_message(api_pb2.DictPopResponse(found=value is not None, value=value or b""))
+
+    async def DictClear(self, stream: Any) -> None:
+        req = await self._recv(stream)
+        self._dict(req.dict_id).clear()
+        await stream.send_message(Empty())
 
 
 def _unimplemented(name: str):

@@ -172,7 +172,8 @@ class RemoteSession:
         return self.call(self._handle("info", cls=False), name, what=f"reading index {name!r}")
 
     def apply(
-        self, plan: UpdatePlan, *, backend: str, lock_timeout: float, progress: Progress | None = None
+        self, plan: UpdatePlan, *, backend: str, lock_timeout: float, progress: Progress | None = None,
+        shard_count: int = 1,
     ) -> IndexReport:
         """Apply ``plan`` on Modal, showing the remote stages on ``progress`` as the container reports them.
 
@@ -180,12 +181,16 @@ class RemoteSession:
         images, which takes minutes: their steps show on the stage), the
         container start (until the container's first word), then the
         container's own (encoding in chunks, PLAID's, publishing, committing
-        the Volume). Where nobody watches (no bars, no INFO log), the plain
-        ``Writer.apply`` is called.
+        the Volume). An index of ``shard_count`` > 1 shards is built by the
+        ``Coordinator`` (a CPU container mapping its shards over GPU
+        ``ShardWriter`` s, with a timeout that covers their waves); others by
+        the ``Writer``, whose plain ``apply`` is called where nobody watches.
         """
         kwargs = {"backend": backend, "lock_timeout": lock_timeout, "shard_options": self.build_options}
-        if progress is None or not progress.watched:
-            report: IndexReport = self.call(
+        if shard_count > 1:
+            report = self._apply_streamed(plan, progress or Progress(False), kwargs, coordinated=shard_count)
+        elif progress is None or not progress.watched:
+            report = self.call(
                 self._writer().apply, plan, what=f"indexing {plan.name!r}", limit=self.writer_timeout(), **kwargs
             )
         else:
@@ -194,19 +199,35 @@ class RemoteSession:
             self._wrote(plan.name, plan.base_generation + 1)
         return report
 
-    def _apply_streamed(self, plan: UpdatePlan, progress: Progress, kwargs: dict[str, Any]) -> IndexReport:
-        """``Writer.apply_stream`` read with ``.remote_gen()``, its stages replayed on ``progress``."""
+    def _coordinator(self, shard_count: int) -> tuple[Any, float]:
+        """The Coordinator of a sharded build, its timeout covering ``ceil(shards / MAX_GPUS)`` waves of shards."""
+        from .. import modal_app
+        from .server import coordinator_timeout
+
+        shard_timeout = self.timeout or modal_app.WRITER_TIMEOUT
+        limit = coordinator_timeout(shard_count, shard_timeout, modal_app.MAX_GPUS)
+        return self._handle("Coordinator", cls=True, options={"timeout": limit})(), limit
+
+    def _apply_streamed(
+        self, plan: UpdatePlan, progress: Progress, kwargs: dict[str, Any], *, coordinated: int = 0
+    ) -> IndexReport:
+        """``apply_stream`` (the Writer's, or a sharded build's Coordinator's) read with ``.remote_gen()``,
+        its stages replayed on ``progress``."""
         what = f"indexing {plan.name!r}"
         streamed: IndexReport | None = None
+
+        def builder() -> tuple[Any, float | None]:
+            return self._coordinator(coordinated) if coordinated else (self._writer(), self.writer_timeout())
+
         try:
             if self.transport.connected:
-                writer = self._writer()
+                worker, limit = builder()
             else:
                 with progress.stage(CONNECTING, unit="step") as stage:
                     self._connect(stage)  # a first run builds the images: their steps are noted on the stage
-                    writer = self._writer()
+                    worker, limit = builder()
             starting = progress.stage("starting the container", unit="step")
-            for item in self.stream(writer.apply_stream, plan, what=what, limit=self.writer_timeout(), **kwargs):
+            for item in self.stream(worker.apply_stream, plan, what=what, limit=limit, **kwargs):
                 if isinstance(item, ContainerStarted):
                     starting.close()
                 elif isinstance(item, ApplyFinished):
@@ -225,6 +246,13 @@ class RemoteSession:
         )
         self._wrote(name, info.generation)
         return info
+
+    def drop(self, name: str) -> bool:
+        """Delete index ``name`` from the Volume under its write lease; False if there was none."""
+        found: bool = self.call(self._handle("delete", cls=False), name, what=f"deleting index {name!r}")
+        self.written.pop(name, None)  # a new index of this name starts again at generation 1
+        self._shard_ids.pop(name, None)
+        return found
 
     def _wrote(self, name: str, generation: int) -> None:
         """This session published ``generation`` of ``name``: search at least that one, look its shards up again."""

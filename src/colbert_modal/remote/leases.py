@@ -23,15 +23,19 @@ from urllib.parse import quote
 
 from ..errors import IndexLockedError
 
-__all__ = ["LEASE_TTL", "DirectoryLeases", "LeaseStore", "WriteLease", "default_owner", "write_lease"]
+__all__ = ["LEASE_TTL", "DirectoryLeases", "LeaseStore", "WriteLease", "check_lease", "default_owner", "write_lease"]
 
 logger = logging.getLogger(__name__)
 
 
 #: Seconds a write lease lasts unless its holder renews it (it does, every
 #: quarter of this, while it builds): a writer that crashed or was killed
-#: holds the index for at most this long.
-LEASE_TTL = 600.0
+#: (a Ctrl-C'd ephemeral run's containers) holds the index for at most this
+#: long. Read when a lease is made (tests shorten it).
+LEASE_TTL = 120.0
+#: A holder commits only while its lease has at least this many seconds left, so a
+#: writer that takes a lapsed lease over never races a commit of the old holder's.
+COMMIT_MARGIN = 15.0
 
 
 class LeaseStore(Protocol):
@@ -111,12 +115,15 @@ class WriteLease:
     """
 
     def __init__(
-        self, leases: LeaseStore, name: str, *, owner: str | None = None, ttl: float = LEASE_TTL,
+        self, leases: LeaseStore, name: str, *, owner: str | None = None, ttl: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.leases, self.key, self.ttl, self.clock = leases, name, ttl, clock
+        self.leases, self.key, self.clock = leases, name, clock
+        self.ttl = LEASE_TTL if ttl is None else ttl
         self.owner = owner or default_owner()
         self.token = uuid.uuid4().hex
+        #: set by the renewer when another writer holds the entry: :meth:`check` then refuses
+        self.lost = False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -135,23 +142,28 @@ class WriteLease:
             return {"owner": "another writer"}
         if held.get("expires", 0.0) > self.clock():
             return held
-        if not self.leases.put(f"{self.key}@{held.get('token')}", self.token, skip_if_exists=True):
+        takeover = f"{self.key}@{held.get('token')}"
+        if not self.leases.put(takeover, self.token, skip_if_exists=True):
             return held  # another writer is taking it over
-        logger.warning("taking over the lapsed write lease of index %r from %s", self.key, held.get("owner"))
-        if (self.leases.get(self.key) or {}).get("token") == held.get("token"):
-            self.leases.pop(self.key, None)
-        if self.leases.put(self.key, self._entry(), skip_if_exists=True):
-            return None
-        return self.leases.get(self.key) or held
+        try:
+            logger.warning("taking over the lapsed write lease of index %r from %s", self.key, held.get("owner"))
+            if (self.leases.get(self.key) or {}).get("token") == held.get("token"):
+                self.leases.pop(self.key, None)
+            if self.leases.put(self.key, self._entry(), skip_if_exists=True):
+                return None
+            return self.leases.get(self.key) or held
+        finally:
+            self.leases.pop(takeover, None)  # decided: a writer that read the lapsed entry late finds a live one
 
     def acquire(self, timeout: float = 0.0) -> None:
         """Take the lease, waiting up to ``timeout`` seconds; IndexLockedError if another writer holds it."""
         deadline = time.monotonic() + timeout
         while (held := self.try_acquire()) is not None:
             if time.monotonic() >= deadline:
+                left = max(0, round(float(held.get("expires", 0.0)) - self.clock()))
                 raise IndexLockedError(
                     f"another writer ({held.get('owner')}) is updating index {self.key!r}; "
-                    "try again when it is done"
+                    f"try again when it is done (if that writer was stopped, its lease lapses in {left} s)"
                 )
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.key}", daemon=True)
@@ -161,11 +173,20 @@ class WriteLease:
         while not self._stop.wait(self.ttl / 4):
             try:
                 if (self.leases.get(self.key) or {}).get("token") != self.token:
-                    logger.warning("the write lease of index %r was lost", self.key)
+                    logger.warning("the write lease of index %r was lost; this writer will not commit", self.key)
+                    self.lost = True
                     return
                 self.leases.put(self.key, self._entry())
             except Exception as exc:  # the next round tries again
                 logger.warning("renewing the write lease of index %r failed (%s)", self.key, exc)
+
+    def check(self) -> None:
+        """IndexLockedError unless this writer still holds the lease with :data:`COMMIT_MARGIN` to spare:
+        call right before committing, so a writer whose lease lapsed or was taken over publishes nothing."""
+        if not self.lost:
+            check_lease(self.leases, self.key, self.token, clock=self.clock)
+            return
+        raise IndexLockedError(f"this writer lost the write lease of index {self.key!r}; nothing was committed")
 
     def release(self) -> None:
         """Give the lease up, if this writer still holds it."""
@@ -176,22 +197,37 @@ class WriteLease:
             self.leases.pop(self.key, None)
 
 
+def check_lease(leases: LeaseStore, name: str, token: str, *, clock: Callable[[], float] = time.time) -> None:
+    """IndexLockedError unless the write lease of index ``name`` is ``token``'s with :data:`COMMIT_MARGIN`
+    seconds left. A shard container checks its Writer's lease so before it commits: one whose Writer died
+    (a timed-out parent; Modal may not stop its children) commits nothing once that lease can lapse."""
+    held = leases.get(name) or {}
+    if held.get("token") != token:
+        raise IndexLockedError(
+            f"the write lease of index {name!r} is no longer this build's (now: {held.get('owner') or 'nobody'}); "
+            "nothing was committed"
+        )
+    if float(held.get("expires", 0.0)) - clock() < COMMIT_MARGIN:
+        raise IndexLockedError(f"the write lease of index {name!r} is about to lapse; nothing was committed")
+
+
 @contextlib.contextmanager
 def write_lease(
     leases: LeaseStore | None, name: str, *, owner: str | None = None, timeout: float = 0.0
-) -> Iterator[None]:
-    """Hold index ``name``'s :class:`WriteLease` in ``leases`` (nothing if None).
+) -> Iterator[WriteLease | None]:
+    """Hold index ``name``'s :class:`WriteLease` in ``leases`` (nothing if None); yields it.
 
     Writers in separate containers (two apps, two ``with_options`` variants)
     do not share a flock; this lease serialises them. Take it before the
-    Volume reload and hold it past the Volume commit.
+    Volume reload, call its :meth:`~WriteLease.check` right before the
+    Volume commit, and hold it past the commit.
     """
     if leases is None:
-        yield
+        yield None
         return
     lease = WriteLease(leases, name, owner=owner)
     lease.acquire(timeout)
     try:
-        yield
+        yield lease
     finally:
         lease.release()

@@ -42,20 +42,25 @@ from ..sharding import (
 from ..sharding import apply as apply_sharded
 from ..store import Generation, IndexStore, load_generation
 from . import VOLUME_MOUNT, ApplyFinished, ApplyItem, ContainerStarted
-from .leases import LEASE_TTL, DirectoryLeases, LeaseStore, WriteLease, default_owner, write_lease
+from .leases import LEASE_TTL, DirectoryLeases, LeaseStore, WriteLease, check_lease, default_owner, write_lease
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
     "LEASE_TTL",
+    "MAX_FUNCTION_TIMEOUT",
     "DirectoryLeases",
     "IndexServer",
     "LeaseStore",
+    "VolumeIndexStore",
     "WriteLease",
     "adopt_upload",
     "apply_plan",
     "build_shard_job",
+    "check_lease",
     "container_model",
+    "coordinator_timeout",
     "default_owner",
+    "delete_index",
     "engine_factory",
     "read_info",
     "read_manifest",
@@ -73,6 +78,19 @@ logger = logging.getLogger(__name__)
 #: A reload costs more as the Volume's file count grows; a client that has
 #: just written an index passes ``min_generation`` and reads its own write.
 DEFAULT_REFRESH_INTERVAL = 5.0
+
+
+#: Modal's longest function timeout (24 hours).
+MAX_FUNCTION_TIMEOUT = 24 * 3600
+#: Seconds a sharded build's Coordinator needs besides its shards' waves (planning, reloads, publishing).
+COORDINATOR_SLACK = 600
+
+
+def coordinator_timeout(shards: int, shard_timeout: float, max_gpus: int) -> int:
+    """The timeout a sharded build's coordinator needs: ``ceil(shards / max_gpus)`` waves of ShardWriters,
+    each up to ``shard_timeout``, plus :data:`COORDINATOR_SLACK`; at most Modal's :data:`MAX_FUNCTION_TIMEOUT`."""
+    waves = -(-max(1, shards) // max(1, max_gpus))
+    return int(min(MAX_FUNCTION_TIMEOUT, waves * shard_timeout + COORDINATOR_SLACK))
 
 
 def volume_path() -> Path:
@@ -126,15 +144,38 @@ def read_shards(root: str | os.PathLike[str], name: str) -> list[str] | None:
     return sorted(shards) if shards is not None else None
 
 
-def build_shard_job(root: str | os.PathLike[str], job: ShardJob) -> ShardResult:
-    """Build one shard of a sharded update (the body of a shard container), under ``root``."""
+def build_shard_job(
+    root: str | os.PathLike[str], job: ShardJob, *, before_commit: Callable[[], None] | None = None
+) -> ShardResult:
+    """Build one shard of a sharded update (the body of a shard container), under ``root``.
+
+    ``before_commit`` (the Writer's lease check) runs after the build; if it raises, the sealed
+    generation is removed again, so this container has nothing of the build left to commit (a
+    later ``reload()`` of the warm container may commit what it holds)."""
     import dataclasses
 
     try:
-        return build_shard(dataclasses.replace(job, index_root=str(root)), engine_factory=engine_factory())
+        result = build_shard(dataclasses.replace(job, index_root=str(root)), engine_factory=engine_factory())
+        if before_commit is not None:
+            try:
+                before_commit()
+            except BaseException:
+                if result.generation is not None:
+                    shutil.rmtree(IndexStore(root, job.index).path / "shards" / job.shard / "generations"
+                                  / result.generation, ignore_errors=True)
+                raise
+        return result
     except Exception as exc:
         exc.shard = job.shard  # type: ignore[attr-defined]  # travels back with the exception
         raise
+
+
+class VolumeIndexStore(IndexStore):
+    """An index on a Modal Volume, written by a container that holds its write lease: :meth:`lock` keeps
+    no ``LOCK`` file open (a flock serialises nothing across containers, and ``Volume.reload()`` refuses
+    while a file of the Volume is open)."""
+
+    lock_file = False
 
 
 def apply_plan(
@@ -145,6 +186,8 @@ def apply_plan(
     lock_timeout: float = 0.0,
     progress: Progress | None = None,
     build_shards: ShardBuilder | None = None,
+    reload: Callable[[], None] | None = None,
+    commit: Callable[[], None] | None = None,
 ) -> IndexReport:
     """Carry out ``plan`` on the index under ``root``: the local-mode engine code, under the index lock.
 
@@ -153,11 +196,15 @@ def apply_plan(
     atomically, so readers never see a half-written index. A sharded
     index's shards are built by ``build_shards`` (Modal: one container per
     shard; default: here, in turn), see :func:`colbert_modal.sharding.apply`.
+    ``reload``/``commit`` (the Volume's, in a Modal container holding the
+    write lease): a sharded update commits its pruning before the shard
+    containers start and reloads to see their generations before it
+    publishes the top generation.
     """
-    store = IndexStore(root, plan.name)
+    store = (IndexStore if reload is None else VolumeIndexStore)(root, plan.name)
     with store.lock(lock_timeout):
         return apply_sharded(store, plan, engine_factory=engine_factory(), backend=backend, progress=progress,
-                             build_shards=build_shards)
+                             build_shards=build_shards, before_shards=commit, before_publish=reload)
 
 
 #: The first item :func:`stream_apply` yields: the container has started.
@@ -195,13 +242,13 @@ def stream_apply(
         try:
             progress = Progress(False, sink=events.put, log=False)  # the client logs what it replays
             outcome["report"] = apply_plan(root, plan, backend=backend, lock_timeout=lock_timeout, progress=progress,
-                                           build_shards=build_shards)
+                                           build_shards=build_shards, reload=reload, commit=commit)
         except BaseException as exc:  # re-raised in the generator below
             outcome["error"] = exc
         finally:
             events.put(None)
 
-    with write_lease(leases, plan.name, owner=owner, timeout=lock_timeout):
+    with write_lease(leases, plan.name, owner=owner, timeout=lock_timeout) as lease:
         if reload is not None:
             reload()
         worker = threading.Thread(target=work, name=f"apply-{plan.name}", daemon=True)
@@ -212,12 +259,29 @@ def stream_apply(
         finally:
             worker.join()  # the lease outlives the build, even if the stream is closed early
         if "error" in outcome:
+            _commit_leftovers(lease, commit)
             raise outcome["error"]
         if commit is not None:
             yield StageStarted("committing", None, "step")
+            if lease is not None:
+                lease.check()  # a writer whose lease lapsed or was taken over publishes nothing
             commit()
             yield StageEnded("committing")
     yield ApplyFinished(outcome["report"])
+
+
+def _commit_leftovers(lease: WriteLease | None, commit: Callable[[], None] | None) -> None:
+    """After a failed build, commit what it changed (its pruning, builds the next writer removes) while the
+    lease is still held: a warm container's next ``reload()`` would otherwise publish those changes later,
+    when they may be stale (Modal may commit a container's changes at any reload)."""
+    if commit is None:
+        return
+    try:
+        if lease is not None:
+            lease.check()
+        commit()
+    except Exception as exc:
+        logger.warning("committing a failed build's leftovers failed (%s: %s)", type(exc).__name__, exc)
 
 
 def _merge_updates(event: Event, events: queue.Queue[Event | None]) -> Event:
@@ -235,6 +299,15 @@ def _merge_updates(event: Event, events: queue.Queue[Event | None]) -> Event:
         events.get_nowait()
         n += nxt.n
     return StageAdvanced(event.stage, n)
+
+
+def delete_index(root: str | os.PathLike[str], name: str) -> bool:
+    """Remove index ``name`` under ``root`` (False if there is none); call under its write lease."""
+    store = IndexStore(root, name)
+    if not store.path.exists():
+        return False
+    store.destroy()
+    return True
 
 
 def adopt_upload(root: str | os.PathLike[str], name: str, upload: str) -> IndexInfo:
@@ -288,6 +361,9 @@ class IndexServer:
         self._cache = Path(tempfile.mkdtemp(prefix=f"colbert-modal-{name}-"))
         self._live = LiveIndex(self.store, self._open_copy)
         self._checked_at = float("-inf")
+        #: one refresh (reload + copy) at a time: concurrent inputs (``@modal.concurrent``) share the
+        #: container, and its ``Volume.reload()`` refuses while another input has a file open copying
+        self._refreshing = threading.Lock()
 
     @property
     def loaded(self) -> OpenIndex | None:
@@ -309,19 +385,26 @@ class IndexServer:
             model = manifest["model"]
         engine_factory(self.verbose)(model).rag  # noqa: B018 - loads the checkpoint
 
-    def refresh(self, *, force: bool = False) -> bool:
-        """Switch to the newest published generation; True if it changed."""
-        now = time.monotonic()
-        before = self._live.loaded
-        if not force and before is not None and now - self._checked_at < self.min_refresh_interval:
-            return False
-        self._checked_at = now
-        if self._reload is not None:
-            try:
-                self._reload()
-            except Exception as exc:  # keep serving what we have
-                logger.warning("Volume reload failed (%s: %s); serving the loaded generation", type(exc).__name__, exc)
-        return self._live.current() is not before
+    def refresh(self, *, force: bool = False, min_generation: int | None = None) -> bool:
+        """Switch to the newest published generation; True if it changed.
+
+        A failed Volume reload keeps the loaded generation, unless it is older than ``min_generation``
+        (a client reading its own write): then the reload's error is raised, never an older answer."""
+        with self._refreshing:
+            now = time.monotonic()
+            before = self._live.loaded
+            if not force and before is not None and now - self._checked_at < self.min_refresh_interval:
+                return False
+            self._checked_at = now
+            if self._reload is not None:
+                try:
+                    self._reload()
+                except Exception as exc:
+                    if min_generation is not None and (self.generation or 0) < min_generation:
+                        raise
+                    logger.warning("Volume reload failed (%s: %s); serving the loaded generation",
+                                   type(exc).__name__, exc)
+            return self._live.current() is not before
 
     def _copy(self, gen: Generation) -> Generation:
         """``gen`` copied to the same relative place under the container's cache (once)."""
@@ -394,7 +477,7 @@ class IndexServer:
         queries = check_queries(queries, k)
         parse_where(where)
         stale = min_generation is not None and (self.generation or 0) < min_generation
-        self.refresh(force=stale)
+        self.refresh(force=stale, min_generation=min_generation if stale else None)
         opened = self._live.loaded
         assert opened is not None
         if not queries:

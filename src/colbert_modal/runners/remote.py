@@ -63,7 +63,9 @@ class RemoteRunner:
             made = plan(manifest)
             if manifest is None and not made.new_chunks:
                 raise nothing_to_index(made)  # with the report; no GPU container started
-            return self.session.apply(made, backend=self.backend, lock_timeout=self.lock_timeout, progress=progress)
+            shard_count = made.settings.shard_count or (manifest.shard_count if manifest is not None else 1)
+            return self.session.apply(made, backend=self.backend, lock_timeout=self.lock_timeout, progress=progress,
+                                      shard_count=shard_count)
         finally:
             progress.close()
 
