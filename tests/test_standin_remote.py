@@ -26,6 +26,7 @@ import huggingface_hub.constants
 import pytest
 
 from colbert_modal import ColbertIndexer, modal_app
+from colbert_modal.remote import server
 from colbert_modal.errors import (
     ConfigurationError,
     IndexLockedError,
@@ -309,7 +310,7 @@ def _hits(results) -> list[list[tuple[str, float]]]:
 def test_sharded_index_builds_in_parallel_containers_and_searches_each_shard(
     standin: StandIn, corpus_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Writer -> ShardWriter.build.map (from inside the Writer's body), then one Searcher per shard, merged:
+    """Coordinator -> ShardWriter.build.map (from inside its body), then one Searcher per shard, merged:
     the unsharded index's results (exact backend), through the real modal client."""
     reference = ColbertIndexer("ref", model=HUB_ID, index_root=tmp_path / "ref", backend="exact", progress=False)
     reference.index([corpus_dir])
@@ -318,12 +319,14 @@ def test_sharded_index_builds_in_parallel_containers_and_searches_each_shard(
         report = idx.index([corpus_dir])
         assert report.chunks_total == reference.info().chunks
         builds = standin.calls_of("ShardWriter.build")
-        (writer,) = standin.calls_of("Writer.apply_stream")
+        (coordinator,) = standin.calls_of("Coordinator.apply_stream")  # a CPU container coordinates
+        assert not standin.calls_of("Writer.*")
         assert sorted(c.args[0].shard for c in builds) == ["s000", "s001", "s002"]
         assert len({c.call_id for c in builds}) == 1  # one .map() over the shards
-        assert writer.status == "SUCCESS"
+        assert coordinator.status == "SUCCESS" and not coordinator.gpus
+        assert coordinator.options.timeout_secs == server.coordinator_timeout(3, 900, modal_app.MAX_GPUS)
         assert len({c.container for c in builds}) == 3  # each shard in a container of its own
-        for call in (*builds, writer):  # the indexer's GPU and timeout reach the shard containers too
+        for call in builds:  # the indexer's GPU and timeout reach the shard containers
             assert call.gpus == ["H100"] and call.options.timeout_secs == 900
         stages = [r.getMessage() for r in caplog.records if r.name == "colbert_modal.progress"]
         assert any(m.startswith("building shards") and "3" in m for m in stages), stages

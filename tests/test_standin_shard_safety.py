@@ -15,6 +15,7 @@ import pytest
 
 import test_standin_remote as remote_tests
 from colbert_modal.errors import LoadError, ShardBuildError
+from colbert_modal.remote import ApplyFinished
 from colbert_modal.store import IndexStore, load_generation
 from modal_standin import Kill, StandIn, standin_fixture, standin_server_fixture  # noqa: F401
 from test_standin_remote import HUB_ID, _remote, _volume
@@ -88,7 +89,6 @@ def test_each_failed_shard_is_blamed_for_its_own_error(
     with _remote(tmp_path, "sharded", model=HUB_ID, shards=2) as idx, pytest.raises(ShardBuildError) as caught:
         idx.index([corpus_dir])
     failures = caught.value.failures
-    print("DEBUG", [(c.args[0].shard, c.status, c.retry_count, c.container, c.output.result.exception if c.output else None) for c in standin.calls_of("ShardWriter.build")], standin.injections)
     assert sorted(failures) == ["s000", "s001"]
     assert isinstance(failures["s001"], LoadError), failures
     assert "timed out" in str(failures["s000"]), failures
@@ -101,7 +101,7 @@ def _plan(folder: Path, name: str, shards: int):
     from colbert_modal.chunking import Chunker, load_tokenizer
     from colbert_modal.pipeline import Settings, plan_update
 
-    settings = Settings(HUB_ID, 256, 38, shards=shards)
+    settings = Settings(HUB_ID, 256, 38, shard_count=shards)
     plan = plan_update([folder], name=name, settings=settings, manifest=None,
                        chunker=lambda: Chunker(load_tokenizer(HUB_ID), max_tokens=256, overlap=38))
     return cloudpickle.loads(cloudpickle.dumps(plan))
@@ -121,7 +121,7 @@ def test_a_sharded_build_is_coordinated_from_a_cpu_container(standin: StandIn, c
     with modal_app.app.run():
         coordinator = modal_app.Coordinator.with_options(timeout=timeout)()
         events = list(coordinator.apply_stream.remote_gen(plan, backend="exact"))
-    assert events[-1][0] == "result" and events[-1][1].chunks_total > 0
+    assert isinstance(events[-1], ApplyFinished) and events[-1].report.chunks_total > 0
     (call,) = standin.calls_of("Coordinator.apply_stream")
     assert call.gpus == [] and call.options.timeout_secs == timeout
     base = standin.functions[standin.functions[call.function_id].base_id]
@@ -199,10 +199,10 @@ def test_chaos_sharded_builds_with_a_killed_shard_a_timed_out_writer_and_readers
 
             (docs / "z2.txt").write_text("A zeppelin over the walrus, two.\n", encoding="utf-8")
             monkeypatch.setattr(server, "build_shard", slow)
-            standin.timeouts["Writer.*"] = 1.0
+            standin.timeouts["Coordinator.*"] = 1.0
             with pytest.raises(Exception, match="timed out"):
                 idx.index([docs])
-            del standin.timeouts["Writer.*"]
+            del standin.timeouts["Coordinator.*"]
             monkeypatch.setattr(server, "build_shard", real)
             report = idx.index([docs])  # waits for the dead Writer's lease to lapse, then takes it over
             assert report.indexed == [str(docs / "z2.txt")]

@@ -264,7 +264,7 @@ def test_shard_containers_of_a_timed_out_writer_commit_nothing_once_the_lease_is
         return real(*args, **kwargs)
 
     monkeypatch.setattr(server, "build_shard", slow_build)
-    standin.timeouts["Writer.*"] = 1.5  # apply or apply_stream
+    standin.timeouts["Coordinator.*"] = 1.5  # the sharded build's coordinator
     with _remote(tmp_path, "sharded", model=HUB_ID, shards=2) as idx, pytest.raises(Exception, match="timed out"):
         idx.index([corpus_dir])
     standin.dict_put(modal_app.LEASES_NAME, "sharded", {"token": "next", "owner": "app ap-next", "expires": 4e9})
