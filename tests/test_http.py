@@ -273,3 +273,20 @@ def test_serve_refuses_beyond_localhost_without_a_token(monkeypatch: pytest.Monk
     monkeypatch.setenv("COLBERT_MODAL_TOKEN", "from-env")
     serve("0.0.0.0", 8126, index_root=tmp_path)
     assert ran == [("127.0.0.1", 8123), ("::1", 8124), ("0.0.0.0", 8125), ("0.0.0.0", 8126)]
+
+
+def test_cli_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from colbert_modal.cli import cli
+
+    ran: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.append((host, port)))
+    runner = CliRunner()
+    assert "serve" in runner.invoke(cli, ["--help"]).output
+    result = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--index-root", str(tmp_path)])
+    assert result.exit_code == 2 and "without a token" in result.output and ran == []
+    result = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "9001", "--token", "t", "-n", "a"])
+    assert result.exit_code == 0, result.output
+    assert ran == [("0.0.0.0", 9001)]
