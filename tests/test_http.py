@@ -137,6 +137,8 @@ def test_malformed_json_unknown_index_unknown_route(client: TestClient) -> None:
     for bad in (b'{"index": "shared", "query": ', b"\xff\xfe", b"", b'{"k": NaN}'):
         _error(client.post("/search", content=bad, headers=headers), 400, "ConfigurationError", "body")
     _error(client.post("/search", json=["shared", "x"]), 400, "ConfigurationError", "body")
+    lone = b'{"index": "shared", "query": "bad \\ud800 text"}'  # valid JSON, not valid Unicode
+    _error(client.post("/search", content=lone, headers=headers), 400, "ConfigurationError", "query")
     _error(client.post("/search", json={"index": "nope", "query": "x"}), 404, "IndexNotFoundError")
     _error(client.post("/search_batch", json={"index": "nope", "queries": ["x"]}), 404, "IndexNotFoundError")
     _error(client.get("/no/such/route"), 404, "NotFound")
@@ -290,3 +292,42 @@ def test_cli_serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "9001", "--token", "t", "-n", "a"])
     assert result.exit_code == 0, result.output
     assert ran == [("0.0.0.0", 9001)]
+
+
+def test_serve_answers_over_a_real_socket(shared: tuple[Path, ColbertIndexer], tmp_path: Path) -> None:
+    """`colbert-modal serve` under uvicorn on a free local port: a search over HTTP, then the process is stopped."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    root, indexer = shared
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "COLBERT_MODAL_TOKEN": "tok"}
+    args = ["serve", "--index-root", str(root), "--port", str(port), "-n", "shared"]
+    proc = subprocess.Popen([sys.executable, "-c", "from colbert_modal.cli import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        body = {"index": "shared", "query": "penguin", "k": 2}
+        assert httpx.post(f"{base}/search", json=body, timeout=60).status_code == 401
+        r = httpx.post(f"{base}/search", json=body, headers={"Authorization": "Bearer tok"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["hits"] == [h.model_dump(mode="json") for h in indexer.search("penguin", k=2)]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

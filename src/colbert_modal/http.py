@@ -128,10 +128,11 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         message = "internal server error (the server's log has the details)"
         return 500, {"error": {"type": "InternalError", "types": ["InternalError"], "message": message, "field": None}}
     status = next((code for cls, code in STATUS if isinstance(exc, cls)), 500)
+    message = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate cannot go out
     cls = exc.like if isinstance(exc, FieldError) else type(exc)
     types = [c.__name__ for c in cls.__mro__ if c.__name__ in errors.__all__]
     field = exc.field if isinstance(exc, FieldError) else None
-    return status, {"error": {"type": types[0], "types": types, "message": str(exc), "field": field}}
+    return status, {"error": {"type": types[0], "types": types, "message": message, "field": field}}
 
 
 def _error_response(exc: BaseException) -> JSONResponse:
@@ -234,6 +235,10 @@ def check_k(value: Any) -> int:
 def check_query(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise FieldError(field, f"must be a non-empty string, got {json.dumps(value)[:40]}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FieldError(field, "holds characters that are not valid Unicode (lone surrogates)") from None
     return value
 
 
