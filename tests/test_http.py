@@ -331,3 +331,17 @@ def test_serve_answers_over_a_real_socket(shared: tuple[Path, ColbertIndexer], t
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_an_unexpected_error_is_a_500_without_its_details(shared: tuple[Path, ColbertIndexer]) -> None:
+    root, _ = shared
+    app = create_app(index_root=root)
+
+    def broken() -> list[str]:
+        raise RuntimeError("secret internals at /srv/private")
+
+    app.state.indexes.available = broken
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/indexes")
+        _error(r, 500, "InternalError")
+        assert "secret" not in r.text

@@ -61,7 +61,7 @@ from .store import IndexStore, default_index_root, list_indexes, validate_index_
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - the serve extra is not installed
@@ -329,6 +329,8 @@ def create_app(
                 return await fn(request)
             except (ColbertModalError, HTTPError) as exc:
                 return _error_response(exc)
+            except ClientDisconnect:  # nobody is left to answer
+                raise
             except Exception as exc:
                 log.exception("%s %s failed", request.method, request.url.path)
                 return _error_response(exc)
