@@ -48,7 +48,9 @@ LAYERS: list[list[str]] = [
     ["indexer"],
     ["adapters"],  # RAG framework adapters (optional extras): hits as the frameworks keep them
     ["adapters.langchain", "adapters.llama_index"],  # LangChain retriever and reranker; LlamaIndex retriever
+    ["http"],  # the HTTP API (Starlette app, uvicorn): local indexes searched over JSON
     ["doctor"],  # first-run checks: drives the indexer and the remote client
+    ["cli_options"],  # the CLI's option parsers (--password, --where, --meta)
     ["cli", "testing"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

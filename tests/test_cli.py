@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from colbert_modal import cli as cli_module
+from colbert_modal import cli_options
 from colbert_modal.cli import cli, format_pages, make_snippet, parse_passwords
 
 PDFS = Path(__file__).parent / "data" / "pdfs"
@@ -73,6 +74,8 @@ def test_version() -> None:
 
 def test_doctests() -> None:
     assert doctest.testmod(cli_module).failed == 0
+    options = doctest.testmod(cli_options)  # the option parsers, moved out of cli.py
+    assert options.failed == 0 and options.attempted >= 6
 
 
 def test_parse_passwords() -> None:
