@@ -6,28 +6,5 @@ In this library "model" means a ColBERT checkpoint; the pydantic records
 
 from __future__ import annotations
 
-from .records import (
-    Chunk,
-    Document,
-    FileWarning,
-    IndexInfo,
-    IndexReport,
-    Page,
-    RerankResult,
-    SearchResult,
-    SearchResults,
-    SkippedFile,
-)
-
-__all__ = [
-    "Chunk",
-    "Document",
-    "FileWarning",
-    "IndexInfo",
-    "IndexReport",
-    "Page",
-    "RerankResult",
-    "SearchResult",
-    "SearchResults",
-    "SkippedFile",
-]
+from .records import *  # noqa: F403
+from .records import __all__ as __all__
