@@ -63,6 +63,16 @@ def test_the_hook_exists_in_the_pinned_modal() -> None:
     assert "OutputManager.get()" in source and "put_streaming_log" in source and "flush_lines" in source
 
 
+def test_a_modal_whose_image_build_stops_calling_the_hook_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names alone are not enough: the image build must still hand its log to the output manager."""
+    import modal._image
+
+    real = inspect.getsource(modal._image)
+    moved = real.replace(".put_streaming_log(", ".stream_log_elsewhere(")
+    monkeypatch.setattr(inspect, "getsource", lambda obj: moved if obj is modal._image else real)
+    assert build_log.hook_missing() == "modal's image build (modal._image) no longer calls put_streaming_log"
+
+
 def test_build_log_reads_chunks_cut_anywhere_and_interleaved() -> None:
     events: list = []
     progress = Progress(False, sink=events.append)

@@ -187,6 +187,24 @@ def hook_missing() -> str | None:
             return f"modal.output.OutputManager has no {name}"
     if not issubclass(DisabledOutputManager, OutputManager):
         return "modal's DisabledOutputManager is no OutputManager"
+    return _build_skips_hook()
+
+
+def _build_skips_hook() -> str | None:
+    """Why modal's image build would not reach the hook: its code no longer hands the log to the current
+    output manager (``OutputManager.get()``, ``put_streaming_log``, ``flush_lines``). Names that exist
+    but go uncalled would leave the stage silent; None where the build's source cannot be read."""
+    import inspect
+
+    try:
+        from modal import _image
+
+        source = inspect.getsource(_image)
+    except (ImportError, OSError, TypeError):
+        return None
+    for call in ("OutputManager.get()", ".put_streaming_log(", ".flush_lines("):
+        if call not in source:
+            return f"modal's image build (modal._image) no longer calls {call.strip('.(')}"
     return None
 
 
