@@ -86,8 +86,33 @@ def test_remote_round_trip(modal_standin: StandIn, hub: None, deployed: bool) ->
     assert code == 0, out
     assert _line(out, "tiny index + search").startswith("ok") and "GPU" in _line(out, "tiny index + search")
     assert _line(out, "delete").startswith("ok")
+    assert _line(out, "Volume: a commit seen elsewhere").startswith("ok")  # probe_write and probe_read: two containers
+    assert _line(out, "write lease (Modal Dict)").startswith("ok")
+    (write,), (read,) = modal_standin.calls_of("probe_write"), modal_standin.calls_of("probe_read")
+    assert write.container != read.container
     assert ("image" in out) != deployed
     assert "All checks passed." in out or not deployed
     volume = modal_standin.volume_dir(modal_app.VOLUME_NAME)
     assert [p.name for p in volume.iterdir()] == []  # the throwaway index is gone
     assert len(modal_standin.calls_of("Writer.apply")) == 1
+
+
+def test_remote_a_volume_that_shows_no_commit_elsewhere_fails_the_step(
+    modal_standin: StandIn, hub: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were Modal's Volume to stop publishing a commit to other containers, doctor says so (not the tests)."""
+    import sys
+
+    real = modal_app._commit_volume
+
+    def commit() -> None:  # the probe's commit publishes nothing; the index's commits work
+        if sys._getframe(1).f_code.co_name != "probe_write":
+            real()
+
+    monkeypatch.setattr(modal_app, "_commit_volume", commit)
+    modal_app.app.deploy()
+    code, out = _doctor("--remote", "--model", HUB_ID)
+    assert code != 0
+    assert _line(out, "tiny index + search").startswith("ok")
+    line = _line(out, "Volume: a commit seen elsewhere")
+    assert "FAIL" in line and "not seen by another after reload()" in line, out

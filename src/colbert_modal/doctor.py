@@ -24,10 +24,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ColbertModalError, ConfigurationError, RemoteError
 from .indexer import ColbertIndexer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .remote.client import RemoteSession
 
 __all__ = ["GPU_DOLLARS_PER_HOUR", "Step", "check_local", "check_remote"]
 
@@ -193,6 +196,7 @@ def check_remote(
                 step.detail = _round_trip(indexer, Path(tmp) / "docs") + f" ({kind} app)"
             done()
             if steps[-1].ok:
+                _modal_semantics(session, steps, done)
                 vol_fix = f"Delete it yourself: `modal volume rm -r {VOLUME_NAME} {name}`."
                 with _timed(steps, "delete", fix=vol_fix) as step:
                     session.drop(name)  # under the index's write lease
@@ -202,6 +206,25 @@ def check_remote(
             indexer.close()
             session.close()
     return steps
+
+
+def _modal_semantics(session: RemoteSession, steps: list[Step], done: Callable[[], None]) -> None:
+    """The two things the library relies on that only Modal's cloud can show (the tests use a stand-in)."""
+    token = uuid.uuid4().hex[:12]
+    fix = "The remote data-safety guarantees rest on this; report it with `colbert-modal -v doctor --remote`."
+    with _timed(steps, "Volume: a commit seen elsewhere", fix=fix) as step:
+        session.call_function("probe_write", token, what="writing a probe file")
+        seen = session.call_function("probe_read", token, what="reading the probe file")
+        if seen != token:
+            raise RuntimeError("a file committed by one container was not seen by another after reload()")
+        step.detail = "committed in one container, seen by another after reload()"
+    done()
+    with _timed(steps, "write lease (Modal Dict)", fix=fix) as step:
+        problem = session.call_function("probe_lease", token, what="checking the write lease")
+        if problem:
+            raise RuntimeError(problem)
+        step.detail = "held once, refused to a second writer, free once released"
+    done()
 
 
 def _model_detail(model: str | None) -> str:

@@ -44,7 +44,7 @@ from typing import Any
 
 import modal
 
-from colbert_modal.errors import IndexNotFoundError
+from colbert_modal.errors import IndexLockedError, IndexNotFoundError
 from colbert_modal.hub import DEFAULT_MODEL
 from colbert_modal.remote import (
     API_VERSION,
@@ -218,6 +218,50 @@ def _lease(index_name, lock_timeout=0.0):
 def app_version():
     """The API version this deployment speaks (``colbert_modal.remote.API_VERSION``); clients check it once."""
     return API_VERSION
+
+
+# --- what only Modal can show, checked by `colbert-modal doctor --remote` ------------------------------
+
+
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+def probe_write(token: str):
+    """Write ``.doctor/<token>`` on the Volume and commit (one container; :func:`probe_read` is another)."""
+    path = server.volume_path() / ".doctor" / token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token, encoding="utf-8")
+    _commit_volume()
+
+
+@app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)
+def probe_read(token: str):
+    """After ``reload()``, what :func:`probe_write` committed from its container (None: not seen); then remove it."""
+    _reload_volume()
+    path = server.volume_path() / ".doctor" / token
+    seen = path.read_text(encoding="utf-8") if path.is_file() else None
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()  # unless another doctor's probe is there
+    except OSError:
+        pass
+    _commit_volume()
+    return seen
+
+
+@app.function(image=client_image, timeout=5 * MINUTES)
+def probe_lease(token: str):
+    """The write lease in the Dict: held once, refused to a second writer, free again once released.
+
+    Returns None where it behaves so, else what went wrong.
+    """
+    name = f"doctor-{token}"
+    with _lease(name):
+        try:
+            with _lease(name):
+                return "a second writer got the lease while it was held"
+        except IndexLockedError:
+            pass
+    with _lease(name):
+        return None
 
 
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)

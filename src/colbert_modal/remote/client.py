@@ -164,6 +164,10 @@ class RemoteSession:
 
     # --- operations --------------------------------------------------------
 
+    def call_function(self, name: str, *args: Any, what: str) -> Any:
+        """One call of the app's function ``name`` (e.g. ``doctor``'s probes)."""
+        return self.call(self._handle(name, cls=False), *args, what=what)
+
     def manifest(self, name: str) -> Manifest | None:
         data = self.call(self._handle("manifest", cls=False), name, what=f"reading the manifest of {name!r}")
         return Manifest.from_json(data) if data is not None else None
