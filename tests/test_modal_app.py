@@ -213,6 +213,26 @@ def test_searcher_keeps_serving_when_reload_fails(
     remote.IndexServer(volume, "nothing-here").load_model()  # no index: nothing to load
 
 
+def test_a_searcher_of_an_exact_index_warms_the_lean_query_encoder_only(
+    volume: Path, colbert_checkpoint: Path, corpus_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container's warm-up loads what its searches use: for an exact index, not RAGatouille."""
+    from colbert_modal import engine
+
+    plan = _plan([corpus_dir / "notes"], colbert_checkpoint, "notes", None)
+    modal_app.Writer().apply.local(plan)
+    monkeypatch.setattr(engine, "_ENGINES", {})  # a fresh container: nothing loaded yet
+    server = remote.IndexServer(volume, "notes")
+    try:
+        server.load_model()
+        (loaded,) = engine._ENGINES.values()
+        assert loaded.query_encoder is not None and loaded._rag is None
+        assert server.search_batch(["walrus umbrella"], k=1)[0][0].source.endswith("plain.txt")
+        assert loaded._rag is None  # searching an exact index never loaded it either
+    finally:
+        server.close()
+
+
 def test_adopt_unknown_upload(volume: Path) -> None:
     with pytest.raises(IndexNotFoundError, match="upload"):
         modal_app.Writer().adopt.local("papers", "nope")

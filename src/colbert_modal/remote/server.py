@@ -378,12 +378,15 @@ class IndexServer:
 
     def load_model(self, model: str | None = None) -> None:
         """Load the model (the index's, or ``model``) so the first search is warm."""
+        manifest = read_manifest(self.store.root, self.store.name) if model is None else None
         if model is None:
-            manifest = read_manifest(self.store.root, self.store.name)
             if manifest is None:
                 return
             model = manifest["model"]
-        engine_factory(self.verbose)(model).rag  # noqa: B018 - loads the checkpoint
+        engine = engine_factory(self.verbose)(model)
+        if manifest is not None and "plaid" not in str(manifest.get("backend")) and engine.query_encoder is not None:
+            return  # an exact index: the lean query encoder is all its searches load (no ragatouille)
+        engine.rag  # noqa: B018 - loads the checkpoint
 
     def refresh(self, *, force: bool = False, min_generation: int | None = None) -> bool:
         """Switch to the newest published generation; True if it changed.
