@@ -385,3 +385,28 @@ def test_example_reports_missing_credentials(no_modal_config: None, tmp_path: Pa
     example = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "remote_pdfs.py"))
     assert example["main"]([str(tmp_path), "some query", "--name", "docs"]) == 1
     assert "modal setup" in capsys.readouterr().err
+
+
+def test_fan_out_asks_lagging_shards_again_and_looks_shards_up_after_a_rebuild() -> None:
+    """The rounds of a sharded remote search (shared by the sync and async paths), without Modal."""
+    from colbert_modal.records import SearchResult, SearchResults
+    from colbert_modal.remote.client import FanOut
+    from colbert_modal.sharding import ShardAnswer
+
+    def hit(src: str, score: float) -> SearchResults:
+        return SearchResults([SearchResult(rank=1, score=score, text=src, source=src, pages=[1], chunk_id=f"{src}:0",
+                                           document_id=src, metadata={})], query="q")
+
+    fan = FanOut("ix", ["s000", "s001"], None)
+    assert fan.todo() == ["s000", "s001"]
+    assert fan.answered(["s000", "s001"], [ShardAnswer(3, [hit("a", 1.0)], 2), ShardAnswer(2, [hit("b", 2.0)], 2)],
+                        ["q"], 5) is None
+    assert fan.target == 3 and fan.todo() == ["s001"]  # only the shard behind is asked again, for generation 3
+    (merged,) = fan.answered(["s001"], [ShardAnswer(3, [hit("b", 2.0)], 2)], ["q"], 5)
+    assert [h.source for h in merged] == ["b", "a"]
+    rebuilt = FanOut("ix", ["s000", "s001"], None)
+    assert rebuilt.answered(["s000", "s001"], [ShardAnswer(5, [], 3), ShardAnswer(5, [], 3)], ["q"], 5) is None
+    assert rebuilt.stale and rebuilt.target == 5  # three shards now: look them up again
+    rebuilt.restart(["s000", "s001", "s002"])
+    assert not rebuilt.stale and rebuilt.todo() == ["s000", "s001", "s002"]
+    assert "try again" in str(rebuilt.gave_up())

@@ -301,17 +301,18 @@ class RemoteSession:
     ) -> list[SearchResults]:
         """Every shard's Searcher (one warm container each) called at once; hits merged by score.
 
-        All shards must answer from one generation of the index: a shard
-        that served an older one is asked again for the newest seen. A shard
-        count that changed (a rebuild) looks the shards up again.
+        All shards must answer from one generation of the index (see :class:`FanOut`).
         """
         from concurrent.futures import ThreadPoolExecutor
 
         searcher = self._handle("Searcher", cls=True, options=self.search_options)
-        target = self.written.get(name)
-        answers: dict[str, ShardAnswer] = {}
-        for _ in range(4):
-            todo = [sid for sid in shard_ids if sid not in answers or answers[sid].generation < (target or 0)]
+        fan = FanOut(name, shard_ids, self.written.get(name))
+        for _ in range(FanOut.ROUNDS):
+            if fan.stale:
+                fan.restart(self.shard_ids(name, fresh=True))
+                if not fan.shard_ids:  # rebuilt unsharded
+                    return self.search_batch(name, queries, k, where)
+            todo, target = fan.todo(), fan.target
 
             def ask(sid: str, target: int | None = target) -> ShardAnswer:
                 return ShardAnswer(*self.call(
@@ -321,28 +322,13 @@ class RemoteSession:
 
             try:
                 with ThreadPoolExecutor(max_workers=min(len(todo), 32), thread_name_prefix="shard-search") as pool:
-                    answers.update(zip(todo, pool.map(ask, todo), strict=True))
+                    merged = fan.answered(todo, list(pool.map(ask, todo)), queries, k)
             except IndexNotFoundError:
-                answers.clear()
-                shard_ids = self.shard_ids(name, fresh=True) or []
-                if not shard_ids:  # rebuilt unsharded
-                    return self.search_batch(name, queries, k, where)
+                fan.lost()
                 continue
-            counts = {a.shard_count for a in answers.values()}
-            generations = {a.generation for a in answers.values()}
-            if counts != {len(shard_ids)}:
-                answers.clear()
-                shard_ids = self.shard_ids(name, fresh=True) or []
-                if not shard_ids:
-                    return self.search_batch(name, queries, k, where)
-                target = max(generations)
-                continue
-            if len(generations) == 1:
-                return [merge_results([answers[sid].results[i] for sid in shard_ids], k, q)
-                        for i, q in enumerate(queries)]
-            target = max(generations)
-        raise RemoteError(f"searching {name!r}: its shards kept answering from different generations "
-                          "(it is being rewritten); try again")
+            if merged is not None:
+                return merged
+        raise fan.gave_up()
 
     # --- awaitable variants (the ``.aio`` methods): modal's own async calls, on the caller's loop ----------
 
@@ -390,37 +376,25 @@ class RemoteSession:
     ) -> list[SearchResults]:
         """As :meth:`_search_shards` (one generation for all shards), the shards awaited together."""
         searcher = self._handle("Searcher", cls=True, options=self.search_options)
-        target = self.written.get(name)
-        answers: dict[str, ShardAnswer] = {}
-        for _ in range(4):
-            todo = [sid for sid in shard_ids if sid not in answers or answers[sid].generation < (target or 0)]
+        fan = FanOut(name, shard_ids, self.written.get(name))
+        for _ in range(FanOut.ROUNDS):
+            if fan.stale:
+                fan.restart(await self.shard_ids_aio(name, fresh=True))
+                if not fan.shard_ids:  # rebuilt unsharded
+                    return await self.search_batch_aio(name, queries, k, where)
+            todo, target = fan.todo(), fan.target
             asks = [self.call_aio(
                 searcher(index_name=name, shard=sid).search_shard, queries, k=k, min_generation=target,
                 where=where, what=f"searching shard {sid} of {name!r}",
             ) for sid in todo]
             try:
-                answers.update(zip(todo, [ShardAnswer(*a) for a in await asyncio.gather(*asks)], strict=True))
+                merged = fan.answered(todo, [ShardAnswer(*a) for a in await asyncio.gather(*asks)], queries, k)
             except IndexNotFoundError:
-                answers.clear()
-                shard_ids = await self.shard_ids_aio(name, fresh=True) or []
-                if not shard_ids:  # rebuilt unsharded
-                    return await self.search_batch_aio(name, queries, k, where)
+                fan.lost()
                 continue
-            counts = {a.shard_count for a in answers.values()}
-            generations = {a.generation for a in answers.values()}
-            if counts != {len(shard_ids)}:
-                answers.clear()
-                shard_ids = await self.shard_ids_aio(name, fresh=True) or []
-                if not shard_ids:
-                    return await self.search_batch_aio(name, queries, k, where)
-                target = max(generations)
-                continue
-            if len(generations) == 1:
-                return [merge_results([answers[sid].results[i] for sid in shard_ids], k, q)
-                        for i, q in enumerate(queries)]
-            target = max(generations)
-        raise RemoteError(f"searching {name!r}: its shards kept answering from different generations "
-                          "(it is being rewritten); try again")
+            if merged is not None:
+                return merged
+        raise fan.gave_up()
 
     def volume(self) -> VolumeFiles:
         """The Volume's files, read and written from here (no app run needed)."""
@@ -433,6 +407,56 @@ class RemoteSession:
         self.closed = True
         with self._lock:
             self.transport.close()
+
+
+class FanOut:
+    """The rounds of a fan-out search of a sharded index, shared by the sync and async paths.
+
+    All shards must answer from one generation of the index: a shard that
+    served an older one is asked again for the newest seen (``target``); a
+    shard count that changed (a rebuild) or a shard that vanished makes the
+    caller look the shards up again (``stale``) and start over.
+    """
+
+    ROUNDS = 4
+
+    def __init__(self, name: str, shard_ids: list[str], target: int | None) -> None:
+        self.name = name
+        self.shard_ids = shard_ids
+        self.target = target
+        self.answers: dict[str, ShardAnswer] = {}
+        self.stale = False
+
+    def todo(self) -> list[str]:
+        """The shards to ask this round: those not answered yet, or answered from before ``target``."""
+        return [s for s in self.shard_ids if s not in self.answers or self.answers[s].generation < (self.target or 0)]
+
+    def answered(self, todo: list[str], replies: list[ShardAnswer], queries: list[str], k: int
+                 ) -> list[SearchResults] | None:
+        """Take this round's replies; the merged results once every shard answered from one generation."""
+        self.answers.update(zip(todo, replies, strict=True))
+        generations = {a.generation for a in self.answers.values()}
+        if {a.shard_count for a in self.answers.values()} != {len(self.shard_ids)}:
+            self.lost()
+            self.target = max(generations)
+            return None
+        if len(generations) == 1:
+            return [merge_results([self.answers[s].results[i] for s in self.shard_ids], k, q)
+                    for i, q in enumerate(queries)]
+        self.target = max(generations)
+        return None
+
+    def lost(self) -> None:
+        """The shards are not what was looked up (a rebuild): look them up again."""
+        self.answers.clear()
+        self.stale = True
+
+    def restart(self, shard_ids: list[str] | None) -> None:
+        self.shard_ids, self.stale = shard_ids or [], False
+
+    def gave_up(self) -> RemoteError:
+        return RemoteError(f"searching {self.name!r}: its shards kept answering from different generations "
+                           "(it is being rewritten); try again")
 
 
 def gpu_options(gpu: str | None, knows_app_settings: bool, role: str) -> dict[str, Any]:
