@@ -145,7 +145,12 @@ def _error_response(exc: BaseException) -> JSONResponse:
 
 
 class Indexes:
-    """One :class:`ColbertIndexer` per index name, created once (thread-safe), never for a missing index."""
+    """One :class:`ColbertIndexer` per index name, created once (thread-safe), never for a missing index.
+
+    Subclass it to serve indexes some other way (``modal_app.web`` searches through the Searcher):
+    :meth:`make` returns anything with ColbertIndexer's ``name``, ``search_batch.aio``,
+    ``info.aio`` and ``close()``.
+    """
 
     def __init__(self, root: Path, names: Iterable[str] | None, options: Mapping[str, Any]) -> None:
         self.root = root
@@ -158,9 +163,15 @@ class Indexes:
         """The served indexes that exist now."""
         if self.names is None:
             return list_indexes(self.root)
-        return [n for n in self.names if IndexStore(self.root, n).exists()]
+        return [n for n in self.names if self.exists(n)]
 
-    def get(self, name: Any, *, field: str, must_exist: bool = True) -> ColbertIndexer:
+    def exists(self, name: str) -> bool:
+        return IndexStore(self.root, name).exists()
+
+    def make(self, name: str) -> Any:
+        return ColbertIndexer(name, index_root=self.root, progress=False, **self.options)
+
+    def get(self, name: Any, *, field: str, must_exist: bool = True) -> Any:
         if not isinstance(name, str):
             raise FieldError(field, f"must be an index name (a string), got {_kind(name)}")
         try:
@@ -172,9 +183,9 @@ class Indexes:
         with self._lock:
             indexer = self._indexers.get(name)
             if indexer is None:
-                if must_exist and not IndexStore(self.root, name).exists():
+                if must_exist and not self.exists(name):
                     raise IndexNotFoundError(f"no index named {name!r} is served here")
-                indexer = ColbertIndexer(name, index_root=self.root, progress=False, **self.options)
+                indexer = self.make(name)
                 self._indexers[name] = indexer
         return indexer
 
@@ -326,6 +337,7 @@ def create_app(
     allow_writes: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
     indexer_options: Mapping[str, Any] | None = None,
+    indexes: Indexes | None = None,
 ) -> Starlette:
     """The ASGI app serving the indexes under ``index_root`` (default: the library's).
 
@@ -334,9 +346,11 @@ def create_app(
     ``$COLBERT_MODAL_TOKEN``; none: no authentication). ``allow_writes``:
     expose indexing and deletion (else 403). ``indexer_options``: keyword
     arguments for each :class:`ColbertIndexer` (e.g. ``backend``, ``model``).
+    ``indexes``: an :class:`Indexes` (subclass) to serve instead of the three before.
     """
-    root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
-    indexes = Indexes(root, names, indexer_options or {})
+    if indexes is None:
+        root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
+        indexes = Indexes(root, names, indexer_options or {})
     expected = resolve_token(token)
 
     def authorise(request: Request) -> None:
