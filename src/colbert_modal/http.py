@@ -6,8 +6,9 @@
     serve("127.0.0.1", 8000)                       # every index under the index root
     app = create_app(names=["papers"], token="s3cret")  # any ASGI server
 
-Endpoints: ``POST /search`` and ``POST /search_batch``, ``GET /indexes``,
-``GET /indexes/{name}``, ``GET /healthz``, ``GET /openapi.json``; with
+Endpoints: ``GET /`` (a search page), ``POST /search`` and ``POST /search_batch``, ``GET /indexes``,
+``GET /indexes/{name}``, ``GET /indexes/{name}/chunks/{chunk_id}/page.png`` (a hit's page,
+the passage highlighted; the ``view`` extra), ``GET /healthz``, ``GET /openapi.json``; with
 ``allow_writes=True`` also ``POST /indexes/{name}/index`` and
 ``DELETE /indexes/{name}/files``. Each index name gets one
 :class:`~colbert_modal.ColbertIndexer`, created on first use and kept (the
@@ -23,7 +24,7 @@ field at fault. Never a traceback: an unexpected error is logged here and
 answered ``InternalError``.
 
 With a token (``token=`` or ``$COLBERT_MODAL_TOKEN``) every endpoint but
-``/healthz`` and ``/openapi.json`` needs ``Authorization: Bearer <token>``.
+``/``, ``/healthz`` and ``/openapi.json`` needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import io
 import json
 import logging
 import os
@@ -55,14 +57,15 @@ from .errors import (
 )
 from .filters import parse_where
 from .indexer import ColbertIndexer
-from .records import IndexInfo, IndexReport, SearchResult
+from .records import Chunk, IndexInfo, IndexReport, SearchResult
+from .sharding import shard_generation
 from .store import IndexStore, default_index_root, list_indexes, validate_index_name
 
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - the serve extra is not installed
     raise DependencyMissingError(
@@ -142,7 +145,12 @@ def _error_response(exc: BaseException) -> JSONResponse:
 
 
 class Indexes:
-    """One :class:`ColbertIndexer` per index name, created once (thread-safe), never for a missing index."""
+    """One :class:`ColbertIndexer` per index name, created once (thread-safe), never for a missing index.
+
+    Subclass it to serve indexes some other way (``modal_app.web`` searches through the Searcher):
+    :meth:`make` returns anything with ColbertIndexer's ``name``, ``search_batch.aio``,
+    ``info.aio`` and ``close()``.
+    """
 
     def __init__(self, root: Path, names: Iterable[str] | None, options: Mapping[str, Any]) -> None:
         self.root = root
@@ -155,9 +163,15 @@ class Indexes:
         """The served indexes that exist now."""
         if self.names is None:
             return list_indexes(self.root)
-        return [n for n in self.names if IndexStore(self.root, n).exists()]
+        return [n for n in self.names if self.exists(n)]
 
-    def get(self, name: Any, *, field: str, must_exist: bool = True) -> ColbertIndexer:
+    def exists(self, name: str) -> bool:
+        return IndexStore(self.root, name).exists()
+
+    def make(self, name: str) -> Any:
+        return ColbertIndexer(name, index_root=self.root, progress=False, **self.options)
+
+    def get(self, name: Any, *, field: str, must_exist: bool = True) -> Any:
         if not isinstance(name, str):
             raise FieldError(field, f"must be an index name (a string), got {_kind(name)}")
         try:
@@ -169,9 +183,9 @@ class Indexes:
         with self._lock:
             indexer = self._indexers.get(name)
             if indexer is None:
-                if must_exist and not IndexStore(self.root, name).exists():
+                if must_exist and not self.exists(name):
                     raise IndexNotFoundError(f"no index named {name!r} is served here")
-                indexer = ColbertIndexer(name, index_root=self.root, progress=False, **self.options)
+                indexer = self.make(name)
                 self._indexers[name] = indexer
         return indexer
 
@@ -277,6 +291,35 @@ def check_bool(body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def find_chunk(store: IndexStore, chunk_id: str) -> Chunk:
+    """The chunk ``chunk_id`` of the index's current generation (in its shard, if sharded); 404 if none."""
+    top = store.current()
+    generation: Any = top
+    if top.manifest.shards:
+        shard = next((e.shard for e in top.manifest.files.values() if chunk_id in e.chunk_ids), None)
+        generation = shard_generation(top, shard) if shard else None
+    for chunk in generation.iter_chunks() if generation is not None else ():
+        if chunk.id == chunk_id:
+            return chunk
+    raise HTTPError(404, "ChunkNotFound", f"index {store.name!r} has no chunk {chunk_id!r}")
+
+
+def page_png(chunk: Chunk, dpi: float) -> bytes:
+    """The chunk's first page as PNG, its passage highlighted (colbert_modal.view)."""
+    from .view import render_page
+
+    if not chunk.pages:
+        raise ConfigurationError(f"chunk {chunk.id!r} has no page to show")
+    out = io.BytesIO()
+    render_page(chunk.source, chunk.pages[0], chunk.text, dpi=dpi).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def search_page() -> str:
+    """The HTML of ``GET /`` (search_page.html, next to this module)."""
+    return (Path(__file__).parent / "search_page.html").read_text(encoding="utf-8")
+
+
 def _hits(hits: Iterable[SearchResult]) -> list[dict[str, Any]]:
     return [hit.model_dump(mode="json") for hit in hits]
 
@@ -294,6 +337,7 @@ def create_app(
     allow_writes: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
     indexer_options: Mapping[str, Any] | None = None,
+    indexes: Indexes | None = None,
 ) -> Starlette:
     """The ASGI app serving the indexes under ``index_root`` (default: the library's).
 
@@ -302,9 +346,11 @@ def create_app(
     ``$COLBERT_MODAL_TOKEN``; none: no authentication). ``allow_writes``:
     expose indexing and deletion (else 403). ``indexer_options``: keyword
     arguments for each :class:`ColbertIndexer` (e.g. ``backend``, ``model``).
+    ``indexes``: an :class:`Indexes` (subclass) to serve instead of the three before.
     """
-    root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
-    indexes = Indexes(root, names, indexer_options or {})
+    if indexes is None:
+        root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
+        indexes = Indexes(root, names, indexer_options or {})
     expected = resolve_token(token)
 
     def authorise(request: Request) -> None:
@@ -336,6 +382,19 @@ def create_app(
                 return _error_response(exc)
 
         return run
+
+    async def home(request: Request) -> Response:
+        return HTMLResponse(search_page())
+
+    async def page_image(request: Request) -> Response:
+        indexer = indexes.get(request.path_params["name"], field="name")
+        dpi = request.query_params.get("dpi", "72")
+        if not dpi.isdigit() or not 20 <= int(dpi) <= 300:
+            raise FieldError("dpi", f"must be an integer from 20 to 300, got {dpi[:20]!r}")
+        store = IndexStore(indexes.root, indexer.name)
+        chunk = await asyncio.to_thread(find_chunk, store, request.path_params["chunk_id"])
+        png = await asyncio.to_thread(page_png, chunk, int(dpi))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -401,10 +460,12 @@ def create_app(
             indexes.close()
 
     routes = [
+        Route("/", endpoint(home, public=True), methods=["GET"]),
         Route("/healthz", endpoint(healthz, public=True), methods=["GET"]),
         Route("/openapi.json", endpoint(openapi, public=True), methods=["GET"]),
         Route("/indexes", endpoint(list_), methods=["GET"]),
         Route("/indexes/{name}", endpoint(info), methods=["GET"]),
+        Route("/indexes/{name}/chunks/{chunk_id}/page.png", endpoint(page_image), methods=["GET"]),
         Route("/search", endpoint(search), methods=["POST"]),
         Route("/search_batch", endpoint(search_batch), methods=["POST"]),
         Route("/indexes/{name}/index", endpoint(index, writes=True), methods=["POST"]),
@@ -497,6 +558,12 @@ def openapi_schema(*, allow_writes: bool, token: bool) -> dict[str, Any]:
                                                                            **_error_responses(401)}}},
         "/indexes/{name}": {"get": {"summary": "What an index holds", "parameters": name,
                                     "responses": {"200": _ok("IndexInfo"), **_error_responses(400, 401, 404, 500)}}},
+        "/indexes/{name}/chunks/{chunk_id}/page.png": {"get": {
+            "summary": "A hit's page as PNG, its passage highlighted (the view extra)",
+            "parameters": name + [{"name": "chunk_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                                  {"name": "dpi", "in": "query", "schema": {"type": "integer", "default": 72}}],
+            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}},
+                          **_error_responses(400, 401, 404, 422, 500)}}},
         "/search": {"post": {"summary": "The k best passages for a query",
                              "requestBody": _json_body({"$ref": "#/components/schemas/SearchRequest"}),
                              "responses": {"200": _ok("SearchResponse"),

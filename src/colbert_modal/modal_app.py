@@ -186,6 +186,10 @@ def _reload_volume():
         volume.reload()
 
 
+#: For colbert_modal.modal_web (the HTTP endpoint): see what was published since the container started.
+reload_volume = _reload_volume
+
+
 def _commit_volume():
     if not modal.is_local():  # pragma: no cover - inside a Modal container
         volume.commit()
