@@ -362,3 +362,17 @@ def test_verbose_shows_library_logs_for_that_command_only(tmp_path: Path) -> Non
     assert "INFO" not in quiet.stderr
     library_logger = logging.getLogger("colbert_modal")
     assert library_logger.handlers == [] and library_logger.level == logging.NOTSET
+
+
+@pytest.mark.parametrize(("args", "module"), [([], "colbert_modal.modal_app"), (["--web"], "colbert_modal.modal_web")])
+def test_deploy_runs_modal_deploy_of_the_app_or_the_app_with_its_web_endpoint(
+    args: list[str], module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import colbert_modal.cli as cli_module
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(cli_module, "_require_modal_credentials", lambda: None)
+    monkeypatch.setattr(cli_module.subprocess, "call", lambda command: ran.append(command) or 0)
+    invoke(["deploy", *args])
+    (command,) = ran
+    assert command[1:] == ["-m", "modal", "deploy", "-m", module]

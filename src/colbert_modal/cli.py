@@ -565,20 +565,29 @@ def push(name: str, index_root: Path | None) -> None:
 MODAL_APP_MODULE = "colbert_modal.modal_app"
 
 
+MODAL_WEB_MODULE = "colbert_modal.modal_web"
+
+
 @cli.command(epilog=SUB_EPILOG)
-def deploy() -> None:
+@click.option("--web", is_flag=True,
+              help="Also deploy the HTTP API and search page as the app's web endpoint (auth: $COLBERT_MODAL_WEB, "
+                   "token by default, the token in the modal.Secret colbert-modal-web; needs the serve extra).")
+def deploy(web: bool) -> None:
     """Deploy the Modal app that --remote, pull and push use.
 
-    Runs `modal deploy -m colbert_modal.modal_app`. Needs Modal credentials
-    (`modal setup`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET); set
-    MODAL_ENVIRONMENT to deploy into another environment.
+    Runs `modal deploy -m colbert_modal.modal_app` (with --web,
+    `colbert_modal.modal_web`: the same app plus its web endpoint; Modal's
+    output prints the endpoint's URL). Needs Modal credentials (`modal
+    setup`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET); set MODAL_ENVIRONMENT
+    to deploy into another environment.
     """
     _require_modal_credentials()
     import importlib.util
 
-    if importlib.util.find_spec(MODAL_APP_MODULE) is None:
-        raise RemoteUnavailableError(f"this installation has no Modal app ({MODAL_APP_MODULE} is missing)")
-    command = [sys.executable, "-m", "modal", "deploy", "-m", MODAL_APP_MODULE]
+    module = MODAL_WEB_MODULE if web else MODAL_APP_MODULE
+    if importlib.util.find_spec(module) is None:
+        raise RemoteUnavailableError(f"this installation has no Modal app ({module} is missing)")
+    command = [sys.executable, "-m", "modal", "deploy", "-m", module]
     logger.info("running %s", " ".join(command))
     code = subprocess.call(command)
     if code:
