@@ -10,6 +10,8 @@ encoded. Prints
 - ``ExactIndex._scores`` for one query (32 query vectors) and for a batch of
   64, in GFLOP/s (``2 * query_tokens * total_doc_tokens * dim`` per query,
   padding not counted);
+- the single-query scoring alternated with ``torch.mm`` over the very blocks
+  it multiplies (the fairest ratio on a machine whose load moves);
 - torch's own matmul on this CPU in the same run: ``torch.mm`` of a block of
   the same embeddings against 32 (one query) and 2048 (64 queries) columns,
   float32 and bfloat16, and a square-ish 4096x768x3072 for reference;
@@ -30,8 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 
-def _best(fn, reps: int) -> float:
-    fn()
+def _best(fn, reps: int, *, warm: bool = True) -> float:
+    if warm:
+        fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -111,6 +114,26 @@ def main() -> None:
     print(f"  one query   {t1 * 1e3:8.1f} ms  {flop_q / t1 / 1e9:7.1f} GFLOP/s")
     print(f"  64 queries  {t64 * 1e3:8.1f} ms  {64 * flop_q / t64 / 1e9:7.1f} GFLOP/s  ({64 * t1 / t64:.1f}x 64 singles)")
 
+    # on a shared machine the load moves between measurements: also time the scoring and torch.mm
+    # over the very blocks it multiplies, alternately, so that both see the same load
+    m = 32
+    blocks = []
+    for _, g in idx._groups:
+        step = max(1, idx.block_elements // (g.shape[1] * m))
+        blocks += [g[s : s + step].reshape(-1, 128) for s in range(0, g.shape[0], step)]
+    Qt = Q1.reshape(m, 128).T.contiguous()
+    paired: dict[str, list[float]] = {"_scores": [], "torch.mm alone": []}
+    with torch.inference_mode():
+        for _ in range(a.reps):
+            for key, fn in (("_scores", lambda: idx._scores(Q1)), ("torch.mm alone", lambda: [b @ Qt for b in blocks])):
+                t0 = time.perf_counter()
+                fn()
+                paired[key].append(time.perf_counter() - t0)
+    print("\none query, alternated with torch.mm of the same blocks (medians)")
+    for key, ts in paired.items():
+        t = statistics.median(ts)
+        print(f"  {key:15s} {t * 1e3:8.1f} ms  {flop_q / t / 1e9:7.1f} GFLOP/s")
+
     print("\ntorch.mm on this CPU (best of runs)")
     rows = idx.block_elements // 32  # one block of a single query's scoring
     D = torch.nn.functional.normalize(torch.randn(rows, 128), dim=-1)
@@ -123,7 +146,7 @@ def main() -> None:
             print(f"  {name} [{r}x128] x [128x{cols}]  {2 * r * 128 * cols / t / 1e9:7.1f} GFLOP/s")
         x = torch.randn(4096, 768).to(dt)
         w = torch.randn(768, 3072).to(dt)
-        t = _best(lambda x=x, w=w: torch.mm(x, w), 3)
+        t = _best(lambda x=x, w=w: torch.mm(x, w), 1, warm=False)  # once: ~20 s where bfloat16 is emulated
         print(f"  {name} [4096x768] x [768x3072]  {2 * 4096 * 768 * 3072 / t / 1e9:7.1f} GFLOP/s")
 
     print("\nwarm single search, split (median of runs)")
