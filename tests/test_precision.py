@@ -104,3 +104,21 @@ def test_the_environment_overrides_the_cpu_check(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(precision_mod, "decide_fast_bf16", no_probe)
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("fp32", "cpu") == "fp32"  # an explicit precision still wins
+
+
+def test_int8_is_for_queries_on_a_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from colbert_modal.engine.precision import check_precision
+    from colbert_modal.errors import ConfigurationError
+
+    monkeypatch.setenv("COLBERT_MODAL_CPU_BF16", "0")
+    assert resolve_precision("int8", "cpu", queries=True) == "int8"
+    assert resolve_precision("int8", "cpu") == "fp32"  # documents: what auto gives (float32 on this CPU)
+    monkeypatch.setenv("COLBERT_MODAL_CPU_BF16", "1")
+    assert resolve_precision("int8", "cpu") == "bf16"
+    with pytest.raises(ConfigurationError, match="CPU only"):
+        resolve_precision("int8", "cuda", queries=True)
+    with pytest.raises(ConfigurationError, match="CPU only"):
+        resolve_precision("int8", "cuda")
+    monkeypatch.setenv("COLBERT_MODAL_PRECISION", "int8")
+    assert check_precision(None) == "int8"
+    assert resolve_precision(None, "cpu", queries=True) == "int8"

@@ -132,3 +132,37 @@ def test_search_results_are_those_of_colbert_ai_query_encoding(built_index, monk
     for a, b in zip(lean, old, strict=True):
         assert [r.chunk_id for r in a] == [r.chunk_id for r in b]
         assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-4)
+
+
+def test_int8_query_encoder_stays_close_to_fp32(checkpoints: dict[str, Path]) -> None:
+    import torch
+
+    fp32 = QueryEncoder(checkpoints["minilm"], precision="fp32", device="cpu")
+    int8 = QueryEncoder(checkpoints["minilm"], precision="int8", device="cpu")
+    assert int8._head is not None and int8._bert.quantized is not None  # the Linear layers run in int8
+    a, b = fp32.encode(QUERIES[:3]), int8.encode(QUERIES[:3])
+    assert a.shape == b.shape and b.dtype == torch.float32
+    assert not torch.equal(a, b)  # quantized: not the float computation
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    assert float(cos.mean()) >= 0.9
+    # the float weights it was built from are untouched
+    assert torch.equal(fp32.encode(QUERIES[:3]), a)
+
+
+def test_int8_is_refused_on_a_gpu(checkpoints: dict[str, Path]) -> None:
+    from colbert_modal.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="CPU only"):
+        QueryEncoder(checkpoints["tiny"], precision="int8", device="cuda")
+
+
+def test_int8_search_ranks_the_tiny_index_as_fp32(built_index) -> None:
+    kwargs, _ = built_index
+    fp32 = ColbertIndexer("shared", **{**kwargs, "precision": "fp32"}).search_batch(SEARCH_QUERIES, k=3)
+    idx = ColbertIndexer("shared", **{**kwargs, "precision": "int8"})
+    int8 = idx.search_batch(SEARCH_QUERIES, k=3)
+    lean = get_engine(kwargs["model"], precision="int8").query_encoder
+    assert lean is not None and lean.precision == "int8" and lean._head is not None
+    for a, b in zip(fp32, int8, strict=True):
+        assert [r.chunk_id for r in a] == [r.chunk_id for r in b]
+        assert [r.score for r in b] == pytest.approx([r.score for r in a], rel=0.05)

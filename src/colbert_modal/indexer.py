@@ -82,7 +82,7 @@ class ColbertIndexer:
         ``$COLBERT_MODAL_PRECISION``): bfloat16 on CPUs with AMX for exact
         indexes and queries (~2.5x faster indexing and batch search; PLAID
         builds stay float32), colbert-ai's float16 on a GPU, float32
-        elsewhere. ``"fp32"`` or ``"bf16"`` force one.
+        elsewhere. ``"fp32"`` or ``"bf16"`` force one. ``"int8"``: the query encoder dynamically quantized (CPU only).
     remote_timeout:
         Remote mode: seconds an index build may run on Modal before it is
         stopped (default 2 hours, or ``$COLBERT_MODAL_TIMEOUT`` at deploy
@@ -110,7 +110,7 @@ class ColbertIndexer:
         progress: bool | None = None,
         gpu: str | None = None,
         remote_app: Literal["ephemeral", "deployed"] | None = None,
-        precision: Literal["auto", "fp32", "bf16"] | None = None,
+        precision: Literal["auto", "fp32", "bf16", "int8"] | None = None,
         remote_timeout: float | None = None,
         shards: int | None = None,
         verbose: bool = False,

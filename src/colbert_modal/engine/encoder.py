@@ -316,9 +316,10 @@ class Encoder:
                     ckpt = self.checkpoint
                     weights = {f"bert.{k}": v for k, v in ckpt.bert.state_dict().items()}
                     weights["linear.weight"] = ckpt.linear.weight
+                precision = resolve_precision(self.precision, device, queries=True)  # int8 on a GPU: refused
                 try:
                     self._query_encoder = QueryEncoder(
-                        self.model_path, precision=resolve_precision(self.precision, device), device=device,
+                        self.model_path, precision=precision, device=device,
                         weights=weights,
                     )
                 except UnsupportedCheckpoint as exc:

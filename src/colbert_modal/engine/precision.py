@@ -10,6 +10,13 @@
     CPU and all encoding on other CPUs stay float32.
 ``fp32`` / ``bf16``
     Force float32 or bfloat16 autocast on any device.
+``int8``
+    The lean query encoder's Linear layers dynamically quantized to int8
+    (``torch.ao.quantization.quantize_dynamic``); documents (and queries
+    colbert-ai encodes) as ``auto`` would. CPU only: on a GPU it is a
+    :class:`~colbert_modal.errors.ConfigurationError` (torch's dynamic
+    quantization has no CUDA kernels, and a silent fallback would hide that
+    the setting does nothing there).
 
 Embeddings are stored as float16 either way; bfloat16 keeps 8 bits of
 mantissa, so scores move in the third significant digit (see BENCHMARKS.md
@@ -46,7 +53,7 @@ __all__ = [
     "set_precision",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def check_precision(precision: str | None) -> str:
@@ -226,8 +233,11 @@ def cpu_has_fast_bf16() -> bool:
         return _FAST_BF16["answer"]
 
 
-def resolve_precision(precision: str | None, device: str, *, backend: str = "exact") -> str:
-    """What the encoders run in on ``device`` ("cpu"/"cuda"): "fp32", "bf16" or "native".
+def resolve_precision(precision: str | None, device: str, *, backend: str = "exact", queries: bool = False) -> str:
+    """What the encoders run in on ``device`` ("cpu"/"cuda"): "fp32", "bf16", "native" or "int8".
+
+    ``int8`` is "int8" for the lean query encoder (``queries=True``) and what
+    ``auto`` gives everywhere else; on a GPU a ConfigurationError.
 
     "native" leaves colbert-ai's own mixed precision (float16 autocast on CUDA).
     ``auto`` builds PLAID indexes on a CPU in float32: on top of PLAID's 2-bit
@@ -236,6 +246,15 @@ def resolve_precision(precision: str | None, device: str, *, backend: str = "exa
     section 5); exact indexes and query encoding use bfloat16 where it is fast.
     """
     value = check_precision(precision)
+    if value == "int8":
+        if device != "cpu":
+            raise ConfigurationError(
+                f"precision 'int8' (dynamic int8 query encoding) runs on a CPU only, not on {device!r}; "
+                "use 'auto' there"
+            )
+        if queries:
+            return "int8"
+        value = "auto"
     if value != "auto":
         return value
     if device != "cpu":
