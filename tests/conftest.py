@@ -4,12 +4,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import make_text_pdf  # noqa: E402
+from helpers import make_text_pdf
 
 DATA = Path(__file__).parent / "data"
 PDFS = DATA / "pdfs"
@@ -103,3 +104,12 @@ def built_index(tmp_path_factory: pytest.TempPathFactory, colbert_checkpoint: Pa
     kwargs = {"model": str(colbert_checkpoint), "index_root": str(root), "progress": False}
     report = ColbertIndexer("shared", **kwargs).index([corpus_dir])
     return kwargs, report
+
+
+@pytest.fixture
+def shared(built_index: tuple[dict[str, Any], Any]) -> tuple[Path, Any]:
+    """(index root, an indexer of the session's shared index ``shared``): what the HTTP tests serve."""
+    from colbert_modal import ColbertIndexer
+
+    kwargs, _ = built_index
+    return Path(kwargs["index_root"]), ColbertIndexer("shared", **kwargs)

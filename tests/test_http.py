@@ -21,12 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def shared(built_index: tuple[dict[str, Any], Any]) -> tuple[Path, ColbertIndexer]:
-    kwargs, _ = built_index
-    return Path(kwargs["index_root"]), ColbertIndexer("shared", **kwargs)
-
-
-@pytest.fixture
 def client(shared: tuple[Path, ColbertIndexer]):
     root, _ = shared
     with TestClient(create_app(index_root=root)) as c:

@@ -28,12 +28,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def shared(built_index: tuple[dict[str, Any], Any]) -> tuple[Path, ColbertIndexer]:
-    kwargs, _ = built_index
-    return Path(kwargs["index_root"]), ColbertIndexer("shared", **kwargs)
-
-
-@pytest.fixture
 def client(shared: tuple[Path, ColbertIndexer]) -> Iterator[TestClient]:
     with TestClient(create_app(index_root=shared[0])) as c:
         yield c

@@ -37,12 +37,20 @@ __all__ = [
     "Chunker",
     "Tokenizer",
     "WhitespaceTokenizer",
+    "check_max_tokens",
     "default_overlap",
     "load_tokenizer",
 ]
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_OVERLAP = 38  # default_overlap(DEFAULT_MAX_TOKENS)
+
+
+def check_max_tokens(max_tokens: object) -> int:
+    """``max_tokens`` if it is a chunk size the encoders take (8..508 tokens), else ConfigurationError."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 8 <= max_tokens <= 508:
+        raise ConfigurationError(f"max_tokens must be between 8 and 508, got {max_tokens!r}")
+    return max_tokens
 
 
 def default_overlap(max_tokens: int) -> int:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -189,18 +190,7 @@ def resolve_model(model: str | os.PathLike[str]) -> str:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ModelLoadError("huggingface_hub is required to fetch models by name") from exc
-    with _hub_call():
-        try:
-            return snapshot_download(raw, local_files_only=True)
-        except Exception:
-            pass
-        problem = hub_unreachable()
-        if problem is not None:
-            raise _unreachable_error(raw, problem)
-        try:
-            return snapshot_download(raw)
-        except Exception as exc:
-            raise _hub_error(raw, exc) from exc
+    return _cache_then_hub(raw, functools.partial(snapshot_download, raw))
 
 
 def resolve_hub_file(model: str, filename: str) -> str:
@@ -209,15 +199,20 @@ def resolve_hub_file(model: str, filename: str) -> str:
         from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover
         raise ModelLoadError("huggingface_hub is required to fetch models by name") from exc
+    return _cache_then_hub(model, functools.partial(hf_hub_download, model, filename))
+
+
+def _cache_then_hub(model: str, fetch: Callable[..., str]) -> str:
+    """``fetch()`` from the local cache; else, where the hub can be reached (decided once), from the hub."""
     with _hub_call():
         try:
-            return hf_hub_download(model, filename, local_files_only=True)
+            return fetch(local_files_only=True)
         except Exception:
             pass
         problem = hub_unreachable()
         if problem is not None:
             raise _unreachable_error(model, problem)
         try:
-            return hf_hub_download(model, filename)
+            return fetch()
         except Exception as exc:
             raise _hub_error(model, exc) from exc

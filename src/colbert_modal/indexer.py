@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .chunking import DEFAULT_MAX_TOKENS, Chunker, default_overlap, load_tokenizer
+from .chunking import DEFAULT_MAX_TOKENS, Chunker, check_max_tokens, default_overlap, load_tokenizer
 from .dispatch import Mode, await_, bridged, dispatchable, mode_of
 from .engine import BACKENDS, check_precision
 from .errors import ConfigurationError
@@ -122,8 +122,8 @@ class ColbertIndexer:
         self.index_root = Path(index_root).expanduser().absolute() if index_root is not None else default_index_root()
         self.store = IndexStore(self.index_root, self.name)
         self._model_arg = os.fspath(model) if model is not None else None
-        if max_tokens is not None and not 8 <= max_tokens <= 508:
-            raise ConfigurationError(f"max_tokens must be between 8 and 508, got {max_tokens}")
+        if max_tokens is not None:
+            check_max_tokens(max_tokens)
         if overlap is not None and not 0 <= overlap < (max_tokens or DEFAULT_MAX_TOKENS):
             raise ConfigurationError(f"overlap must be in [0, max_tokens), got {overlap}")
         self._max_tokens_arg = max_tokens

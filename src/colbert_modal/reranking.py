@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .chunking import DEFAULT_MAX_TOKENS
+from .chunking import DEFAULT_MAX_TOKENS, check_max_tokens
 from .engine import Encoder, get_engine
 from .errors import ConfigurationError
 from .hub import DEFAULT_MODEL
@@ -102,12 +102,6 @@ def check_k(k: Any) -> int | None:
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ConfigurationError(f"k must be a positive integer or None (all), got {k!r}")
     return k
-
-
-def check_max_tokens(max_tokens: Any) -> int:
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 8 <= max_tokens <= 508:
-        raise ConfigurationError(f"max_tokens must be between 8 and 508, got {max_tokens!r}")
-    return max_tokens
 
 
 def default_model() -> str:
