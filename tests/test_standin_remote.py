@@ -467,3 +467,50 @@ def test_concurrent_searches_in_one_container_never_answer_older_than_asked(
     assert answers["b"] == 3, answers
     assert answers["a"] in (2, 3)
     assert len({c.container for c in standin.calls_of("Searcher.search_shard")}) == 1  # @modal.concurrent
+
+
+@pytest.mark.slow
+def test_a_rerank_reading_the_volume_never_fails_a_concurrent_search_for_its_own_write(
+    standin: StandIn, papers_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Searcher container takes concurrent inputs (``@modal.concurrent``): one reranks, reading the index's
+    manifest off the Volume (a file open), while another asks for a newer generation (``min_generation``) and
+    must reload. Modal refuses a reload while files are open, so the Volume reads of one input and the reload
+    of another take turns: the search answers the new generation, the rerank its scores."""
+    import time
+
+    from colbert_modal.remote import server
+
+    _put_papers(standin, papers_index)
+    index = _volume(standin) / "papers"
+    real = server.read_manifest
+    reading = threading.Event()
+
+    def slow_read(root, name):  # a slow Volume: the rerank holds the manifest open a while
+        if not reading.is_set():
+            with (Path(root) / name / "CURRENT").open("rb"):
+                reading.set()
+                time.sleep(1.0)
+        return real(root, name)
+
+    out: dict[str, object] = {}
+    with modal_app.app.run():
+        searcher = modal_app.Searcher(index_name="papers")
+        assert searcher.search_shard.remote(["penguin"], k=1).generation == 1  # a warm container
+        _publish_copy(index, 2)
+        monkeypatch.setattr(server, "read_manifest", slow_read)
+
+        def rerank() -> None:
+            out["rerank"] = searcher.rerank.remote("penguin", ["penguin quartz", "flamingo"])
+
+        t = threading.Thread(target=rerank)
+        t.start()
+        assert reading.wait(30)
+        try:
+            out["search"] = searcher.search_shard.remote(["penguin"], k=1, min_generation=2).generation
+        except Exception as exc:  # reported below
+            out["search"] = exc
+        t.join(60)
+    assert out["search"] == 2, out
+    assert [h.index for h in out["rerank"]] == [0, 1]  # type: ignore[attr-defined]
+    assert len({c.container for c in standin.calls if c.tag.startswith("Searcher.")}) == 1

@@ -74,6 +74,29 @@ class Box:
         return _run(ops)
 
 
+#: What Shared's @enter saw: (container's view, when it began, when it ended), one per run
+ENTERED: list = []
+
+
+@sem_app.cls(volumes={VOLUME_MOUNT: sem_volume}, timeout=60)
+@modal.concurrent(max_inputs=4)
+class Shared:
+    """One container taking concurrent inputs: its @enter is slow (a model loading)."""
+
+    who: str = modal.parameter()
+
+    @modal.enter()
+    def load(self) -> None:
+        began = time.monotonic()
+        time.sleep(0.5)
+        self.entered = (str(server.volume_path()), began, time.monotonic())
+        ENTERED.append(self.entered)
+
+    @modal.method()
+    def run(self, ops: list[tuple]) -> tuple:
+        return self.entered, time.monotonic(), _run(ops)
+
+
 @sem_app.function(volumes={VOLUME_MOUNT: sem_volume}, timeout=60)
 def child(i: int, seconds: float) -> int:
     _run([("sleep", seconds), ("write", f"child-{i}", "done"), ("commit",)])
@@ -217,3 +240,43 @@ def test_a_parent_times_out_while_its_map_children_run_and_they_run_on(modal_sta
     assert {c.status for c in modal_standin.calls_of("child")} == {"SUCCESS"}
     (call,) = modal_standin.calls_of("parent")
     assert call.status == "TIMEOUT" and call.box is not None and call.box.dead
+
+
+def test_enter_runs_once_per_container_before_its_concurrent_inputs(modal_standin: StandIn, volume: Path) -> None:
+    """Modal's guide (lifecycle hooks): @modal.enter runs once, when the container starts, before its inputs.
+    (Inputs that arrive together at a cold ``@modal.concurrent`` container must not each run it.)"""
+    ENTERED.clear()
+    with sem_app.run():
+        out = list(Shared(who="a").run.map([[("where",)]] * 3))
+    assert len(ENTERED) == 1, ENTERED
+    (entered,) = ENTERED
+    assert all(seen == entered and started >= entered[2] for seen, started, _ in out)
+    assert len({c.container for c in modal_standin.calls_of("Shared.run")}) == 1
+
+
+def test_a_reload_never_hides_a_path_that_stays(modal_standin: StandIn, volume: Path, monkeypatch) -> None:
+    """Modal refuses a reload while files are open, and otherwise swaps in the committed state: a file there
+    before and after (an input of the same container reading between two opens) does not vanish meanwhile."""
+    import os
+
+    from modal_standin.containers import View
+
+    (volume / "kept").mkdir()
+    for i in range(3):
+        (volume / "kept" / f"f{i}").write_text(str(i))
+    view = View(volume, modal_standin.view_dir("t", VOLUME), modal_standin.volume_lock)
+    (volume / "new").write_text("n")
+    (volume / "kept" / "f2").unlink()
+    seen: list = []
+    real = os.sendfile
+
+    def watching(*args):  # each file the reload copies (shutil's fast copy): what a reader would find now
+        seen.append(sorted(p.name for p in (view.path / "kept").glob("*")) if (view.path / "kept").is_dir() else None)
+        return real(*args)
+
+    monkeypatch.setattr(os, "sendfile", watching)
+    view.take()
+    assert seen and all(s is not None and {"f0", "f1"} <= set(s) for s in seen), seen
+    assert sorted(p.relative_to(view.path).as_posix() for p in view.path.rglob("*")) == [
+        "kept", "kept/f0", "kept/f1", "new"]
+    assert (view.path / "new").read_text() == "n"

@@ -28,7 +28,10 @@ answered by the :class:`~colbert_modal.modal_app.Searcher`'s warm containers.
 # No `from __future__ import annotations` here: Modal's decorators read real annotations.
 
 import asyncio
+import logging
 import os
+import threading
+import time
 
 import modal
 
@@ -45,6 +48,7 @@ from colbert_modal.modal_app import (
     server,
     volume,
 )
+from colbert_modal.remote.connection import translated
 
 __all__ = ["WEB", "WEB_SECRET", "app", "web_app"]
 
@@ -61,20 +65,28 @@ class _Aio:
         self.aio = fn
 
 
+logger = logging.getLogger(__name__)
+
+#: Seconds between the reloads a request for an index not in the container's view makes (unknown names
+#: cannot make a reload each).
+MISS_RELOAD_INTERVAL = 1.0
+
+
 class SearcherIndex:
     """One index as :mod:`colbert_modal.http` serves it, searched by the Searcher (``.local()`` outside Modal)."""
 
-    def __init__(self, name):
+    def __init__(self, name, indexes):
         self.name = name
         searcher = Searcher(index_name=name)  # type: ignore[call-arg]  # modal.parameter() fields
 
         async def search_batch(queries, k=10, where=None):
             if modal.is_local():
                 return await asyncio.to_thread(searcher.search_batch.local, queries, k, where=where)
-            return await searcher.search_batch.remote.aio(queries, k, where=where)  # pragma: no cover - Modal
+            with translated(f"searching {name!r}"):  # Modal's errors as ours: a timeout 504, unavailable 503
+                return await searcher.search_batch.remote.aio(queries, k, where=where)
 
         async def info():
-            return await asyncio.to_thread(server.read_info, server.volume_path(), name)
+            return await asyncio.to_thread(indexes.read_info, name)
 
         self.search_batch, self.info = _Aio(search_batch), _Aio(info)
 
@@ -83,14 +95,53 @@ class SearcherIndex:
 
 
 class VolumeIndexes(Indexes):
-    """The indexes on the Volume, the listing after a reload; each searched through :class:`SearcherIndex`."""
+    """The indexes on the Volume as this container sees them, after a reload; each searched through
+    :class:`SearcherIndex`.
+
+    The endpoint takes concurrent requests (``@modal.concurrent``) in one container, whose Volume reload
+    refuses while a file of the Volume is open: this container's Volume reads and reloads take turns. A
+    failed reload serves the view as it was."""
+
+    def __init__(self, root, names, options):
+        super().__init__(root, names, options)
+        self._volume = threading.Lock()
+        self._missed_at = float("-inf")
+
+    def _reload(self):
+        try:
+            reload_volume()
+        except Exception as exc:
+            logger.warning("Volume reload failed (%s: %s); answering from this container's view",
+                           type(exc).__name__, exc)
 
     def available(self):
-        reload_volume()  # indexes published since this container started
-        return super().available()
+        with self._volume:
+            self._reload()  # indexes published since this container started
+            return super().available()
+
+    def exists(self, name):
+        """Whether ``name`` is on the Volume; a name not in this container's view is looked for again after a
+        reload (published since it last looked), at most every :data:`MISS_RELOAD_INTERVAL` seconds."""
+        with self._volume:
+            if super().exists(name):
+                return True
+            if time.monotonic() - self._missed_at < MISS_RELOAD_INTERVAL:
+                return False
+            # called on the event loop (http's Indexes.get): the blocking reload runs in a thread of its own
+            worker = threading.Thread(target=self._reload, name="colbert-modal-web-reload", daemon=True)
+            worker.start()
+            worker.join()
+            self._missed_at = time.monotonic()
+            return super().exists(name)
+
+    def read_info(self, name):
+        """The published index's :class:`~colbert_modal.records.IndexInfo`, after a reload."""
+        with self._volume:
+            self._reload()
+            return server.read_info(self.root, name)
 
     def make(self, name):
-        return SearcherIndex(name)
+        return SearcherIndex(name, self)
 
 
 def web_app(token=None):

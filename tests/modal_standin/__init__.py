@@ -23,8 +23,9 @@ taken when the container starts and at ``Volume.reload()``; the bodies see
 ``modal.is_local()`` False and ``colbert_modal``'s ``volume_path()`` at that
 view. ``Volume.commit()`` publishes the view's changes (last write wins per
 path, deletions included, a deleted folder with what others committed into
-it); ``reload()`` commits, then takes a fresh view, and fails while the
-container has a file open under its mount. ``StandIn.volume_version`` (2, or
+it); ``reload()`` commits, then brings the view up to the committed files in
+place (a path there before and after never vanishes meanwhile), and fails
+while the container has a file open under its mount. ``StandIn.volume_version`` (2, or
 1) is the version ``VolumeGetOrCreate`` answers; v1 Volumes use the v1 RPCs
 (``VolumeListFiles``, ``VolumePutFiles`` with ``MountPutFile`` contents,
 ``VolumeRemoveFile``). Named ``modal.Dict`` s are served (``DictGetOrCreate``,
@@ -58,7 +59,7 @@ handles are hydrated, as in a container). Every input runs in its own thread as
 it arrives, so the inputs of a map run concurrently. A class variant (class
 parameters + ``with_options``) keeps its instances, each a warm
 container: an input takes one with room or makes one (``@enter`` runs once per
-instance); a container runs one input at a time, or up to ``n`` with
+instance, before any of its inputs, as Modal runs it when a container starts); a container runs one input at a time, or up to ``n`` with
 ``@modal.concurrent(max_inputs=n)``. Bodies see
 ``modal.current_input_id()`` and ``modal.current_function_call_id()`` as in a
 container, and a call made from a body records it as ``Call.parent_input_id``.

@@ -118,14 +118,38 @@ class View:
         self.take()
 
     def take(self) -> None:
-        """Replace the view by a copy of the committed files."""
+        """Make the view a copy of the committed files, in place: a path committed before and after is there
+        throughout (each file swapped in whole by ``os.replace``), only what is gone from the committed files
+        vanishes. Modal swaps the view without emptying it first (a reader of the same container that opens
+        a file the reload keeps finds it); what it does refuse is a reload while a file is open, which
+        ``VolumeReload`` checks before calling this."""
         with self.lock:
-            if self.path.exists():
-                shutil.rmtree(self.path)
-            if self.committed.is_dir():
-                shutil.copytree(self.committed, self.path, symlinks=True)
-            else:
-                self.path.mkdir(parents=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            want = _scan(self.committed) if self.committed.is_dir() else {}
+            have = _scan(self.path)
+            for rel in sorted(have, reverse=True):  # children before their folders
+                target = self.path / rel
+                if rel not in want or want[rel][0] != have[rel][0] or target.is_symlink():
+                    if have[rel][0] == "d" and not target.is_symlink():
+                        shutil.rmtree(target, ignore_errors=True)
+                    else:
+                        target.unlink(missing_ok=True)
+            for rel, st in sorted(want.items()):
+                src, target = self.committed / rel, self.path / rel
+                if st[0] == "d" and not src.is_symlink():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                tmp = target.with_name(f".{target.name}.standin-reload")
+                if src.is_symlink():
+                    tmp.unlink(missing_ok=True)
+                    os.symlink(os.readlink(src), tmp)
+                else:
+                    try:
+                        shutil.copy2(src, tmp)
+                    except FileNotFoundError:  # removed from the committed files since the scan
+                        target.unlink(missing_ok=True)
+                        continue
+                os.replace(tmp, target)
             self.base = _scan(self.path)
 
     def changes(self) -> list[tuple[str, str]]:

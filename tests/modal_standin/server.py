@@ -9,10 +9,11 @@ Volume files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from grpclib.server import Server
 
-from .containers import Container, ContainerKilled, Kill, install_patches
+from .containers import Container, ContainerKilled, Kill, View, install_patches, running_in
 from .images import ImageBuilds
 from .servicer import TIMEOUT, AppRecord, Call, FunctionCallRecord, FunctionRecord, Servicer
 
@@ -179,6 +180,24 @@ class StandIn:
         from modal._serialization import serialize
 
         self.dicts.setdefault(name, {})[serialize(key)] = serialize(value)  # no lock: inject's match may call this
+
+    @contextlib.contextmanager
+    def inside(self, mounts: Mapping[str, str], function_id: str = "") -> Iterator[Container]:
+        """Run the ``with`` body (and the threads it starts) in a new container of a function the stand-in does
+        not call itself, e.g. a web endpoint whose ASGI app the test serves in-process: ``mounts``
+        ({mount path: Volume name}) viewed as a container sees them (taken now), ``modal.is_local()`` False,
+        its Volume calls its own. The container dies at the end of the block."""
+        with self.lock:
+            self.function_containers += 1
+            box = Container(f"f{self.function_containers}", function_id, dict(mounts))
+            self.all_containers[box.id] = box
+            for name in sorted(set(box.mounts.values())):
+                box.views[name] = View(self.volume_dir(name), self.view_dir(box.id, name), self.volume_lock)
+        try:
+            with running_in(box):
+                yield box
+        finally:
+            box.die("its block ended")
 
     def kill(self, container: int | str, why: str = "killed by the test") -> None:
         """Kill a container now (see :meth:`.containers.Container.die`)."""

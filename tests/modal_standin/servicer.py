@@ -809,9 +809,13 @@ class Servicer(ModalClientBase):
                 box.kill = injected
             with running_in(box):
                 if base.is_class:
-                    with box.enter_lock:  # concurrent inputs of a new container: @enter runs once
+                    with box.enter_lock:  # concurrent inputs of a new container: @enter runs once, before any input
                         if box.obj is None:
-                            box.obj = getattr(module, base.tag[:-2])(**fn.params)
+                            obj = getattr(module, base.tag[:-2])(**fn.params)
+                            # modal's .local() enters the object unguarded (cls.py, _Obj._enter): concurrent first
+                            # inputs would each run @enter. Modal runs it once when the container starts.
+                            obj._enter()
+                            box.obj = obj
                     value = getattr(box.obj, method_name).local(*call.args, **call.kwargs)
                 else:
                     value = getattr(module, base.tag).local(*call.args, **call.kwargs)

@@ -361,8 +361,8 @@ class IndexServer:
         self._cache = Path(tempfile.mkdtemp(prefix=f"colbert-modal-{name}-"))
         self._live = LiveIndex(self.store, self._open_copy)
         self._checked_at = float("-inf")
-        #: one refresh (reload + copy) at a time: concurrent inputs (``@modal.concurrent``) share the
-        #: container, and its ``Volume.reload()`` refuses while another input has a file open copying
+        #: one refresh (reload + copy) or Volume read at a time: concurrent inputs (``@modal.concurrent``)
+        #: share the container, and its ``Volume.reload()`` refuses while another input has a file open
         self._refreshing = threading.Lock()
 
     @property
@@ -378,7 +378,7 @@ class IndexServer:
 
     def load_model(self, model: str | None = None) -> None:
         """Load the model (the index's, or ``model``) so the first search is warm."""
-        manifest = read_manifest(self.store.root, self.store.name) if model is None else None
+        manifest = self._read_manifest() if model is None else None
         if model is None:
             if manifest is None:
                 return
@@ -387,6 +387,12 @@ class IndexServer:
         if manifest is not None and "plaid" not in str(manifest.get("backend")) and engine.query_encoder is not None:
             return  # an exact index: the lean query encoder is all its searches load (no ragatouille)
         engine.rag  # noqa: B018 - loads the checkpoint
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        """The published manifest, read off the Volume between refreshes: another input's reload refuses while
+        this one has a Volume file open, and may replace what it reads (one read or reload at a time)."""
+        with self._refreshing:
+            return read_manifest(self.store.root, self.store.name)
 
     def refresh(self, *, force: bool = False, min_generation: int | None = None) -> bool:
         """Switch to the newest published generation; True if it changed.
@@ -498,7 +504,7 @@ class IndexServer:
 
         query = check_query(query)
         checked, k = check_items([it._asdict() if hasattr(it, "_asdict") else it for it in items]), check_k(k)
-        manifest = read_manifest(self.store.root, self.store.name) if model is None or max_tokens is None else None
+        manifest = self._read_manifest() if model is None or max_tokens is None else None
         model = model or (manifest["model"] if manifest else default_model())
         max_tokens = max_tokens or (manifest["max_tokens"] if manifest else DEFAULT_MAX_TOKENS)
         return rerank_items(engine_factory(self.verbose)(model), query, checked, k, max_tokens=max_tokens)
