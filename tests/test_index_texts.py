@@ -42,6 +42,7 @@ def test_add_change_metadata_only_and_delete_by_id(colbert_checkpoint: Path, tmp
     with pytest.raises(ConfigurationError, match=r"no page to show: it comes from text record 'zoo-2'"):
         hit.page_image()
     assert sorted(idx.info().sources) == ["sky-1", "zoo-1", "zoo-2"]
+    assert "zoo-2" in hit._repr_html_() and "file:" not in hit._repr_html_()  # no link to a file that is not one
 
     again = idx.index_texts(RECORDS)  # unchanged: nothing encoded, no new generation
     assert again.chunks_written == 0 and sorted(again.unchanged) == ["sky-1", "zoo-1", "zoo-2"] and not again.changed
