@@ -242,3 +242,17 @@ def test_cli_index_texts_from_a_file_and_stdin(colbert_checkpoint: Path, tmp_pat
     _cli(["index-texts", empty, "--name", "new", "--index-root", tmp_path / "root", "--model", colbert_checkpoint],
          code=4)  # nothing to index into a new index: NoDocumentsError, as `index`
     assert json.loads(_cli(["info", "cli", "--index-root", tmp_path / "root", "--json"]).stdout)["documents"] == 4
+
+
+def test_a_record_over_max_chunks_is_skipped_and_its_old_version_kept(colbert_checkpoint: Path,
+                                                                        tmp_path: Path) -> None:
+    idx = _indexer(tmp_path, colbert_checkpoint, max_tokens=16, overlap=0)
+    idx.index_texts([{"id": "long", "text": "penguin walrus"}, RECORDS[2]])
+    long_text = " ".join(["penguin walrus umbrella volcano"] * 20)
+    report = idx.index_texts([{"id": "long", "text": long_text}], max_chunks_per_file=2)
+    assert [(s.path, s.error) for s in report.skipped] == [("long", "TooManyChunks")]
+    assert [w.path for w in report.warnings] == ["long"] and report.chunks_written == 0
+    assert idx.search("penguin walrus", k=1)[0].text == "penguin walrus"  # the indexed version stays
+    assert idx.index_texts([{"id": "long", "text": long_text}]).chunks_written > 2
+    with pytest.raises(ConfigurationError, match="max_chunks_per_file"):
+        idx.index_texts(["x"], max_chunks_per_file=0)
