@@ -34,7 +34,7 @@ LAYERS: list[list[str]] = [
     ["engine.exact", "engine.plaid"],
     ["engine", "loadpool"],  # loadpool: loading and chunking big folders in loader processes
     ["pipeline", "search"],
-    ["updates"],  # apply a plan where the index lives: encode, build, seal the next generation
+    ["updates", "texts"],  # apply a plan where the index lives: encode, build, seal; plan text records
     ["reranking"],  # score a given list of texts with a model (rerank), no index
     ["sharding"],  # sharded indexes: split plans, build shards, publish one top generation, merge hits
     ["runners.local"],  # the indexer's local runner: this process

@@ -53,6 +53,7 @@ _LAZY = {
     "SearchResult": ".records",
     "SearchResults": ".records",
     "SkippedFile": ".records",
+    "TextRecord": ".records",
     "default_index_root": ".store",
     "list_indexes": ".store",
     "rerank": ".reranking",
@@ -71,6 +72,7 @@ if _TYPE_CHECKING:
         SearchResult,
         SearchResults,
         SkippedFile,
+        TextRecord,
     )
     from .reranking import rerank
     from .store import default_index_root, list_indexes
@@ -127,6 +129,7 @@ __all__ = [
     "SettingsMismatchError",
     "ShardBuildError",
     "SkippedFile",
+    "TextRecord",
     "UnsupportedFileTypeError",
     "__version__",
     "default_index_root",

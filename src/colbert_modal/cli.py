@@ -325,6 +325,42 @@ def index(
     _print_report(report, where=str(indexer.store.path) if not remote else "Modal", seconds=time.perf_counter() - started)
 
 
+@cli.command("index-texts", epilog=SUB_EPILOG)
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+@click.option("-n", "--name", required=True, help="Name of the index (letters, digits, '-', '_').")
+@click.option("--model", help="Hugging Face model id or local checkpoint folder (a new index). Default: the index's "
+              "model, else $COLBERT_MODAL_MODEL, else colbert-ir/colbertv2.0.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new index (see index --shards).")
+@index_root_option
+@remote_option
+@json_option
+def index_texts(source: Any, name: str, model: str | None, shards: int | None, index_root: Path | None, remote: bool,
+                as_json: bool) -> None:
+    """Index texts from a JSON Lines file (SOURCE; '-' reads stdin).
+
+    Each line is a record, {"id": ..., "text": ..., "metadata": {...}}, or a
+    plain JSON string (its id: the first 16 hex digits of its SHA-256).
+    Records are incremental by id; hits show the id as their source.
+    """
+    from .cli_options import read_jsonl_records
+
+    records = read_jsonl_records(source, source.name)
+    started = time.perf_counter()
+    with _indexer(name, index_root=index_root, remote=remote, model=model, shards=shards) as indexer:
+        report = indexer.index_texts(records)
+    if as_json:
+        _echo_json(report.model_dump(mode="json"))
+        return
+    where = str(indexer.store.path) if not remote else "Modal"
+    click.echo(f"Indexed {_plural(len(report.indexed), 'record')} into {name!r} ({where}): "
+               f"{len(report.unchanged)} unchanged, {_plural(len(report.metadata_updated), 'metadata update')}, "
+               f"{len(report.skipped)} skipped.")
+    for skipped in report.skipped:
+        click.echo(_skip_line(skipped))
+    click.echo(f"Chunks: {report.chunks_written} written, {report.chunks_total} in the index. "
+               f"Done in {time.perf_counter() - started:.1f} s.")
+
+
 def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str = "Indexed") -> None:
     verbose = _state().verbose
     click.echo(

@@ -7,7 +7,7 @@ doctest; :mod:`colbert_modal.cli` re-exports them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import click
 
 from .loaders import PasswordBook
 
-__all__ = ["parse_meta_options", "parse_passwords", "parse_where_options"]
+__all__ = ["parse_meta_options", "parse_passwords", "parse_where_options", "read_jsonl_records"]
 
 
 def parse_passwords(values: Sequence[str]) -> str | Mapping[str, str] | None:
@@ -129,3 +129,31 @@ def parse_meta_options(values: Sequence[str], meta_json: Path | None = None) -> 
             raise click.BadParameter(f"{value!r}: use FILE:KEY=VALUE, e.g. report.pdf:year=2023", param_hint="--meta")
         meta.setdefault(target, {})[key] = _json_or_text(text)
     return meta or None
+
+
+def read_jsonl_records(lines: Iterable[str], name: str) -> list[Any]:
+    """One JSON value per non-blank line (a record object, or a string), for ``index-texts``.
+
+    A line that is not JSON is a usage error naming ``name`` and the line
+    number; the records themselves are checked by ``index_texts``.
+
+    >>> read_jsonl_records(['{"id": "a", "text": "x"}', "", '"plain text"'], "in.jsonl")
+    [{'id': 'a', 'text': 'x'}, 'plain text']
+    """
+    out: list[Any] = []
+    lines, number = iter(lines), 0
+    while True:
+        number += 1
+        try:
+            line = next(lines)
+        except StopIteration:
+            break
+        except UnicodeDecodeError as exc:
+            raise click.UsageError(f"{name}, line {number}: not UTF-8 ({exc.reason})") from None
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError as exc:
+            raise click.UsageError(f"{name}, line {number}: not JSON ({exc})") from None
+    return out

@@ -144,6 +144,8 @@ def _mark(word: str) -> str:
 
 
 def _link(source: str, pages: Sequence[int]) -> str:
+    if not pages:  # a text record's hit (index_texts): its id, no file to link
+        return html.escape(source)
     uri = file_uri(source, pages[0] if pages else None)
     return f'<a href="{html.escape(uri)}" title="{html.escape(source)}">{html.escape(Path(source).name)}</a>'
 

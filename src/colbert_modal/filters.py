@@ -9,7 +9,7 @@ A ``where`` is a dict of conditions, all of which must hold::
 
 Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $glob``. Fields: any
 metadata key (the user's or a loader's), ``source`` (the file's absolute
-path) and ``page`` (holds when any of the chunk's pages satisfies the
+path, or a text record's id) and ``page`` (holds when any of the chunk's pages satisfies the
 condition). A condition holds only on chunks that have the field, so a field
 no chunk has gives an empty result. Where a field's value is a list, a
 positive operator holds when one element satisfies it, ``$ne``/``$nin``
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigurationError
-from .records import Chunk
+from .records import Chunk, public_source
 
 __all__ = [
     "BUILTIN_FIELDS",
@@ -259,7 +259,7 @@ class ChunkColumns:
                 code = codes.get(key, -1)
                 if code < 0:
                     code = codes[key] = len(sources)
-                    sources.append(c.source)
+                    sources.append(public_source(c.source))  # a text record's: its id, as hits show it
                     metas.append(dict(c.metadata))
                 last = (c.source, c.metadata, code)
             combo.append(code)

@@ -33,6 +33,7 @@ from .runners.local import LocalRunner
 from .search import check_queries
 from .sharding import check_shards, default_shards
 from .store import IndexStore, Manifest, default_index_root, validate_index_name
+from .texts import check_ids, check_records, plan_text_deletion, plan_texts, public_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runners.remote import RemoteRunner
@@ -248,7 +249,7 @@ class ColbertIndexer:
                 follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
             )
 
-        return runner.update(plan, rebuild=rebuild, must_exist=False, progress=progress)
+        return public_report(runner.update(plan, rebuild=rebuild, must_exist=False, progress=progress))
 
     @dispatchable
     def delete(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> IndexReport:
@@ -259,7 +260,57 @@ class ColbertIndexer:
             assert manifest is not None  # must_exist
             return plan_deletion(path_list, manifest=manifest)
 
-        return self._runner().update(plan, rebuild=False, must_exist=True, progress=self._progress())
+        return public_report(self._runner().update(plan, rebuild=False, must_exist=True, progress=self._progress()))
+
+    @dispatchable
+    def index_texts(
+        self, records: Iterable[Any], *, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE
+    ) -> IndexReport:
+        """Index texts from memory, each a "file" of the index; returns what was done.
+
+        ``records``: plain strings, or records with an ``id``, ``text`` and
+        optional ``metadata``: :class:`~colbert_modal.TextRecord` s, dicts
+        ``{"id", "text", "metadata"}``, or objects with ``.id`` and ``.text``.
+        A plain string's id is the first 16 hex digits of the SHA-256 of its
+        UTF-8 text (:meth:`TextRecord.from_text <colbert_modal.TextRecord.from_text>`).
+        Each record is chunked as a file is and incremental by id: the same
+        text is not re-encoded, a changed text is, new metadata alone encodes
+        nothing (``report.metadata_updated``); records not given are kept
+        (:meth:`delete_texts` removes them). Metadata is searchable with
+        ``where=``. Hits of a record carry its id as ``source``, no pages; reports
+        name it by its id. Records and files share an index (ids never collide
+        with files). A bad record (no or empty id, duplicate ids, non-string
+        or empty text, metadata not a dict of JSON scalars) raises
+        :class:`~colbert_modal.ConfigurationError` naming it, before any work.
+        """
+        checked = check_records(records)
+        if isinstance(max_chunks_per_file, bool) or not isinstance(max_chunks_per_file, int) or max_chunks_per_file < 1:
+            raise ConfigurationError(f"max_chunks_per_file must be a positive integer, got {max_chunks_per_file!r}")
+        runner = self._runner()
+        if self._model_arg is not None:
+            runner.check_model(self._settings(None, True).model)
+
+        def plan(manifest: Manifest | None) -> UpdatePlan:
+            settings = self._settings(manifest, False)
+            runner.check_model(settings.model)
+            made = plan_texts(checked, name=self.name, settings=settings, manifest=manifest,
+                              chunker=self._chunker(settings), max_chunks=max_chunks_per_file)
+            if manifest is None and settings.shard_count is None:
+                made.settings = dataclasses.replace(settings, shard_count=default_shards(len(made.new_chunks)))
+            return made
+
+        return public_report(runner.update(plan, rebuild=False, must_exist=False, progress=self._progress()))
+
+    @dispatchable
+    def delete_texts(self, ids: str | Iterable[str]) -> IndexReport:
+        """Remove the text records with these ids (:meth:`index_texts`); an unknown id is in ``report.skipped``."""
+        id_list = check_ids(ids)
+
+        def plan(manifest: Manifest | None) -> UpdatePlan:
+            assert manifest is not None  # must_exist
+            return plan_text_deletion(id_list, manifest=manifest)
+
+        return public_report(self._runner().update(plan, rebuild=False, must_exist=True, progress=self._progress()))
 
     @dispatchable
     def search(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:

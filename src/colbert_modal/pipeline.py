@@ -30,7 +30,7 @@ from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .loadpool import load_batch, worker_count
 from .progress import Progress, Stage
-from .records import Chunk, Document, FileWarning, IndexReport, SkippedFile
+from .records import Chunk, Document, FileWarning, IndexReport, SkippedFile, is_text_key
 from .store import FileEntry, Manifest
 
 __all__ = [
@@ -236,7 +236,8 @@ def plan_update(
 
     present = set(plan.unchanged) | set(plan.new_files)
     if not keep_missing:
-        plan.remove = sorted(p for p in old if p not in present and not os.path.exists(p))
+        # text records (index_texts) are no files: only delete_texts removes them
+        plan.remove = sorted(p for p in old if p not in present and not is_text_key(p) and not os.path.exists(p))
     gone = set(plan.remove)  # the index's other files (outside ``paths``, or kept missing) stay as they are
     plan.unchanged.extend(p for p in old if p not in present and p not in gone)
     plan.timings = {"discover": t1 - t0, "load": t2 - t1, "chunk": t3 - t2}
@@ -277,7 +278,7 @@ def _load_and_chunk(
             plan.unchanged.append(item.path)
         plan.skipped.append(item)
 
-    seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged}
+    seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged and not is_text_key(p)}
     chunking: Stage | None = None
     chunk_seconds = 0.0
     for doc in items:

@@ -24,7 +24,28 @@ __all__ = [
     "SearchResult",
     "SearchResults",
     "SkippedFile",
+    "TextRecord",
 ]
+
+#: How a text record (:meth:`ColbertIndexer.index_texts <colbert_modal.ColbertIndexer.index_texts>`) is keyed
+#: in an index's manifest and in its chunks' ``source``: ``"text:" + id``. A file's key is its absolute path,
+#: which never starts so; hits, reports and ``info().sources`` show the record's id alone.
+TEXT_KEY_PREFIX = "text:"
+
+
+def text_key(record_id: str) -> str:
+    """The manifest key (and stored chunk ``source``) of the text record ``record_id``."""
+    return TEXT_KEY_PREFIX + record_id
+
+
+def is_text_key(key: str) -> bool:
+    """True for a text record's manifest key, False for a file's (an absolute path)."""
+    return key.startswith(TEXT_KEY_PREFIX)
+
+
+def public_source(key: str) -> str:
+    """What a user sees for manifest key ``key``: a file's path as is, a text record's id."""
+    return key[len(TEXT_KEY_PREFIX):] if key.startswith(TEXT_KEY_PREFIX) else key
 
 
 class _Record(BaseModel):
@@ -52,6 +73,31 @@ class Document(_Record):
         return "\n\n".join(p.text for p in self.pages)
 
 
+class TextRecord(_Record):
+    """A text to index from memory (``ColbertIndexer.index_texts``): its ``id``, ``text`` and ``metadata``.
+
+    The id keys the record in the index: indexing the same id again replaces
+    it (re-encoded only if its text changed), ``delete_texts([id])`` removes
+    it, and its hits carry it as ``source`` (with no pages).
+    """
+
+    id: str = Field(min_length=1, description="The record's id, unique in the index (not shared with files).")
+    text: str
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="JSON scalars (or lists of them), searchable with ``where=``."
+    )
+
+    @classmethod
+    def from_text(cls, text: str, metadata: dict[str, Any] | None = None) -> TextRecord:
+        """A record whose id is derived from ``text``: the first 16 hex digits of the SHA-256 of its UTF-8 bytes.
+
+        This is the id a plain string given to ``index_texts`` gets (the same text, the same id).
+        """
+        import hashlib
+
+        return cls(id=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], text=text, metadata=metadata or {})
+
+
 class Chunk(_Record):
     """A passage of at most ``max_tokens`` model tokens, never crossing files."""
 
@@ -71,8 +117,8 @@ class SearchResult(_Record):
     rank: int = Field(ge=1)
     score: float
     text: str
-    source: str
-    pages: list[int]
+    source: str = Field(description="The file's absolute path; for a text record (index_texts), its id.")
+    pages: list[int] = Field(description="1-based pages of the passage (empty for a text record).")
     chunk_id: str
     document_id: str
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -94,8 +140,10 @@ class SearchResult(_Record):
         from .errors import ConfigurationError
         from .view import render_page
 
-        if self.page is None:
-            raise ConfigurationError(f"hit {self.chunk_id!r} has no page to show")
+        if self.page is None:  # a text record's hit (index_texts): its source is the record's id, not a file
+            raise ConfigurationError(
+                f"hit {self.chunk_id!r} has no page to show: it comes from text record {self.source!r} "
+                "(index_texts), not from a file")
         return render_page(self.source, self.page, self.text, dpi=dpi, password=password)
 
     def _repr_html_(self) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError, EngineError, IndexStorageError
 from .filters import ChunkColumns, parse_where
-from .records import Chunk, SearchResult, SearchResults
+from .records import Chunk, SearchResult, SearchResults, public_source
 from .store import Generation, IndexStore, Manifest
 
 __all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "result_key", "score_key", "to_results"]
@@ -90,7 +90,9 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k:
     engine may return more than ``k`` (every chunk tied with the ``k``-th
     score), and the tie rule picks among them.
     """
-    ordered = sorted(hits, key=lambda h: _key(h[1], chunks[h[0]].source, chunks[h[0]].pages, chunks[h[0]].id))
+    ordered = sorted(  # by the source a hit shows (a text record's id), as result_key sorts merged lists
+        hits, key=lambda h: _key(h[1], public_source(chunks[h[0]].source), chunks[h[0]].pages, chunks[h[0]].id)
+    )
     out = SearchResults(query=query)
     for rank, (pid, score) in enumerate(ordered[:k] if k is not None else ordered, start=1):
         c = chunks[pid]
@@ -99,7 +101,7 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k:
                 rank=rank,
                 score=score,
                 text=c.text,
-                source=c.source,
+                source=public_source(c.source),
                 pages=c.pages,
                 chunk_id=c.id,
                 document_id=c.document_id,

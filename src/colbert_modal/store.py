@@ -69,7 +69,7 @@ from .names import (
     is_plain_name,
     validate_index_name,
 )
-from .records import Chunk, IndexInfo
+from .records import Chunk, IndexInfo, public_source
 
 __all__ = [
     "FORMAT_VERSION",
@@ -262,7 +262,7 @@ class Generation:
             generation=m.generation,
             created_at=m.created_at,
             updated_at=m.updated_at,
-            sources=sorted(m.files),
+            sources=sorted(public_source(p) for p in m.files),  # a text record by its id
             metadata_keys=m.metadata_keys(),
             shards=m.shard_count,
             shard_chunks={sid: int(v.get("chunks") or 0) for sid, v in (m.shards or {}).items()},
