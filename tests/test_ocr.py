@@ -20,6 +20,7 @@ import pytest
 from colbert_modal import ColbertIndexer, DependencyMissingError, ocr
 from colbert_modal.loaders import load_file
 from colbert_modal.ocr import OcrSettings, needs_ocr
+from colbert_modal.records import FileWarning
 
 pypdfium2 = pytest.importorskip("pypdfium2")
 pytest.importorskip("rapidocr_onnxruntime")
@@ -352,3 +353,40 @@ def test_remote_mode_ocrs_through_the_modal_function(
         assert hits[0].source == str(scan) and hits[0].pages == [1]
         assert idx.index([mixed, scan], rebuild=True).ocr_pages == {str(mixed): [2], str(scan): [1]}
         assert sorted(mapped) == [1, 2]  # the cache: nothing OCR'd again
+
+
+# --- loader processes: the time limit is per page OCR'd ---------------------------------------------
+
+
+def slow_ocr_reader(path: Path, password: str | None, *, ocr: OcrSettings | None = None) -> list:
+    """A loader-process reader whose OCR takes 4 s more per page (it runs in a throwaway worker process)."""
+    import time
+
+    from colbert_modal import loadpool
+    from colbert_modal import ocr as ocr_module
+
+    real = ocr_module.ocr_image
+
+    def slow(image, **kwargs):
+        time.sleep(4)
+        return real(image, **kwargs)
+
+    ocr_module.ocr_image = slow
+    return loadpool.read_file(path, password, ocr=ocr)
+
+
+def test_loader_time_limit_counts_per_page_ocrd(
+    tmp_path: Path, colbert_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colbert_modal import loadpool
+
+    monkeypatch.setenv("COLBERT_MODAL_LOAD_TIMEOUT", "10")  # each page takes under 10 s, the file over it
+    pdf = make_scan(tmp_path / "scan.pdf", [_lines("penguin"), _lines("umbrella"), _lines("aardvark")],
+                    scanned={1, 2, 3})
+    (out,) = loadpool.load_and_chunk(
+        [pdf], [None], settings=(str(colbert_checkpoint), 12, 0), workers=1, max_chunks=100,
+        reader=slow_ocr_reader, ocr=_settings(tmp_path),
+    )
+    (doc,) = [i for i in out.items if not isinstance(i, FileWarning)]
+    assert doc.metadata["ocr_pages"] == [1, 2, 3], out.items
+    assert "walrus" in " ".join(c.text for c in out.chunks or [])

@@ -18,7 +18,7 @@ reading a file (a pathological PDF that crashes the parser or exhausts
 memory) turns that file into a :class:`SkippedFile` naming the cause; a
 fresh worker takes its place and the batch goes on. So does a file that takes
 longer than ``COLBERT_MODAL_LOAD_TIMEOUT`` seconds (default 600; ``0``: no
-limit): its worker is killed. Ctrl-C ends every worker before the
+limit; a scanned file: per page OCR'd) is skipped: its worker is killed. Ctrl-C ends every worker before the
 ``KeyboardInterrupt`` propagates; a parent that dies any other way (SIGTERM,
 SIGKILL) takes its workers with it (Linux: the kernel's parent-death signal;
 elsewhere on POSIX: each worker watches its parent's pid).
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
-from . import errors
+from . import errors, ocr
 from .chunking import Chunker, load_tokenizer
 from .errors import ColbertModalError, ConfigurationError, LoadError
 from .loaders import Passwords, iter_documents, password_for
@@ -190,8 +190,14 @@ class FileDone(NamedTuple):
     loaded: Loaded
 
 
+class StillReading(NamedTuple):
+    """The process finished one more slow step of its file (a page OCR'd): its time limit starts again."""
+
+    position: int
+
+
 #: One message of a loader process.
-WorkerMessage = WorkerReady | WorkerFailed | FileDone
+WorkerMessage = WorkerReady | WorkerFailed | FileDone | StillReading
 
 
 #: What a loader process runs first (``python -c``): ignore Ctrl-C (the parent
@@ -273,6 +279,7 @@ def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
         if task is None:
             return
         index, path, password = task
+        ocr.HEARTBEAT = lambda index=index: send(StillReading(index))
         try:
             items = reader(Path(path), password)
             chunks = None
@@ -465,6 +472,9 @@ def load_and_chunk(
                 continue
             if isinstance(msg, WorkerFailed):
                 raise _fatal(msg.error, msg.message)
+            if isinstance(msg, StillReading):  # a page OCR'd: the time limit starts again
+                worker.since = time.monotonic()
+                continue
             if isinstance(msg, WorkerReady):
                 worker.ready = True
             else:

@@ -34,7 +34,7 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ MIN_ALNUM_SHARE = 0.5
 
 #: Pixels of white added around a page image before OCR.
 _PAD = 32
+
+#: Called after each page OCR'd here (a loader process tells its parent it is still at work); None: nothing.
+HEARTBEAT: Callable[[], Any] | None = None
 
 _ENGINE: Any = None
 _ENGINE_LOCK = threading.Lock()
@@ -461,6 +464,8 @@ def read_pages(
                 fresh[n] = ocr_page(pdf, n, dpi=settings.dpi, max_pixels=settings.max_pixels)
             except PageFailed as exc:
                 failures[n] = str(exc)
+            if HEARTBEAT is not None:
+                HEARTBEAT()
     finally:
         pdf.close()
     cache.store(content_hash, settings.engine, fresh)
