@@ -63,7 +63,7 @@ def _text_pdf(path: Path, pages: list[list[str]]) -> Path:
     return path
 
 
-def make_scan(path: Path, pages: list[list[str]], scanned: set[int]) -> Path:
+def make_scan(path: Path, pages: list[list[str]], scanned: set[int], strip: tuple[int, ...] = STRIP) -> Path:
     """A PDF of ``pages`` (lines each) on strips of Letter pages; the 1-based pages in ``scanned`` as images only."""
     src = _text_pdf(path.with_suffix(".src.pdf"), pages)
     text = PdfReader(src)
@@ -72,13 +72,13 @@ def make_scan(path: Path, pages: list[list[str]], scanned: set[int]) -> Path:
     for n in range(1, len(pages) + 1):
         if n in scanned:
             page = pdf[n - 1]
-            image = page.render(scale=SCAN_DPI / 72, crop=(0, STRIP[1], 0, 0)).to_pil().convert("L")
+            image = page.render(scale=SCAN_DPI / 72, crop=(0, strip[1], 0, 0)).to_pil().convert("L")
             buf = io.BytesIO()
             image.save(buf, format="PDF", resolution=SCAN_DPI)
             writer.add_page(PdfReader(buf).pages[0])
         else:
             page = text.pages[n - 1]
-            page.mediabox = RectangleObject(STRIP)
+            page.mediabox = RectangleObject(strip)
             writer.add_page(page)
     pdf.close()
     with path.open("wb") as fh:
@@ -135,6 +135,27 @@ def test_needs_ocr_rule() -> None:
     garbled = "\x01\x02\x03 " + "\ue000\ue001\ue002 " * 20 + "ab12 cd34 ef56 gh78 ij90 kl12"  # a broken font encoding
     assert needs_ocr(garbled, *letter)
     assert not needs_ocr("Background", 3.84, 3.84)  # a tiny page: its ten letters are plenty
+
+
+def test_a_scan_under_a_thin_text_layer_is_ocrd(tmp_path: Path) -> None:
+    """A scanner's stamp ("CamScanner") as the only text layer of a scanned page: OCR reads the page."""
+    letter = (0, 0, 612, 792)  # a whole page: ten letters are far too few for it
+    writer = PdfWriter(clone_from=make_scan(tmp_path / "scan.pdf", [_lines("penguin")], scanned={1}, strip=letter))
+    stamp = PdfReader(_text_pdf(tmp_path / "stamp.pdf", [["", "", "", "", "", "", "", "CamScanner"]])).pages[0]
+    writer.pages[0].merge_page(stamp)
+    pdf = tmp_path / "stamped.pdf"
+    with pdf.open("wb") as fh:
+        writer.write(fh)
+    assert load_file(pdf).pages[0].text.strip() == "CamScanner"  # without OCR: the stamp is all there is
+    doc = load_file(pdf, ocr=_settings(tmp_path))
+    assert "penguin quartz rhubarb" in doc.pages[0].text and doc.metadata["ocr_pages"] == [1]
+
+
+def test_ocr_setting_is_checked(tmp_path: Path) -> None:
+    from colbert_modal.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ocr must be one of"):
+        ColbertIndexer("x", index_root=tmp_path).index(tmp_path, ocr="yes")  # type: ignore[arg-type]
 
 
 def test_mixed_file_ocrs_only_the_scanned_page(tmp_path: Path, colbert_checkpoint: Path, calls: list[int]) -> None:
