@@ -451,7 +451,12 @@ def read_pages(
             if remote_errors is not None:
                 failures[n] = remote_errors.get(n, f"page {n}: not OCR'd on Modal")
             else:
-                jobs.append(OcrJob(content_hash, n, page_pdf(n), settings.engine, settings.dpi, settings.max_pixels))
+                try:
+                    page = page_pdf(n)
+                except Exception as exc:  # a page pypdf cannot write out: this page only
+                    failures[n] = f"page {n}: could not be cut out to OCR on Modal ({type(exc).__name__}: {exc})"
+                    continue
+                jobs.append(OcrJob(content_hash, n, page, settings.engine, settings.dpi, settings.max_pixels))
         return pages, failures, jobs
     fresh: dict[int, dict[str, Any]] = {}
     try:
