@@ -411,3 +411,12 @@ def test_loader_time_limit_counts_per_page_ocrd(
     (doc,) = [i for i in out.items if not isinstance(i, FileWarning)]
     assert doc.metadata["ocr_pages"] == [1, 2, 3], out.items
     assert "walrus" in " ".join(c.text for c in out.chunks or [])
+
+
+def test_blank_pages_do_not_run_the_engine(tmp_path: Path, calls: list[int]) -> None:
+    from colbert_modal.errors import NoTextLayerError
+    from helpers import make_blank_pdf
+
+    with pytest.raises(NoTextLayerError, match="OCR found no text on them either"):
+        load_file(make_blank_pdf(tmp_path / "blank.pdf", 2), ocr=_settings(tmp_path))
+    assert calls == []  # a page of one flat colour costs no OCR

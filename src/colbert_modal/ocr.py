@@ -412,6 +412,9 @@ def ocr_page(pdf: Any, number: int, *, dpi: int, max_pixels: int, shown: int | N
         if min(pdf.get_page_size(number - 1)) < MIN_PAGE_SIDE:
             return {"text": "", "chars": "", "boxes": []}  # nothing legible fits; the engine would make things up
         image, scale, height = _render(pdf, number, dpi=dpi, max_pixels=max_pixels, shown=shown or number)
+        low, high = image.convert("L").getextrema()
+        if high - low < 16:  # one flat colour (a blank page): seconds of the engine for nothing
+            return {"text": "", "chars": "", "boxes": []}
         return ocr_image(image, scale=scale, page_height=height)
     except PageFailed:
         raise
