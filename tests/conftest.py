@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import make_text_pdf
+
+# Session fixtures (built before the per-test environment) keep their OCR cache out of the user's cache too.
+os.environ.setdefault("COLBERT_MODAL_OCR_CACHE", tempfile.mkdtemp(prefix="colbert-modal-ocr-cache-"))
 
 DATA = Path(__file__).parent / "data"
 PDFS = DATA / "pdfs"
@@ -57,6 +61,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLBERT_MODAL_INDEX_ROOT", str(tmp_path / "default-index-root"))
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    monkeypatch.setenv("COLBERT_MODAL_OCR_CACHE", str(tmp_path / "ocr-cache"))
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ SRC = ROOT / "src" / "colbert_modal"
 LAYERS: list[list[str]] = [
     ["errors"],
     ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
+    ["ocr"],  # OCR of scanned pages: which pages, the engine (lazily), the cache, remote jobs
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["records", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub", "names", "models"],  # model names to checkpoints; index and generation names; models: records' old name

@@ -67,6 +67,16 @@ def test_gpu_lock_satisfies_core_and_local_extra() -> None:
     assert int(pins["datasets"].split(".")[0]) >= 4  # 2.14.4 fails to import with current pyarrow
 
 
+def test_ocr_lock_satisfies_core_and_ocr_extra_without_torch() -> None:
+    pins = _lock(modal_app.OCR_IMAGE_LOCK)
+    assert _unsatisfied(_not_modal(PROJECT["dependencies"]) + PROJECT["optional-dependencies"]["ocr"], pins) == []
+    assert "torch" not in pins and "modal" not in pins
+    # the version the manifest records for remote OCR is the lock's
+    from colbert_modal import ocr
+
+    assert ocr.lock_version() == pins["rapidocr-onnxruntime"]
+
+
 def test_client_lock_satisfies_core_without_torch() -> None:
     pins = _lock(modal_app.CLIENT_IMAGE_LOCK)
     assert _unsatisfied(_not_modal(PROJECT["dependencies"]), pins) == []
@@ -93,7 +103,8 @@ def test_images_install_exactly_the_locks_with_the_pinned_uv(modal_standin: Stan
             (copy,) = [c for c in commands if c.startswith("COPY /") and c.endswith(" " + args[i + 1])]
             installs[context[copy.split()[1].lstrip("/")]] = command
             assert f"COPY --from=ghcr.io/astral-sh/uv:{UV_VERSION} /uv /.uv/uv" in commands
-    assert set(installs) == {modal_app.IMAGE_LOCK.read_bytes(), modal_app.CLIENT_IMAGE_LOCK.read_bytes()}
+    assert set(installs) == {modal_app.IMAGE_LOCK.read_bytes(), modal_app.CLIENT_IMAGE_LOCK.read_bytes(),
+                             modal_app.OCR_IMAGE_LOCK.read_bytes()}
     # The containers and the build steps after it run with the per-device extensions root.
     envs = [c for r in modal_standin.images for c in r.image.dockerfile_commands if c.startswith("ENV ")]
     assert f"ENV COLBERT_MODAL_TORCH_EXTENSIONS_ROOT={modal_app.TORCH_EXTENSIONS_ROOT}" in envs

@@ -514,3 +514,39 @@ def test_a_rerank_reading_the_volume_never_fails_a_concurrent_search_for_its_own
     assert out["search"] == 2, out
     assert [h.index for h in out["rerank"]] == [0, 1]  # type: ignore[attr-defined]
     assert len({c.container for c in standin.calls if c.tag.startswith("Searcher.")}) == 1
+
+
+def test_scanned_pages_are_ocrd_by_the_modal_function_mapped_over_pages(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from colbert_modal import ocr
+    from test_ocr import _lines, make_scan
+
+    here: list[int] = []  # OCR run by this process's planning (there must be none: the pages go to Modal)
+    in_function: list[int] = []
+    real_run_job, real_read = ocr.run_job, ocr.read_pages
+
+    def run_job(job):
+        in_function.append(job.page)
+        return real_run_job(job)
+
+    def read_pages(*args, settings, **kwargs):
+        if not settings.remote:
+            here.append(1)
+        return real_read(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(ocr, "run_job", run_job)
+    monkeypatch.setattr("colbert_modal.loaders.read_pages", read_pages)
+    mixed = make_scan(tmp_path / "mixed.pdf", [_lines("aardvark"), _lines("penguin")], scanned={2})
+    scan = make_scan(tmp_path / "scan.pdf", [_lines("umbrella")], scanned={1})
+    with _remote(tmp_path, "scans", model=HUB_ID, max_tokens=12, overlap=0) as idx:
+        report = idx.index([mixed, scan])
+        assert report.ocr_pages == {str(mixed): [2], str(scan): [1]}
+        assert sorted(in_function) == [1, 2] and here == []
+        assert {"FunctionMap", "FunctionPutInputs", "FunctionGetOutputs"} <= set(standin.rpcs)
+        hits = idx.search("umbrella volcano walrus xylophone zeppelin", k=3)
+        assert hits[0].source == str(scan) and hits[0].pages == [1] and "walrus" in hits[0].text.lower()
+        manifest = idx._remote_runner().session.manifest("scans")  # the Volume's: the OCR image's engine
+        assert manifest is not None and manifest.ocr == ocr.engine_id(ocr.lock_version() or "")
+        assert idx.index([mixed, scan], rebuild=True).ocr_pages == {str(mixed): [2], str(scan): [1]}
+        assert sorted(in_function) == [1, 2]  # read from this machine's OCR cache: not sent again

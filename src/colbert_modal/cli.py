@@ -268,6 +268,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
               "(default: skip and report them).")
 @click.option("--max-chunks-per-file", type=click.IntRange(min=1), default=MAX_CHUNKS_PER_FILE, show_default=True,
               help="Skip (and report) a file that would make more chunks than this.")
+@click.option("--ocr", type=click.Choice(["auto", "off", "force"]), default="auto", show_default=True,
+              help="OCR of PDF pages without a text layer (scans): auto (needs the ocr extra), off, or every page.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Split a new index (or one rebuilt with --rebuild) into this many shards, by file; built in "
               "parallel with --remote. Default: the index's own count, else one per 50,000 chunks.")
@@ -287,6 +289,7 @@ def index(
     meta_json: Path | None,
     follow_symlinks: bool,
     max_chunks_per_file: int,
+    ocr: str,
     shards: int | None,
     index_root: Path | None,
     remote: bool,
@@ -307,7 +310,7 @@ def index(
         report = indexer.index(
             [os.fspath(p) for p in paths], passwords=password_arg, rebuild=rebuild, keep_missing=keep_missing,
             metadata=metadata,
-            follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
+            follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file, ocr=ocr,  # type: ignore[arg-type]
         )
     except NoDocumentsError as exc:
         if isinstance(exc.report, IndexReport):

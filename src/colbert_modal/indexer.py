@@ -16,6 +16,7 @@ from .errors import ConfigurationError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .loaders import Passwords
+from .ocr import OcrSettings, settings_for
 from .pipeline import (
     MAX_CHUNKS_PER_FILE,
     MetadataSpec,
@@ -212,6 +213,7 @@ class ColbertIndexer:
         metadata: MetadataSpec = None,
         follow_symlinks: bool = False,
         max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
+        ocr: Literal["auto", "off", "force"] = "auto",
     ) -> IndexReport:
         """Index files and folders (recursively); returns what was done.
 
@@ -231,12 +233,18 @@ class ColbertIndexer:
         outside them (and symlinked folders) are skipped and reported unless
         True. ``max_chunks_per_file``: a file that would make more chunks is
         skipped and reported (default 5000), never truncated.
+        ``ocr``: PDF pages without a text layer (scans) are OCR'd with
+        ``"auto"`` (the default; needs the ``ocr`` extra locally, else such
+        pages are reported as now), every page with ``"force"``, none with
+        ``"off"``; ``report.ocr_pages`` lists them (see :mod:`colbert_modal.ocr`).
 
         In remote mode the files are read and chunked here and the plan is
-        applied on Modal.
+        applied on Modal; scanned pages are OCR'd on Modal (a CPU function
+        mapped over the pages), not here.
         """
         path_list = _as_path_list(paths)
         runner = self._runner()
+        ocr_settings = settings_for(ocr, remote=hasattr(runner, "ocr_pages"))
         if self._model_arg is not None:  # fail before any work (remote: before any container)
             runner.check_model(self._settings(None, True).model)
         progress = self._progress()
@@ -247,6 +255,7 @@ class ColbertIndexer:
                 path_list, manifest, passwords=passwords, rebuild=rebuild, keep_missing=keep_missing,
                 progress=progress, metadata=metadata,
                 follow_symlinks=follow_symlinks, max_chunks_per_file=max_chunks_per_file,
+                ocr=ocr_settings, ocr_remote=getattr(runner, "ocr_pages", None),
             )
 
         return public_report(runner.update(plan, rebuild=rebuild, must_exist=False, progress=progress))
@@ -416,6 +425,7 @@ class ColbertIndexer:
         progress: Progress,
         metadata: MetadataSpec = None,
         follow_symlinks: bool = False, max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
+        ocr: OcrSettings | None = None, ocr_remote: Any = None,
     ) -> UpdatePlan:
         """Load and chunk what changed against ``manifest`` (runs on this machine in both modes)."""
         settings = self._settings(manifest, rebuild)
@@ -432,6 +442,8 @@ class ColbertIndexer:
             metadata=metadata,
             follow_symlinks=follow_symlinks,
             max_chunks_per_file=max_chunks_per_file,
+            ocr=ocr,
+            ocr_remote=ocr_remote,
         )
         if settings.shard_count is None and (manifest is None or rebuild):
             # decided here, the same wherever the plan is applied: a rebuild keeps the index's count,

@@ -34,6 +34,7 @@ from .errors import (
     UnsupportedFileTypeError,
 )
 from .files import detect_encoding, hash_file, not_regular, open_regular, text_sections
+from .ocr import OcrNeeded, OcrSettings, PendingOcr, alnum_count, needs_ocr, read_pages
 from .records import Document, FileWarning, Page, SkippedFile
 
 __all__ = [
@@ -56,7 +57,8 @@ PDF_SUFFIXES = frozenset({".pdf"})
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown"})
 SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES
 #: Every metadata key the loaders set on a Document (a user's metadata may not reuse one).
-LOADER_KEYS = frozenset({"file_name", "page_count", "type", "encoding", "sections", "title", "author", "subject"})
+LOADER_KEYS = frozenset({"file_name", "page_count", "type", "encoding", "sections", "title", "author", "subject",
+                         "ocr_pages", "ocr_engine"})
 
 Passwords = str | Mapping[str, str] | None
 
@@ -284,11 +286,14 @@ def load_file(
     *,
     password: str | None = None,
     warnings: list[FileWarning] | None = None,
+    ocr: OcrSettings | None = None,
 ) -> Document:
     """Load one file. Raises a :class:`~colbert_modal.errors.LoadError` subclass.
 
     ``warnings`` (if given) receives notes about a file that did load, such as
     PDF pages without a text layer or a text file that was not UTF-8.
+    ``ocr``: how to OCR PDF pages without a text layer (see :mod:`colbert_modal.ocr`; None: not at all).
+    In remote mode it raises :class:`~colbert_modal.ocr.OcrNeeded` for pages to OCR on Modal first.
     """
     p = Path(os.path.abspath(Path(os.fspath(path)).expanduser()))
     notes: list[FileWarning] = warnings if warnings is not None else []
@@ -310,9 +315,9 @@ def load_file(
         raise EmptyDocumentError(p, "empty file (0 bytes)")
     try:
         if suffix in PDF_SUFFIXES:
-            return _load_pdf(p, password=password, warnings=notes)
+            return _load_pdf(p, password=password, warnings=notes, ocr=ocr)
         return _load_text(p, warnings=notes)
-    except LoadError:
+    except (LoadError, OcrNeeded):
         raise
     except OSError as exc:
         raise _access_error(p, exc) from exc
@@ -356,7 +361,7 @@ def _quiet_pypdf(path: Path) -> Iterator[None]:
             logger.debug("%s: %d pypdf messages, first: %s", path, len(handler.messages), first)
 
 
-def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) -> Document:
+def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning], ocr: OcrSettings | None) -> Document:
     # Read once (pypdf would read it all into memory too): the hash is of the very bytes parsed,
     # even if the file changes meanwhile.
     with open_regular(path) as fh:
@@ -397,37 +402,104 @@ def _load_pdf(path: Path, *, password: str | None, warnings: list[FileWarning]) 
         pages: list[Page] = []
         empty: list[int] = []
         failed: list[int] = []
+        layers: dict[int, str] = {}  # pages to OCR: their text layer
         for number in range(1, n_pages + 1):
             try:
-                text = reader.pages[number - 1].extract_text() or ""
+                page = reader.pages[number - 1]
+                text = page.extract_text() or ""
             except Exception:  # one damaged page must not lose the others
                 logger.debug("%s: page %d could not be read", path, number, exc_info=True)
-                failed.append(number)
+                if ocr is not None and ocr.on:
+                    layers[number] = ""  # its text cannot be read; its image may be
+                else:
+                    failed.append(number)
                 continue
             text = _clean(text)
-            if text.strip():
+            if ocr is not None and (ocr.mode == "force" or (ocr.on and needs_ocr(text, *_page_size(page)))):
+                layers[number] = text
+            elif text.strip():
                 pages.append(Page(number=number, text=text))
             else:
                 empty.append(number)
         metadata: dict[str, Any] = dict(_pdf_metadata(reader))
+        if layers:
+            assert ocr is not None
+            ocr_pages = _ocr(path, data, digest, layers, reader, password, ocr, pages, empty, warnings)
+            if ocr_pages:
+                metadata.update({"ocr_pages": ocr_pages, "ocr_engine": ocr.engine})
 
     if not pages:
         if failed and not empty:
             raise CorruptFileError(path, f"none of its {n_pages} pages could be read")
-        raise NoTextLayerError(
-            path,
-            f"no text layer on any of its {n_pages} page(s) (scanned images?); run OCR first",
-        )
+        raise NoTextLayerError(path, f"no text layer on any of its {n_pages} page(s) (scanned images?){_hint(ocr)}")
     if empty:
-        warnings.append(
-            FileWarning(path=str(path), message=f"no text layer on page(s) {_ranges(empty)}; indexed the other pages")
-        )
+        warnings.append(FileWarning(
+            path=str(path), message=f"no text layer on page(s) {_ranges(empty)}{_hint(ocr)}; indexed the other pages",
+        ))
     if failed:
         warnings.append(
             FileWarning(path=str(path), message=f"page(s) {_ranges(failed)} could not be read; indexed the other pages")
         )
     metadata.update({"file_name": path.name, "page_count": n_pages, "type": "pdf"})
     return Document(id=digest[:16], source=str(path), content_hash=digest, pages=pages, metadata=metadata)
+
+
+def _page_size(page: Any) -> tuple[float, float]:
+    try:
+        box = page.mediabox
+        return abs(float(box.width)), abs(float(box.height))
+    except Exception:  # a broken MediaBox: judge the text alone
+        return 0.0, 0.0
+
+
+def _hint(ocr: OcrSettings | None) -> str:
+    if ocr is None:
+        return "; run OCR first"
+    if ocr.on:
+        return " (OCR found no text on them either)"
+    return f"; {ocr.hint}" if ocr.hint else ""
+
+
+def _ocr(
+    path: Path, data: bytes, digest: str, layers: dict[int, str], reader: Any, password: str | None,
+    ocr: OcrSettings, pages: list[Page], empty: list[int], warnings: list[FileWarning],
+) -> list[int]:
+    """OCR the pages of ``layers`` (number -> text layer) into ``pages``/``empty``; the numbers OCR'd.
+
+    The OCR text is kept where it has more letters and digits than the text layer (``force``: any);
+    a page that fails is a warning naming it. Remote mode: :class:`OcrNeeded` for pages not cached.
+    """
+
+    def page_pdf(n: int) -> bytes:
+        from pypdf import PdfWriter
+
+        writer = PdfWriter()
+        writer.add_page(reader.pages[n - 1])
+        buf = io.BytesIO()
+        writer.write(buf)
+        return buf.getvalue()
+
+    got, failures, jobs = read_pages(data, digest, sorted(layers), password=password, settings=ocr, page_pdf=page_pdf)
+    if jobs:
+        raise OcrNeeded(PendingOcr(path=str(path), content_hash=digest, jobs=jobs))
+    used: list[int] = []
+    for n, layer in sorted(layers.items()):
+        text = _clean(got[n]["text"]) if n in got else ""
+        better = alnum_count(text) > 0 if ocr.mode == "force" else alnum_count(text) > alnum_count(layer)
+        if better:
+            pages.append(Page(number=n, text=text))
+            used.append(n)
+        elif layer.strip():
+            pages.append(Page(number=n, text=layer))
+        elif n not in failures:
+            empty.append(n)
+    pages.sort(key=lambda p: p.number)
+    empty.sort()
+    if used:
+        warnings.append(FileWarning(path=str(path), message=f"OCR'd page(s) {_ranges(used)} ({ocr.engine})"))
+    for reason in failures.values():
+        warnings.append(FileWarning(path=str(path), message=f"OCR failed: {reason}; indexed the other pages"))
+    return used
 
 
 def _pdf_metadata(reader: object) -> dict[str, str]:
@@ -488,16 +560,23 @@ def _load_text(path: Path, *, warnings: list[FileWarning]) -> Document:
 
 
 def iter_documents(
-    files: Iterable[Path], *, passwords: Passwords = None
-) -> Iterator[Document | SkippedFile | FileWarning]:
-    """Load files one at a time, yielding documents, skips and warnings as they come."""
+    files: Iterable[Path], *, passwords: Passwords = None, ocr: OcrSettings | None = None
+) -> Iterator[Document | SkippedFile | FileWarning | PendingOcr]:
+    """Load files one at a time, yielding documents, skips and warnings as they come.
+
+    ``ocr``: see :func:`load_file`; in remote mode a file with pages to OCR on Modal
+    yields a :class:`~colbert_modal.ocr.PendingOcr` (and nothing else) instead.
+    """
     for path in files:
         notes: list[FileWarning] = []
         try:
-            doc = load_file(path, password=password_for(path, passwords), warnings=notes)
+            doc = load_file(path, password=password_for(path, passwords), warnings=notes, ocr=ocr)
         except LoadError as exc:
             logger.info("skipped %s", exc)
             yield _skip(path, exc)
+            continue
+        except OcrNeeded as exc:
+            yield exc.pending
             continue
         yield from notes
         yield doc
@@ -512,6 +591,6 @@ def load_paths(paths: Iterable[str | os.PathLike[str]], *, passwords: Passwords 
             result.documents.append(item)
         elif isinstance(item, SkippedFile):
             result.skipped.append(item)
-        else:
+        elif isinstance(item, FileWarning):
             result.warnings.append(item)
     return result

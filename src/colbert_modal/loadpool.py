@@ -18,7 +18,7 @@ reading a file (a pathological PDF that crashes the parser or exhausts
 memory) turns that file into a :class:`SkippedFile` naming the cause; a
 fresh worker takes its place and the batch goes on. So does a file that takes
 longer than ``COLBERT_MODAL_LOAD_TIMEOUT`` seconds (default 600; ``0``: no
-limit): its worker is killed. Ctrl-C ends every worker before the
+limit; a scanned file: per page OCR'd) is skipped: its worker is killed. Ctrl-C ends every worker before the
 ``KeyboardInterrupt`` propagates; a parent that dies any other way (SIGTERM,
 SIGKILL) takes its workers with it (Linux: the kernel's parent-death signal;
 elsewhere on POSIX: each worker watches its parent's pid).
@@ -29,6 +29,7 @@ in the calling process); the default is the cores this process may use.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -42,12 +43,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
-from . import errors
+from . import errors, ocr
 from .chunking import Chunker, load_tokenizer
 from .errors import ColbertModalError, ConfigurationError, LoadError
 from .loaders import Passwords, iter_documents, password_for
+from .ocr import OcrSettings, PendingOcr
 from .progress import Stage
 from .records import Chunk, Document, FileWarning, SkippedFile
 
@@ -86,7 +88,7 @@ PARALLEL_MIN_FILES = 16
 #: How a worker reads one file: ``(path, password) -> items`` (Documents,
 #: SkippedFiles, FileWarnings, as :func:`~colbert_modal.loaders.iter_documents`
 #: yields them).
-Reader = Callable[[Path, "str | None"], "list[Document | SkippedFile | FileWarning]"]
+Reader = Callable[[Path, "str | None"], "list[Document | SkippedFile | FileWarning | PendingOcr]"]
 
 
 def usable_cores() -> int:
@@ -142,9 +144,11 @@ def load_timeout() -> float | None:
     return seconds or None
 
 
-def read_file(path: Path, password: str | None) -> list[Document | SkippedFile | FileWarning]:
+def read_file(
+    path: Path, password: str | None, *, ocr: OcrSettings | None = None
+) -> list[Document | SkippedFile | FileWarning | PendingOcr]:
     """What :func:`~colbert_modal.loaders.iter_documents` yields for one file (the default :data:`Reader`)."""
-    return list(iter_documents([path], passwords=password))
+    return list(iter_documents([path], passwords=password, ocr=ocr))
 
 
 #: The :data:`Reader` workers use unless told otherwise. It must be importable
@@ -161,7 +165,7 @@ class Loaded:
     ``items`` comes without its pages: its chunks carry the text.
     """
 
-    items: list[Document | SkippedFile | FileWarning]
+    items: list[Document | SkippedFile | FileWarning | PendingOcr]
     chunks: list[Chunk] | None
 
 
@@ -186,8 +190,14 @@ class FileDone(NamedTuple):
     loaded: Loaded
 
 
+class StillReading(NamedTuple):
+    """The process finished one more slow step of its file (a page OCR'd): its time limit starts again."""
+
+    position: int
+
+
 #: One message of a loader process.
-WorkerMessage = WorkerReady | WorkerFailed | FileDone
+WorkerMessage = WorkerReady | WorkerFailed | FileDone | StillReading
 
 
 #: What a loader process runs first (``python -c``): ignore Ctrl-C (the parent
@@ -269,6 +279,7 @@ def serve(inp: IO[bytes], out: IO[bytes], *, parent: int | None = None) -> None:
         if task is None:
             return
         index, path, password = task
+        ocr.HEARTBEAT = lambda index=index: send(StillReading(index))
         try:
             items = reader(Path(path), password)
             chunks = None
@@ -385,6 +396,7 @@ def load_and_chunk(
     max_chunks: int,
     on_file: Callable[[Loaded], None] | None = None,
     reader: Reader | None = None,
+    ocr: OcrSettings | None = None,
 ) -> list[Loaded]:
     """Load and chunk ``files`` in ``workers`` processes; the outcomes in the order of ``files``.
 
@@ -394,11 +406,12 @@ def load_and_chunk(
     finishes (in completion order), for progress. ``reader`` defaults to
     :data:`READER`; it must be importable by name. A file that takes a worker
     longer than :func:`load_timeout` is skipped (``LoaderTimeout``) and its
-    worker killed. Raises the error of a worker that cannot build its chunker
+    worker killed. ``ocr``: how the reader OCRs scanned pages (in the workers). Raises the error of a worker that cannot build its chunker
     (e.g. ModelLoadError).
     """
     limit = load_timeout()
-    init = (settings, max_chunks, reader if reader is not None else READER)
+    base = reader if reader is not None else READER
+    init = (settings, max_chunks, functools.partial(cast(Any, base), ocr=ocr) if ocr is not None else base)
     todo = list(enumerate(str(f) for f in files))
     todo.reverse()  # pop() from the end hands out files in input order
     results: list[Loaded | None] = [None] * len(files)
@@ -459,6 +472,9 @@ def load_and_chunk(
                 continue
             if isinstance(msg, WorkerFailed):
                 raise _fatal(msg.error, msg.message)
+            if isinstance(msg, StillReading):  # a page OCR'd: the time limit starts again
+                worker.since = time.monotonic()
+                continue
             if isinstance(msg, WorkerReady):
                 worker.ready = True
             else:
@@ -477,8 +493,8 @@ def load_and_chunk(
 
 def load_batch(
     files: Sequence[Path], passwords: Passwords, *, settings: tuple[str, int, int], workers: int, max_chunks: int,
-    stage: Stage,
-) -> tuple[list[Document | SkippedFile | FileWarning], dict[str, list[Chunk]]]:
+    stage: Stage, ocr: OcrSettings | None = None,
+) -> tuple[list[Document | SkippedFile | FileWarning | PendingOcr], dict[str, list[Chunk]]]:
     """:func:`load_and_chunk` for a planner: the loaders' items in input order, and each document's chunks by path.
 
     ``passwords`` as :func:`~colbert_modal.loaders.iter_documents` takes them
@@ -496,7 +512,7 @@ def load_batch(
     try:
         outcomes = load_and_chunk(
             files, [password_for(f, passwords) for f in files],
-            settings=settings, workers=workers, max_chunks=max_chunks, on_file=on_file,
+            settings=settings, workers=workers, max_chunks=max_chunks, on_file=on_file, ocr=ocr,
         )
     except BaseException:
         stage.close()  # Ctrl-C or a worker that cannot start: the stage ends here

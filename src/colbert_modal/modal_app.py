@@ -69,6 +69,7 @@ MODELS_DIR = "/models"
 TORCH_EXTENSIONS_ROOT = "/root/torch_extensions"
 IMAGE_LOCK = Path(__file__).with_name("image.lock")
 CLIENT_IMAGE_LOCK = Path(__file__).with_name("image-client.lock")
+OCR_IMAGE_LOCK = Path(__file__).with_name("image-ocr.lock")
 
 DEFAULT_MODEL_REVISION = "c1e84128e85ef755c096a95bdb06b47793b13acf"
 #: Cheap GPUs with 16-24 GB that fit ColBERT (BERT-base) encoding at the
@@ -169,6 +170,17 @@ client_image = (
     .add_local_python_source("colbert_modal")
 )
 
+#: For OCR of scanned pages in remote mode (``ocr_page``): the client's dependencies and the ``ocr``
+#: extra (RapidOCR, its models in the wheel; pypdfium2), no torch. opencv-python, which
+#: rapidocr-onnxruntime requires by that name, loads libGL and libglib even headless: apt installs them.
+ocr_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .apt_install("libgl1", "libglib2.0-0")
+    .uv_pip_install(requirements=[str(OCR_IMAGE_LOCK)], uv_version=UV_VERSION)
+    .env({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+    .add_local_python_source("colbert_modal")
+)
+
 #: Seconds an index build may run before Modal stops it.
 WRITER_TIMEOUT = int(os.environ.get("COLBERT_MODAL_TIMEOUT") or 120 * MINUTES)
 #: The memory reservation (MiB) and cores of an index build (the Writer, each
@@ -266,6 +278,19 @@ def probe_lease(token: str):
             pass
     with _lease(name):
         return None
+
+
+#: The most OCR containers at once (``$COLBERT_MODAL_OCR_CONTAINERS``): a thousand scanned pages at
+#: ~5 s of one core each take about a minute at 100.
+OCR_CONTAINERS = int(os.environ.get("COLBERT_MODAL_OCR_CONTAINERS") or 100)
+
+
+@app.function(image=ocr_image, cpu=1.0, memory=2048, timeout=5 * MINUTES, max_containers=OCR_CONTAINERS)
+def ocr_page(job):
+    """OCR one scanned page (an ``ocr.OcrJob``: the page as a one-page PDF); remote mode maps it over pages."""
+    from colbert_modal import ocr
+
+    return ocr.run_job(job)
 
 
 @app.function(image=client_image, volumes={VOLUME_PATH: volume}, timeout=5 * MINUTES)

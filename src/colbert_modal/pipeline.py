@@ -11,6 +11,7 @@ index lives (this process, or a GPU container with the index on a Volume).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import stat
@@ -29,6 +30,7 @@ from .errors import (
 from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
 from .loadpool import load_batch, worker_count
+from .ocr import OcrCache, OcrJob, OcrSettings, PendingOcr
 from .progress import Progress, Stage
 from .records import Chunk, Document, FileWarning, IndexReport, SkippedFile, is_text_key
 from .store import FileEntry, Manifest
@@ -110,6 +112,9 @@ class UpdatePlan:
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: unchanged files whose size or mtime moved: path -> (size, mtime) to record
     refreshed: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: pages OCR'd (or read from the OCR cache) per file of new_files, and the engine that read them
+    ocr_pages: dict[str, list[int]] = field(default_factory=dict)
+    ocr_engine: str | None = None
 
     @property
     def is_noop(self) -> bool:
@@ -171,6 +176,8 @@ def plan_update(
     follow_symlinks: bool = False,
     max_chunks_per_file: int = MAX_CHUNKS_PER_FILE,
     workers: int | None = None,
+    ocr: OcrSettings | None = None,
+    ocr_remote: RemoteOcr | None = None,
 ) -> UpdatePlan:
     """Decide what changed under ``paths`` and load/chunk just that.
 
@@ -190,6 +197,10 @@ def plan_update(
     from ``settings``, so ``chunker`` must be a factory of that chunker; a
     :class:`Chunker` instance is used as is, in this process. The plan is the
     same either way.
+
+    ``ocr``: how to OCR PDF pages without a text layer (see :mod:`colbert_modal.ocr`; None: no OCR).
+    Where ``ocr.remote``, the pages to OCR go to ``ocr_remote`` (the Modal OCR function, mapped
+    over the pages), their results into the OCR cache, and their files are read again from it.
     """
     check_settings(manifest, settings, rebuild=rebuild)
     if isinstance(max_chunks_per_file, bool) or not isinstance(max_chunks_per_file, int) or max_chunks_per_file < 1:
@@ -228,9 +239,13 @@ def plan_update(
         to_load.append(f)
     t1 = time.perf_counter()
 
+    if ocr is not None and ocr.on and manifest is not None and manifest.ocr and manifest.ocr != ocr.engine:
+        plan.warnings.append(FileWarning(path=name, message=(
+            f"the index's scanned pages were OCR'd with {manifest.ocr}, this is {ocr.engine}: new and changed "
+            "files are OCR'd with it; rebuild=True OCRs them all again")))
     t2 = _load_and_chunk(
         plan, to_load, old=old, wanted=wanted, before=before, chunker=chunker, passwords=passwords,
-        progress=progress, max_chunks_per_file=max_chunks_per_file, workers=workers,
+        progress=progress, max_chunks_per_file=max_chunks_per_file, workers=workers, ocr=ocr, ocr_remote=ocr_remote,
     )
     t3 = time.perf_counter()
 
@@ -247,7 +262,8 @@ def plan_update(
 def _load_and_chunk(
     plan: UpdatePlan, to_load: list[Path], *, old: dict[str, FileEntry], wanted: dict[str, dict[str, Any] | None],
     before: dict[str, os.stat_result], chunker: Chunker | Callable[[], Chunker], passwords: Passwords,
-    progress: Progress, max_chunks_per_file: int, workers: int | None,
+    progress: Progress, max_chunks_per_file: int, workers: int | None, ocr: OcrSettings | None = None,
+    ocr_remote: RemoteOcr | None = None,
 ) -> float:
     """Load and chunk ``to_load`` into ``plan`` (in this process, or in loader processes); returns when loading ended.
 
@@ -266,9 +282,9 @@ def _load_and_chunk(
         stage = progress.stage("loading", total=len(to_load), unit="file")
         settings = (plan.settings.model, plan.settings.max_tokens, plan.settings.overlap)
         items, made = load_batch(to_load, passwords, settings=settings, workers=n_workers,
-                                 max_chunks=max_chunks_per_file, stage=stage)
+                                 max_chunks=max_chunks_per_file, stage=stage, ocr=ocr)
     else:
-        items = iter_documents(to_load, passwords=passwords)
+        items = iter_documents(to_load, passwords=passwords, ocr=ocr)
         loading = progress.stage("loading", total=len(to_load), unit="file")
         items = progress.count(items, loading, counts=lambda item: not isinstance(item, FileWarning))
 
@@ -281,8 +297,11 @@ def _load_and_chunk(
     seen_hashes = {e.content_hash: p for p, e in old.items() if p in plan.unchanged and not is_text_key(p)}
     chunking: Stage | None = None
     chunk_seconds = 0.0
-    for doc in items:
-        if isinstance(doc, FileWarning):
+    pending: list[PendingOcr] = []
+    for doc in _then_ocrd(items, pending, passwords=passwords, ocr=ocr, ocr_remote=ocr_remote):
+        if isinstance(doc, PendingOcr):
+            pending.append(doc)
+        elif isinstance(doc, FileWarning):
             plan.warnings.append(doc)
         elif isinstance(doc, SkippedFile):
             skip(doc)
@@ -293,7 +312,10 @@ def _load_and_chunk(
             plan.skipped.append(SkippedFile(path=doc.source, reason=f"same content as {dup}", error="DuplicateFile"))
             continue
         seen_hashes[doc.content_hash] = doc.source
-        if made is not None:
+        if "ocr_pages" in doc.metadata:
+            plan.ocr_pages[doc.source] = list(doc.metadata["ocr_pages"])
+            plan.ocr_engine = doc.metadata.get("ocr_engine")
+        if made is not None and doc.source in made:
             chunks = made[doc.source]
         else:
             chunker = chunker if isinstance(chunker, Chunker) else chunker()
@@ -309,6 +331,44 @@ def _load_and_chunk(
             done.note(f"{len(plan.new_chunks)} chunks" + (f", {n_workers} processes" if done is stage else ""))
             done.close()
     return time.perf_counter() - chunk_seconds
+
+
+#: Remote mode's OCR: pages to OCR in, each page's result (or the exception it raised) out, in order.
+RemoteOcr = Callable[[list[OcrJob]], list[Any]]
+
+#: Pages sent to the remote OCR function per call (each call maps over them).
+OCR_BATCH = 256
+
+
+def _then_ocrd(
+    items: Iterable[Any], pending: list[PendingOcr], *, passwords: Passwords, ocr: OcrSettings | None,
+    ocr_remote: RemoteOcr | None,
+) -> Iterable[Any]:
+    """``items``, then (remote mode) the files of ``pending`` read again once their pages are OCR'd remotely.
+
+    ``pending`` fills as ``items`` are consumed. The results go into the OCR cache, so the
+    loader finds them there; a page that failed remotely is a warning naming it.
+    """
+    yield from items
+    if not pending or ocr is None:
+        return
+    cache = OcrCache(ocr.cache_dir)
+    errors: dict[str, dict[int, str]] = {p.content_hash: {} for p in pending}
+    jobs = [job for p in pending for job in p.jobs]
+    for start in range(0, len(jobs), OCR_BATCH):
+        batch = jobs[start:start + OCR_BATCH]
+        outputs = ocr_remote(batch) if ocr_remote is not None else [None] * len(batch)
+        done: dict[str, dict[int, dict[str, Any]]] = {}
+        for job, out in zip(batch, outputs, strict=True):
+            if isinstance(out, dict):
+                done.setdefault(job.content_hash, {})[job.page] = out
+            else:
+                reason = str(out) if isinstance(out, BaseException) else "no OCR function to run it"
+                errors[job.content_hash][job.page] = reason if reason.startswith("page ") else f"page {job.page}: {reason}"
+        for content_hash, pages in done.items():
+            cache.store(content_hash, ocr.engine, pages)
+    again = dataclasses.replace(ocr, errors=errors)
+    yield from iter_documents([Path(p.path) for p in pending], passwords=passwords, ocr=again)
 
 
 def _add_file(
@@ -382,6 +442,7 @@ def nothing_to_index(plan: UpdatePlan) -> NoDocumentsError:
         index_name=plan.name,
         skipped=plan.skipped,
         warnings=plan.warnings,
+        ocr_pages=plan.ocr_pages,
         timings=plan.timings,
         chunks_written=0,
         chunks_total=0,

@@ -220,6 +220,9 @@ class IndexReport(_Record):
     metadata_updated: list[str] = Field(
         default_factory=list, description="Files whose metadata alone changed (nothing re-encoded)."
     )
+    ocr_pages: dict[str, list[int]] = Field(
+        default_factory=dict, description="Pages read by OCR (fresh or from the OCR cache), by file indexed."
+    )
     chunks_written: int = Field(0, description="Chunks encoded by this call.")
     chunks_total: int = Field(0, description="Chunks in the index after this call.")
     documents_total: int = 0

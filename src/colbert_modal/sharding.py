@@ -350,6 +350,7 @@ def apply(
         name=plan.name, model=plan.settings.model, max_tokens=plan.settings.max_tokens,
         overlap=plan.settings.overlap, backend="+".join(kinds) or "exact", generation=store.next_generation_number(),
         created_at=top.manifest.created_at if top else now_iso(), files=files, format=SHARDED_FORMAT, shards=live,
+        ocr=getattr(plan, "ocr_engine", None) or (top.manifest.ocr if top and not plan.rebuild else None),
     )
     with progress.stage("publishing", unit="generation") as stage:
         try:
@@ -434,6 +435,7 @@ def _report(plan: UpdatePlan, files: Mapping[str, FileEntry], removed: list[str]
         metadata_updated=meta,
         skipped=plan.skipped,
         warnings=plan.warnings,
+        ocr_pages=getattr(plan, "ocr_pages", {}),
         chunks_written=sum(r.report.chunks_written for r in results),
         chunks_total=sum(int(v.get("chunks") or 0) for v in live.values()),
         documents_total=len(files),

@@ -147,6 +147,8 @@ class Manifest:
     #: A sharded index's top manifest: shard id -> ``{"generation": its live generation
     #: (None: empty), "backend", "chunks"}`` (:mod:`colbert_modal.sharding`); else None.
     shards: dict[str, dict[str, Any]] | None = None
+    #: The OCR engine that read the index's scanned pages (``ocr.engine_id``), None where none was OCR'd.
+    ocr: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as stored (a sharded index's top manifest: with its checksum, see :mod:`.integrity`)."""
@@ -163,6 +165,7 @@ class Manifest:
             "files": {p: e.to_json() for p, e in sorted(self.files.items())},
             **({"checksums": self.checksums} if self.checksums is not None else {}),
             **({"shards": dict(sorted(self.shards.items()))} if self.shards is not None else {}),
+            **({"ocr": self.ocr} if self.ocr is not None else {}),
         }
         return with_checksum(data) if self.shards is not None else data
 
@@ -170,7 +173,7 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         files = {p: FileEntry(**e) for p, e in data.get("files", {}).items()}
         keys = ("name", "model", "max_tokens", "overlap", "backend", "generation", "created_at", "updated_at", "format",
-                "checksums", "shards")
+                "checksums", "shards", "ocr")
         return cls(files=files, **{k: data[k] for k in keys if k in data})
 
     @property

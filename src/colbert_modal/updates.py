@@ -73,6 +73,7 @@ def apply_update(
         "metadata_updated": sorted(meta_changes),
         "skipped": plan.skipped,
         "warnings": plan.warnings,
+        "ocr_pages": getattr(plan, "ocr_pages", {}),
     }
     if prev is None and not plan.new_chunks:
         raise nothing_to_index(plan)
@@ -118,6 +119,7 @@ def apply_update(
         generation=store.next_generation_number(),
         created_at=prev.manifest.created_at if prev and not plan.rebuild else now_iso(),
         files=files,
+        ocr=getattr(plan, "ocr_engine", None) or (prev.manifest.ocr if prev and not plan.rebuild else None),
     )
     try:
         build_dir = store.new_build_dir(manifest.generation)

@@ -142,9 +142,13 @@ def render_page(
             textpage = pdf_page.get_textpage()
             chars = [chr(pdfium_c.FPDFText_GetUnicode(textpage.raw, i)) for i in range(textpage.count_chars())]
             found = find_passage(chars, passage)
+            char_boxes: list[Box] = []
             if found is not None:
-                height = pdf_page.get_height()
                 char_boxes = [textpage.get_charbox(i, loose=True) for i in range(*found)]
+            else:  # a scanned page: the characters OCR read there, and their boxes
+                char_boxes = _ocr_boxes(path, page, passage)
+            if char_boxes:
+                height = pdf_page.get_height()
                 for left, bottom, right, top in line_boxes(char_boxes):
                     boxes.append(
                         (int(left * scale), int((height - top) * scale), int(right * scale) + 1,
@@ -162,6 +166,24 @@ def render_page(
         return image
     finally:
         pdf.close()
+
+
+def _ocr_boxes(path: Path, page: int, passage: str) -> list[Box]:
+    """The boxes of ``passage`` on page ``page`` of ``path`` as OCR read it (the OCR cache), or []."""
+    import hashlib
+
+    from .ocr import OcrCache, default_cache_dir
+
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    entry = OcrCache(default_cache_dir()).load(sha.hexdigest()).get(page)
+    if not entry:
+        return []
+    chars, boxes = entry.get("chars", ""), entry.get("boxes", [])
+    found = find_passage(list(chars), passage) if len(chars) == len(boxes) else None
+    return [(b[0], b[1], b[2], b[3]) for b in boxes[found[0]:found[1]]] if found is not None else []
 
 
 def open_file(

@@ -244,6 +244,12 @@ class RemoteSession:
             raise RemoteError(f"{what}: the Modal container ended without a report")
         return streamed
 
+    def ocr_pages(self, jobs: list[Any]) -> list[Any]:
+        """``modal_app.ocr_page`` mapped over ``jobs``: each page's OCR result, or the exception it raised."""
+        self._check_open()
+        with translated(f"OCR'ing {len(jobs)} scanned page(s)"):
+            return self.transport.map(self._handle("ocr_page", cls=False), jobs)
+
     def adopt(self, name: str, upload: str) -> IndexInfo:
         info: IndexInfo = self.call(
             self._writer().adopt, name, upload, what=f"publishing the pushed index {name!r}", limit=self.writer_timeout()

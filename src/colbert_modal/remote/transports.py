@@ -180,6 +180,10 @@ class Transport:
     def stream(self, fn: Any, *args: Any, **kwargs: Any) -> Iterable[Any]:
         return fn.remote_gen(*args, **kwargs)
 
+    def map(self, fn: Any, inputs: list[Any]) -> list[Any]:
+        """``fn`` over ``inputs`` in parallel containers (``.map``): outputs in order, an exception for a failed one."""
+        return list(fn.map(inputs, order_outputs=True, return_exceptions=True))
+
     async def call_aio(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """:meth:`call` awaited on the caller's loop: modal's own ``.remote.aio`` (no thread)."""
         return await fn.remote.aio(*args, **kwargs)
@@ -297,6 +301,15 @@ class InProcessTransport(Transport):
     def stream(self, fn: Any, *args: Any, **kwargs: Any) -> Iterable[Any]:
         args, kwargs = _roundtrip((args, kwargs))
         return (_roundtrip(item) for item in fn.local(*args, **kwargs))
+
+    def map(self, fn: Any, inputs: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for item in inputs:
+            try:
+                out.append(_roundtrip(fn.local(_roundtrip(item))))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def call_aio(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """The body runs here, so in a worker thread (on Modal it runs in the container)."""

@@ -87,6 +87,10 @@ class RemoteRunner:
             self.check_model(model)
         return self.session.rerank(self.name, query, list(items), k, model=model, max_tokens=max_tokens)
 
+    def ocr_pages(self, jobs: list[Any]) -> list[Any]:
+        """OCR scanned pages (``ocr.OcrJob`` s) on Modal, one CPU container per page at most; results in order."""
+        return self.session.ocr_pages(jobs)
+
     def forget(self) -> None:
         """Nothing is loaded here: the Searcher containers follow new generations themselves."""
 
