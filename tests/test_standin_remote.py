@@ -516,6 +516,7 @@ def test_a_rerank_reading_the_volume_never_fails_a_concurrent_search_for_its_own
     assert len({c.container for c in standin.calls if c.tag.startswith("Searcher.")}) == 1
 
 
+@pytest.mark.slow
 def test_scanned_pages_are_ocrd_by_the_modal_function_mapped_over_pages(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
