@@ -68,10 +68,10 @@ class SearcherIndex:
         self.name = name
         searcher = Searcher(index_name=name)  # type: ignore[call-arg]  # modal.parameter() fields
 
-        async def search_batch(queries, k=10, where=None):
+        async def search_batch(queries, k=10, where=None, **how):  # how: mode, keyword_weight
             if modal.is_local():
-                return await asyncio.to_thread(searcher.search_batch.local, queries, k, where=where)
-            return await searcher.search_batch.remote.aio(queries, k, where=where)  # pragma: no cover - Modal
+                return await asyncio.to_thread(searcher.search_batch.local, queries, k, where=where, **how)
+            return await searcher.search_batch.remote.aio(queries, k, where=where, **how)  # pragma: no cover - Modal
 
         async def info():
             return await asyncio.to_thread(server.read_info, server.volume_path(), name)
