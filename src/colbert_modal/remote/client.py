@@ -280,7 +280,7 @@ class RemoteSession:
         shard_ids = self.shard_ids(name)
         if shard_ids:
             return self._search_shards(name, shard_ids, queries, k, where, mode, keyword_weight)
-        how = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
         searcher = self._handle("Searcher", cls=True, options=self.search_options)(index_name=name)
         results = self.call(
             searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where, **how,
@@ -400,7 +400,7 @@ class RemoteSession:
                 raise FanOut(name, shard_ids, None).gave_up()
             except _Unsharded:
                 pass
-        how = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
         searcher = self._handle("Searcher", cls=True, options=self.search_options)(index_name=name)
         results = await self.call_aio(
             searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where, **how,
