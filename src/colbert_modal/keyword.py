@@ -44,6 +44,7 @@ __all__ = [
     "HYBRID_DEPTH",
     "KEYWORD_FILE",
     "MODES",
+    "MODE_SCHEMA",
     "RRF_K",
     "TOKENIZER",
     "KeywordIndex",
@@ -52,6 +53,7 @@ __all__ = [
     "check_mode",
     "combine_stats",
     "query_terms",
+    "request_how",
 ]
 
 #: The keyword index's file name in a generation directory.
@@ -249,10 +251,28 @@ class KeywordIndex:
 
 
 def check_mode(mode: object, keyword_weight: object) -> None:
-    """ConfigurationError unless ``mode`` is a search mode and ``keyword_weight`` a finite number >= 0."""
-    if mode not in MODES:
-        raise ConfigurationError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    """ConfigurationError unless ``mode`` is a search mode and ``keyword_weight`` a finite number >= 0
+    (its ``field`` names the culprit, for the HTTP API's 400)."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise _field_error("mode", f"mode must be one of {', '.join(MODES)}; got {str(mode)[:40]!r}")
     if isinstance(keyword_weight, bool) or not isinstance(keyword_weight, (int, float)) or not (
             math.isfinite(keyword_weight) and keyword_weight >= 0):
-        raise ConfigurationError(f"keyword_weight must be a finite number >= 0, got {keyword_weight!r}")
+        raise _field_error("keyword_weight", f"keyword_weight must be a finite number >= 0, got {keyword_weight!r}")
+
+
+def request_how(body: Any) -> dict[str, Any]:
+    """The ``mode`` and ``keyword_weight`` of an HTTP search request's JSON body (those given), checked."""
+    how = {f: body[f] for f in ("mode", "keyword_weight") if f in body}
+    check_mode(how.get("mode", "colbert"), how.get("keyword_weight", 1.0))
+    return how
+
+
+#: The HTTP API's ``mode`` and ``keyword_weight`` request fields, as OpenAPI properties.
+MODE_SCHEMA = {"mode": {"enum": list(MODES), "default": "colbert"}, "keyword_weight": {"type": "number", "minimum": 0}}
+
+
+def _field_error(field: str, message: str) -> ConfigurationError:
+    exc = ConfigurationError(message)
+    exc.field = field  # type: ignore[attr-defined]
+    return exc
 
