@@ -176,6 +176,7 @@ class KeywordIndex:
             for pid, n in con.execute("SELECT pid, n FROM lengths"):
                 self.lengths[pid] = n
             con.execute("CREATE VIRTUAL TABLE temp.v USING fts5vocab(main, chunks, instance)")
+            con.execute("CREATE VIRTUAL TABLE temp.r USING fts5vocab(main, chunks, row)")
         except (sqlite3.Error, KeyError, ValueError, IndexError) as exc:
             con.close()
             raise IndexStorageError(f"keyword index {where} cannot be read ({type(exc).__name__}: {exc}); "
@@ -210,9 +211,15 @@ class KeywordIndex:
         arr = np.asarray(rows, dtype=np.int64)
         return arr[:, 0], arr[:, 1].astype(np.float64)
 
+    def _df(self, term: str) -> int:
+        """How many chunks hold ``term`` (FTS5's row vocabulary: no postings read)."""
+        with self._lock:
+            row = self._con.execute("SELECT doc FROM temp.r WHERE term = ?", (term,)).fetchone()
+        return int(row[0]) if row else 0
+
     def stats(self, queries: Sequence[str]) -> list[KeywordStats]:
         """Each query's :data:`KeywordStats` in this index."""
-        return [{"docs": self.docs, "tokens": self.tokens, "df": {t: len(self._postings(t)[0]) for t in terms}}
+        return [{"docs": self.docs, "tokens": self.tokens, "df": {t: self._df(t) for t in terms}}
                 for terms in self.terms(queries)]
 
     def scores(self, query: str, stats: KeywordStats | None = None) -> np.ndarray:
