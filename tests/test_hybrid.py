@@ -315,3 +315,27 @@ def test_http_mode(built: ColbertIndexer) -> None:
                 assert r.json()["error"]["field"] == field
         schema = client.get("/openapi.json").json()["components"]
         assert "mode" in schema["SearchRequest"]["properties"] and "mode" in schema["SearchBatchRequest"]["properties"]
+
+
+def test_search_page_mode_select(built: ColbertIndexer) -> None:
+    """Headless Chromium opens /?q=...&mode=hybrid: the page asks for hybrid hits (its select keeps the mode)."""
+    httpx = pytest.importorskip("httpx")
+    from test_search_page import browse, find_chromium, start_server
+
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no Chromium found (scripts/install-chromium installs Debian's chromium)")
+    proc, base = start_server(built.index_root, "-n", "hyb")
+    try:
+        warm = httpx.post(f"{base}/search", json={"index": "hyb", "query": DOCKET, "mode": "hybrid"}, timeout=120)
+        assert warm.status_code == 200, warm.text
+        dom = {m: browse(browser, f"{base}/?q={DOCKET}&index=hyb&k=2&mode={m}") for m in ("hybrid", "colbert")}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    for mode, page in dom.items():
+        assert 'data-state="done"' in page, page[-3000:]
+        first = built.search(DOCKET, k=2, mode=mode)[0]
+        assert page.index(Path(first.source).name) < page.index(
+            "a-notice.txt" if mode == "hybrid" else "b-docket.txt")
+        assert f"score {first.score:.2f}" in page
