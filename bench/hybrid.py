@@ -15,7 +15,8 @@ and each of ``--weights``). Printed per ``kind`` in the file (paraphrase,
 keyword, identifier, ... whatever it holds) and over all: recall@1,
 recall@5 (a passage of an answer page in the top 1 / 5) and MRR@10, as
 ``quality.py`` counts them. Then the cost of each mode per query on that
-index (CPU ms, one ``search_batch`` of all questions, best of 3).
+index (CPU ms with torch on one thread, one ``search_batch`` of all questions,
+the modes alternated, best of 5).
 
 **Cost at 10k chunks** (``--chunks``): the texts of section 8's 10k corpus
 (``quality.corpus_records``: the 8 PDFs' chunks plus word-shuffled copies),
@@ -89,6 +90,9 @@ def quality(ckpt: str, names: list[str], weights: list[float]) -> dict[str, Any]
     cost = dict.fromkeys(runs, float("inf"))
     for name, how in runs.items():
         ranked[name] = _hits(idx.search_batch(questions, k=10, **how))  # also warms: model and files loaded
+    import torch
+
+    torch.set_num_threads(1)  # CPU time of one thread: comparable between modes on a shared machine
     for _ in range(5):  # the modes alternated, best of 5 each: fair on a loaded machine
         for name, how in runs.items():
             t0 = time.process_time()
@@ -97,7 +101,7 @@ def quality(ckpt: str, names: list[str], weights: list[float]) -> dict[str, Any]
     print(f"\n== labelled set: {len(qs)} questions over {len(pdfs)} PDFs ({report.chunks_total} chunks; "
           f"{skipped} questions about other files left out) ==")
     table = _table(ranked, qs)
-    print("\nCPU ms per query (one search_batch of all questions, modes alternated, best of 5): "
+    print("\nCPU ms per query (torch on 1 thread; one search_batch of all questions, modes alternated, best of 5): "
           + ", ".join(f"{n} {c:.1f}" for n, c in cost.items()))
     sizes = {p.name: p.stat().st_size for p in gen.iterdir() if p.is_file()}
     print(f"generation files: {sizes}; build CPU {build_cpu:.1f} s")
