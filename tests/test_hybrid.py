@@ -10,6 +10,7 @@ engine runs with the tiny checkpoint throughout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -265,8 +266,9 @@ def test_inprocess_remote_searches_with_mode(built: ColbertIndexer, kw: dict, in
         with ColbertIndexer(f"r{shards}", mode="remote", **{**kw, "shards": shards}) as remote:
             remote.index([docs])
             for mode in ("keyword", "hybrid"):
-                assert remote.search_batch([DOCKET, "walrus"], k=3, mode=mode) == built.search_batch(
-                    [DOCKET, "walrus"], k=3, mode=mode)
+                expected = built.search_batch([DOCKET, "walrus"], k=3, mode=mode)
+                assert remote.search_batch([DOCKET, "walrus"], k=3, mode=mode) == expected
+                assert asyncio.run(remote.search_batch.aio([DOCKET, "walrus"], k=3, mode=mode)) == expected  # .aio
             assert _names(remote.search(DOCKET, k=1, mode="hybrid", where={"file_name": "b-docket.txt"})) == [
                 "b-docket.txt"]
 

@@ -14,6 +14,7 @@ Hugging Face cache of the test's own (the tiny test checkpoint under both).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import threading
@@ -488,6 +489,11 @@ def test_keyword_and_hybrid_search_in_the_searcher_containers(standin: StandIn, 
                     queries, k=3, mode=mode, where=where)
             assert idx.search(queries[0], k=2, mode="hybrid", keyword_weight=2.5) == reference.search(
                 queries[0], k=2, mode="hybrid", keyword_weight=2.5)
+
+            async def both() -> list:  # .aio: modal's .remote.aio on this loop (a sharded index's two rounds too)
+                return await asyncio.gather(*(idx.search_batch.aio(queries, k=3, mode=m) for m in ("keyword", "hybrid")))
+
+            assert asyncio.run(both()) == [reference.search_batch(queries, k=3, mode=m) for m in ("keyword", "hybrid")]
             with pytest.raises(ConfigurationError, match="mode"):
                 idx.search(queries[0], mode="bm25")
     shard_calls = standin.calls_of("Searcher.search_shard")
