@@ -19,7 +19,7 @@ publish, except the one just replaced (a reader may still be using it); the
 next writer also removes what a killed or failed writer left (builds,
 unpublished generations, ``.CURRENT.<pid>.tmp`` files).
 
-The manifest records a checksum of ``chunks.jsonl`` and of each engine file
+The manifest records a checksum of ``chunks.jsonl``, ``keyword.sqlite`` and of each engine file
 (``checksums``, absent in indexes made before it); a generation is checked
 against them before it is searched or built on
 (:meth:`Generation.verified_chunks`), so a damaged index raises
