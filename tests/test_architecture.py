@@ -24,7 +24,8 @@ LAYERS: list[list[str]] = [
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["records", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily
     ["hub", "names", "models"],  # model names to checkpoints; index and generation names; models: records' old name
-    ["files", "integrity"],  # reading input files safely; checksums, the top manifest's checks, storage errors
+    ["files", "integrity", "keyword"],  # reading input files safely; checksums, the top manifest's checks, storage
+    # errors; keyword: the BM25 index of a generation (SQLite FTS5)
     # engine.extensions: colbert-ai's C++ extension compiles, the stale-lock guard (torch only, no colbert-ai)
     ["loaders", "chunking", "store", "filters", "engine.extensions"],
     # engine/: the only importer of ragatouille / colbert-ai (through _upstream)

@@ -14,6 +14,7 @@ Hugging Face cache of the test's own (the tiny test checkpoint under both).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import threading
@@ -551,3 +552,34 @@ def test_scanned_pages_are_ocrd_by_the_modal_function_mapped_over_pages(
         assert manifest is not None and manifest.ocr == ocr.engine_id(ocr.lock_version() or "")
         assert idx.index([mixed, scan], rebuild=True).ocr_pages == {str(mixed): [2], str(scan): [1]}
         assert sorted(in_function) == [1, 2]  # read from this machine's OCR cache: not sent again
+
+
+@pytest.mark.slow
+def test_keyword_and_hybrid_search_in_the_searcher_containers(standin: StandIn, corpus_dir: Path, tmp_path: Path
+                                                               ) -> None:
+    """mode= reaches the Searcher; a sharded index's shards answer BM25 statistics, then their lists,
+    and the client fuses them: the local unsharded index's results exactly, ties and filters included."""
+    reference = ColbertIndexer("ref", model=HUB_ID, index_root=tmp_path / "ref", backend="exact", progress=False)
+    reference.index([corpus_dir])
+    queries = [*SHARD_QUERIES, "the state of the world", "NEAR(penguin) \"quartz*"]
+    where = {"file_name": "bestiary.pdf"}
+    for name, shards in (("plain", 1), ("sharded", 3)):
+        with _remote(tmp_path, name, model=HUB_ID, shards=shards) as idx:
+            idx.index([corpus_dir])
+            for mode in ("keyword", "hybrid"):
+                for k in (1, 3, 10):
+                    assert idx.search_batch(queries, k=k, mode=mode) == reference.search_batch(queries, k=k, mode=mode)
+                assert idx.search_batch(queries, k=3, mode=mode, where=where) == reference.search_batch(
+                    queries, k=3, mode=mode, where=where)
+            assert idx.search(queries[0], k=2, mode="hybrid", keyword_weight=2.5) == reference.search(
+                queries[0], k=2, mode="hybrid", keyword_weight=2.5)
+
+            async def both() -> list:  # .aio: modal's .remote.aio on this loop (a sharded index's two rounds too)
+                return await asyncio.gather(*(idx.search_batch.aio(queries, k=3, mode=m) for m in ("keyword", "hybrid")))
+
+            assert asyncio.run(both()) == [reference.search_batch(queries, k=3, mode=m) for m in ("keyword", "hybrid")]
+            with pytest.raises(ConfigurationError, match="mode"):
+                idx.search(queries[0], mode="bm25")
+    shard_calls = standin.calls_of("Searcher.search_shard")
+    assert {c.kwargs.get("mode", "colbert") for c in shard_calls} >= {"stats", "keyword", "hybrid"}
+    assert {c.kwargs.get("mode") for c in standin.calls_of("Searcher.search_batch")} >= {"keyword", "hybrid"}

@@ -402,12 +402,18 @@ def _print_report(report: IndexReport, *, where: str, seconds: float, verb: str 
               help='The filter as a JSON object, e.g. \'{"year": {"$gte": 2020}}\'.')
 @click.option("--open", "open_best", is_flag=True,
               help="Open the best hit's file in your viewer (PDFs at the hit's page where the viewer allows).")
+@click.option("--mode", type=click.Choice(["colbert", "hybrid", "keyword"]), default=None,
+              help="How to rank: ColBERT alone (default), BM25 keywords alone, or both fused (exact identifiers).")
+@click.option("--hybrid", is_flag=True, help="Shorthand for --mode hybrid.")
+@click.option("--keyword-weight", type=float, default=1.0, show_default=True,
+              help="Hybrid mode: the keyword ranking's weight in the fusion (ColBERT's is 1).")
 @index_root_option
 @remote_option
 @json_option
 def search(
     query: str, name: str, k: int, width: int, wheres: tuple[str, ...], where_json: str | None,
-    open_best: bool, index_root: Path | None, remote: bool, as_json: bool,
+    open_best: bool, mode: str | None, hybrid: bool, keyword_weight: float, index_root: Path | None, remote: bool,
+    as_json: bool,
 ) -> None:
     """Search an index: the best passages for QUERY, best first.
 
@@ -416,8 +422,11 @@ def search(
     prints the full results.
     """
     where = parse_where_options(wheres, where_json)
+    if hybrid and mode not in (None, "hybrid"):
+        raise click.UsageError(f"--hybrid and --mode {mode} disagree; give one of them")
+    how: dict[str, Any] = {"mode": "hybrid" if hybrid else mode or "colbert", "keyword_weight": keyword_weight}
     with _indexer(name, index_root=index_root, remote=remote) as indexer:
-        results = indexer.search(query, k=k, where=where)
+        results = indexer.search(query, k=k, where=where, **how)
     if open_best and results:
         from .view import open_file
 

@@ -98,8 +98,8 @@ class Dispatch(Generic[P, R]):
                 return await bridge(self._on, mode, *args, **kwargs)
         return await asyncio.to_thread(self._on, mode, *args, **kwargs)
 
-    def _on(self, mode: Mode, *args: Any, **kwargs: Any) -> R:
-        token = _FORCED.set((id(self._obj), mode))
+    def _on(self, side: Mode, /, *args: Any, **kwargs: Any) -> R:  # positional-only: search() takes a mode= too
+        token = _FORCED.set((id(self._obj), side))
         try:
             return self._fn(self._obj, *args, **kwargs)
         finally:

@@ -57,6 +57,7 @@ from .errors import (
 )
 from .filters import parse_where
 from .indexer import ColbertIndexer
+from .keyword import MODE_SCHEMA, request_how
 from .records import Chunk, IndexInfo, IndexReport, SearchResult
 from .sharding import shard_generation
 from .store import IndexStore, default_index_root, list_indexes, validate_index_name
@@ -134,7 +135,7 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     message = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate cannot go out
     cls = exc.like if isinstance(exc, FieldError) else type(exc)
     types = [c.__name__ for c in cls.__mro__ if c.__name__ in errors.__all__]
-    field = exc.field if isinstance(exc, FieldError) else None
+    field = getattr(exc, "field", None)  # a FieldError's, or keyword.check_mode's
     return status, {"error": {"type": types[0], "types": types, "message": message, "field": field}}
 
 
@@ -412,18 +413,18 @@ def create_app(
 
     async def search(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        check_fields(body, ("index", "query"), ("k", "where"))
+        check_fields(body, ("index", "query"), ("k", "where", "mode", "keyword_weight"))
         indexer = indexes.get(body["index"], field="index")
         query, k, where = check_query(body["query"], "query"), check_k(body.get("k", 10)), check_where(body.get("where"))
-        hits = (await indexer.search_batch.aio([query], k=k, where=where))[0]
+        hits = (await indexer.search_batch.aio([query], k=k, where=where, **request_how(body)))[0]
         return JSONResponse({"index": indexer.name, "query": query, "hits": _hits(hits)})
 
     async def search_batch(request: Request) -> Response:
         body = await read_json(request, max_body_bytes)
-        check_fields(body, ("index", "queries"), ("k", "where"))
+        check_fields(body, ("index", "queries"), ("k", "where", "mode", "keyword_weight"))
         indexer = indexes.get(body["index"], field="index")
         queries, k, where = check_queries(body["queries"]), check_k(body.get("k", 10)), check_where(body.get("where"))
-        results = await indexer.search_batch.aio(queries, k=k, where=where) if queries else []
+        results = await indexer.search_batch.aio(queries, k=k, where=where, **request_how(body)) if queries else []
         out = [{"query": q, "hits": _hits(hits)} for q, hits in zip(queries, results, strict=True)]
         return JSONResponse({"index": indexer.name, "results": out})
 
@@ -539,9 +540,9 @@ def openapi_schema(*, allow_writes: bool, token: bool) -> dict[str, Any]:
             "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}}},
         "SearchRequest": {"type": "object", "required": ["index", "query"], "additionalProperties": False,
                           "properties": {"index": {"type": "string"}, "query": {"type": "string"}, "k": k,
-                                         "where": where}},
+                                         "where": where, **MODE_SCHEMA}},
         "SearchBatchRequest": {"type": "object", "required": ["index", "queries"], "additionalProperties": False,
-                               "properties": {"index": {"type": "string"}, "k": k, "where": where,
+                               "properties": {"index": {"type": "string"}, "k": k, "where": where, **MODE_SCHEMA,
                                               "queries": {"type": "array", "maxItems": MAX_QUERIES,
                                                           "items": {"type": "string"}}}},
         "SearchResponse": {"type": "object", "properties": {"index": {"type": "string"},

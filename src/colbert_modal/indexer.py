@@ -15,6 +15,7 @@ from .engine import BACKENDS, check_precision
 from .errors import ConfigurationError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
+from .keyword import check_mode
 from .loaders import Passwords
 from .ocr import OcrSettings, settings_for
 from .pipeline import (
@@ -39,7 +40,10 @@ from .texts import check_ids, check_records, plan_text_deletion, plan_texts, pub
 if TYPE_CHECKING:  # pragma: no cover
     from .runners.remote import RemoteRunner
 
-__all__ = ["DEFAULT_MODEL", "ColbertIndexer", "Mode"]
+__all__ = ["DEFAULT_MODEL", "ColbertIndexer", "Mode", "SearchMode"]
+#: How :meth:`ColbertIndexer.search` ranks: ColBERT alone, BM25 alone, or both fused.
+SearchMode = Literal["colbert", "hybrid", "keyword"]
+
 class ColbertIndexer:
     """A named ColBERT index over your files, searched in-process or on Modal.
 
@@ -322,25 +326,36 @@ class ColbertIndexer:
         return public_report(self._runner().update(plan, rebuild=False, must_exist=True, progress=self._progress()))
 
     @dispatchable
-    def search(self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None) -> list[SearchResult]:
+    def search(
+        self, query: str, *, k: int = 10, where: Mapping[str, Any] | None = None, mode: SearchMode = "colbert",
+        keyword_weight: float = 1.0,
+    ) -> list[SearchResult]:
         """The ``k`` best passages for ``query``, best first (always a list).
 
         ``where``: search only the chunks that match these conditions (see
         :mod:`colbert_modal.filters`), e.g. ``{"year": 2023, "page": {"$gte": 10}}``;
         the best ``min(k, matching chunks)`` of them are returned.
+        ``mode``: ``"colbert"`` (default: ColBERT's MaxSim), ``"keyword"`` (BM25 over the
+        index's keyword file, :mod:`colbert_modal.keyword`) or ``"hybrid"``: both rankings
+        (100 deep, or ``k``) fused by reciprocal rank, ``1/(60 + rank)`` for ColBERT plus
+        ``keyword_weight/(60 + rank)`` for BM25; a hit's ``score`` is then that sum.
+        Exact identifiers (docket, part and section numbers) are where keyword and hybrid help.
         """
-        return self.search_batch(_one_query(query), k=k, where=where)[0]
+        return self.search_batch(_one_query(query), k=k, where=where, mode=mode, keyword_weight=keyword_weight)[0]
 
     @dispatchable
     def search_batch(
-        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None
+        self, queries: Sequence[str], *, k: int = 10, where: Mapping[str, Any] | None = None,
+        mode: SearchMode = "colbert", keyword_weight: float = 1.0,
     ) -> list[list[SearchResult]]:
-        """One result list per query, in order (always a list of lists); ``where`` as in :meth:`search`."""
+        """One result list per query, in order (always a list of lists); ``where``, ``mode`` as in :meth:`search`."""
         queries = check_queries(queries, k)
         parse_where(where)  # a bad filter fails before the index is opened or any remote call
+        check_mode(mode, keyword_weight)
         if not queries:
             return []
-        return list(self._runner().search_batch(queries, k, dict(where) if where else None))
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": float(keyword_weight)} if mode != "colbert" else {}
+        return list(self._runner().search_batch(queries, k, dict(where) if where else None, **how))
 
     @dispatchable
     def rerank(self, query: str, texts: Iterable[Any], *, k: int | None = None) -> list[RerankResult]:

@@ -71,8 +71,9 @@ def file_checksum(path: Path) -> str:
 
 
 def generation_checksums(path: Path) -> dict[str, str]:
-    """Checksums of chunks.jsonl and every engine file of the generation in ``path``."""
-    files = [path / "chunks.jsonl", *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
+    """Checksums of chunks.jsonl, keyword.sqlite (where there is one) and every engine file of the generation in ``path``."""
+    keyword = [path / "keyword.sqlite"] if (path / "keyword.sqlite").is_file() else []  # the BM25 index (keyword.py)
+    files = [path / "chunks.jsonl", *keyword, *sorted(p for p in (path / "engine").rglob("*") if p.is_file())]
     return {p.relative_to(path).as_posix(): file_checksum(p) for p in files}
 
 

@@ -488,14 +488,23 @@ class Searcher:
             self.index_server.refresh()
 
     @modal.method()
-    def search_batch(self, queries, k: int = 10, min_generation=None, where=None):
-        """One result list per query; switches to a newer published generation first. ``where``: a filter."""
-        return self.index_server.search_batch(queries, k, min_generation=min_generation, where=where)
+    def search_batch(self, queries, k: int = 10, min_generation=None, where=None, mode="colbert",
+                     keyword_weight=1.0):
+        """One result list per query; switches to a newer published generation first. ``where``: a filter;
+        ``mode``: "colbert", "keyword" or "hybrid" (``keyword_weight``: BM25's weight in the fusion)."""
+        return self.index_server.search_batch(queries, k, min_generation=min_generation, where=where, mode=mode,
+                                              keyword_weight=keyword_weight)
 
     @modal.method()
-    def search_shard(self, queries, k: int = 10, min_generation=None, where=None):
-        """:meth:`search_batch` and the generation it served: a ``sharding.ShardAnswer``."""
-        generation, results = self.index_server.search(queries, k, min_generation=min_generation, where=where)
+    def search_shard(self, queries, k: int = 10, min_generation=None, where=None, mode="colbert", stats=None):
+        """:meth:`search_batch` and the generation it served: a ``sharding.ShardAnswer``. ``mode`` other than
+        "colbert": this shard's part of a keyword or hybrid search (``search.search_part``; ``stats``: the
+        whole index's BM25 statistics)."""
+        if mode != "colbert":
+            generation, results = self.index_server.search_part(queries, k, part=mode, stats=stats,
+                                                                min_generation=min_generation, where=where)
+        else:
+            generation, results = self.index_server.search(queries, k, min_generation=min_generation, where=where)
         loaded = self.index_server.loaded
         shard_count = len(loaded.manifest.shards or {}) if loaded is not None else 0
         return ShardAnswer(generation, results, shard_count)

@@ -79,11 +79,11 @@ class SearcherIndex:
         self.name = name
         searcher = Searcher(index_name=name)  # type: ignore[call-arg]  # modal.parameter() fields
 
-        async def search_batch(queries, k=10, where=None):
+        async def search_batch(queries, k=10, where=None, **how):  # how: mode, keyword_weight
             if modal.is_local():
-                return await asyncio.to_thread(searcher.search_batch.local, queries, k, where=where)
+                return await asyncio.to_thread(searcher.search_batch.local, queries, k, where=where, **how)
             with translated(f"searching {name!r}"):  # Modal's errors as ours: a timeout 504, unavailable 503
-                return await searcher.search_batch.remote.aio(queries, k, where=where)
+                return await searcher.search_batch.remote.aio(queries, k, where=where, **how)
 
         async def info():
             return await asyncio.to_thread(indexes.read_info, name)

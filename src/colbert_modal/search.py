@@ -25,10 +25,22 @@ from typing import Any
 from .engine import Hits, SearchIndex, get_engine
 from .errors import ConfigurationError, EngineError, IndexStorageError
 from .filters import ChunkColumns, parse_where
+from .keyword import HYBRID_DEPTH, KEYWORD_FILE, RRF_K, KeywordIndex, KeywordStats, check_mode
 from .records import Chunk, SearchResult, SearchResults, public_source
 from .store import Generation, IndexStore, Manifest
 
-__all__ = ["LiveIndex", "OpenGeneration", "OpenIndex", "check_queries", "result_key", "score_key", "to_results"]
+__all__ = [
+    "LiveIndex",
+    "OpenGeneration",
+    "OpenIndex",
+    "check_queries",
+    "fuse",
+    "hybrid_depth",
+    "result_key",
+    "score_key",
+    "search_part",
+    "to_results",
+]
 
 
 def check_queries(queries: Sequence[str], k: int) -> list[str]:
@@ -114,7 +126,9 @@ def to_results(hits: Hits, chunks: Sequence[Chunk], query: str | None = None, k:
 class OpenIndex:
     """One opened generation, ready to search: its :class:`Generation`, ``name`` and ``manifest``.
 
-    Subclasses load what they search and implement :meth:`search_batch`.
+    Subclasses load what they search and implement :meth:`colbert_search`,
+    :meth:`keyword_stats` and :meth:`keyword_search`; :meth:`search_batch`
+    combines them by ``mode``.
     """
 
     def __init__(self, generation: Generation) -> None:
@@ -130,10 +144,81 @@ class OpenIndex:
         return self.generation.manifest
 
     def search_batch(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
+    ) -> list[SearchResults]:
+        """One result list per (checked) query, best first; ``where``: a filter (:mod:`colbert_modal.filters`).
+
+        ``mode``: ``"colbert"`` (MaxSim), ``"keyword"`` (BM25, :mod:`colbert_modal.keyword`) or
+        ``"hybrid"``: both rankings, each :func:`hybrid_depth` deep, fused by :func:`fuse`.
+        """
+        check_mode(mode, keyword_weight)
+        if mode == "colbert":
+            return self.colbert_search(queries, k, where)
+        parse_where(where)
+        stats = self.keyword_stats(queries)
+        if mode == "keyword":
+            return self.keyword_search(queries, k, where, stats)
+        depth = hybrid_depth(k)
+        colbert = self.colbert_search(queries, depth, where)
+        keyword = self.keyword_search(queries, depth, where, stats)
+        return [fuse(c, w, k, keyword_weight, q) for q, c, w in zip(queries, colbert, keyword, strict=True)]
+
+    def colbert_search(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
     ) -> list[SearchResults]:
-        """One result list per (checked) query, best first; ``where``: a filter (:mod:`colbert_modal.filters`)."""
+        """ColBERT's ``k`` best per query."""
         raise NotImplementedError  # pragma: no cover - interface
+
+    def keyword_stats(self, queries: Sequence[str]) -> list[KeywordStats]:
+        """Each query's BM25 statistics here (:class:`~colbert_modal.keyword.KeywordIndex.stats`)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def keyword_search(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None, stats: Sequence[KeywordStats]
+    ) -> list[SearchResults]:
+        """BM25's ``k`` best per query, scored with ``stats`` (one per query: the whole index's)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+def hybrid_depth(k: int) -> int:
+    """How many hits of each ranking hybrid search fuses for ``k`` results."""
+    return max(k, HYBRID_DEPTH)
+
+
+def fuse(
+    colbert: Sequence[SearchResult], keyword: Sequence[SearchResult], k: int, keyword_weight: float = 1.0,
+    query: str | None = None,
+) -> SearchResults:
+    """Reciprocal rank fusion: a chunk scores ``1 / (60 + its ColBERT rank) + keyword_weight / (60 + its
+    BM25 rank)`` (a term only where it is in that list); the best ``k``, by :func:`result_key`."""
+    scores: dict[str, float] = {}
+    hits: dict[str, SearchResult] = {}
+    for weight, ranking in ((1.0, colbert), (float(keyword_weight), keyword)):
+        for rank, r in enumerate(ranking, start=1):
+            hits.setdefault(r.chunk_id, r)
+            scores[r.chunk_id] = scores.get(r.chunk_id, 0.0) + weight / (RRF_K + rank)
+    pooled = sorted((hits[c].model_copy(update={"score": s}) for c, s in scores.items() if s > 0), key=result_key)
+    return SearchResults([r.model_copy(update={"rank": i}) for i, r in enumerate(pooled[:k], start=1)], query=query)
+
+
+def search_part(
+    opened: OpenIndex, queries: Sequence[str], k: int, where: Mapping[str, Any] | None, part: str,
+    stats: Sequence[KeywordStats] | None,
+) -> list[Any]:
+    """One shard's part of a sharded search (a Modal shard container's): ``part`` ``"colbert"``: its ColBERT
+    lists; ``"stats"``: its keyword statistics; ``"keyword"``: its BM25 lists scored with the whole index's
+    ``stats``; ``"hybrid"``: its ColBERT lists then its BM25 lists, each :func:`hybrid_depth` deep."""
+    if part == "colbert":
+        return opened.colbert_search(queries, k, where)
+    if part == "stats":
+        return opened.keyword_stats(queries)
+    if stats is None or len(stats) != len(queries) or part not in ("keyword", "hybrid"):
+        raise ConfigurationError(f"a shard search of part {part!r} needs one keyword statistics entry per query")
+    if part == "keyword":
+        return opened.keyword_search(queries, k, where, stats)
+    depth = hybrid_depth(k)
+    return [*opened.colbert_search(queries, depth, where), *opened.keyword_search(queries, depth, where, stats)]
 
 
 class OpenGeneration(OpenIndex):
@@ -156,12 +241,13 @@ class OpenGeneration(OpenIndex):
         self.chunks = generation.verified_chunks()
         self._columns: ChunkColumns | None = None  # built on the first filtered search
         self._columns_lock = threading.Lock()
+        self._keyword: KeywordIndex | None = None  # opened (or built) on the first keyword search
         engine = get_engine(model or generation.manifest.model, verbose=verbose, precision=precision)
         self.index: SearchIndex = engine.open(
             generation.engine_dir, generation.manifest.backend, [c.text for c in self.chunks]
         )
 
-    def search_batch(
+    def colbert_search(
         self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
     ) -> list[SearchResults]:
         """One result list per query (queries already checked with :func:`check_queries`).
@@ -177,6 +263,27 @@ class OpenGeneration(OpenIndex):
             return [SearchResults(query=q) for q in queries]
         hits = self.index.search(list(queries), k, subset) if subset is not None else self.index.search(list(queries), k)
         return [to_results(h, self.chunks, q, k) for q, h in zip(queries, hits, strict=True)]
+
+    def keyword_index(self) -> KeywordIndex:
+        """The generation's keyword index: its ``keyword.sqlite``, or (an index made before keyword
+        files) the same index built in memory from its chunks on first use."""
+        with self._columns_lock:
+            if self._keyword is None:
+                path = self.generation.path / KEYWORD_FILE
+                self._keyword = (KeywordIndex.open(path) if path.is_file()
+                                 else KeywordIndex.in_memory([c.text for c in self.chunks]))
+            return self._keyword
+
+    def keyword_stats(self, queries: Sequence[str]) -> list[KeywordStats]:
+        return self.keyword_index().stats(queries)
+
+    def keyword_search(
+        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None, stats: Sequence[KeywordStats]
+    ) -> list[SearchResults]:
+        conditions = parse_where(where)
+        subset = self.select(conditions) if conditions else None
+        index = self.keyword_index()
+        return [to_results(index.search(q, k, subset, st), self.chunks, q, k) for q, st in zip(queries, stats, strict=True)]
 
     def select(self, conditions: Any) -> Any:
         """The positions (sorted int array) of the chunks matching parsed ``where`` conditions."""

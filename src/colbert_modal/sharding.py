@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 
 from .errors import ConfigurationError, IndexStorageError, ShardBuildError
 from .integrity import DISK_FULL
+from .keyword import KeywordStats, combine_stats
 from .pipeline import UpdatePlan, nothing_to_index
 from .progress import Progress
 from .records import Chunk, IndexReport, SearchResult, SearchResults
@@ -537,11 +538,7 @@ def shard_generations(top: Generation) -> dict[str, Generation | None]:
 
 
 class OpenShards(OpenIndex):
-    """A sharded generation opened in this process: every shard loaded, searched in turn, merged.
-
-    The same interface as :class:`~colbert_modal.search.OpenGeneration`
-    (``name``, ``manifest``, ``search_batch``).
-    """
+    """A sharded generation opened here, as :class:`~colbert_modal.search.OpenGeneration`: shards searched, merged."""
 
     def __init__(self, generation: Generation, **kwargs: Any) -> None:
         super().__init__(generation)
@@ -550,17 +547,22 @@ class OpenShards(OpenIndex):
             if gen is not None:
                 self.parts[sid] = OpenGeneration(gen, **kwargs)
 
-    def search_batch(
-        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
-    ) -> list[SearchResults]:
-        """One merged result list per query: each shard's top ``k``, then the best ``k`` of them.
-
-        The queries are encoded once (exact shards share the embeddings).
-        """
+    def colbert_search(self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+                       ) -> list[SearchResults]:
+        """One merged list per query: each shard's top ``k``, then the best ``k`` of them (queries encoded once)."""
         from .engine import shared_query_encodings
 
         with shared_query_encodings():
-            per_shard = [part.search_batch(queries, k, where) for part in self.parts.values()]
+            per_shard = [part.colbert_search(queries, k, where) for part in self.parts.values()]
+        return [merge_results([res[i] for res in per_shard], k, q) for i, q in enumerate(queries)]
+
+    def keyword_stats(self, queries: Sequence[str]) -> list[KeywordStats]:
+        """The BM25 statistics of every shard together: each chunk scores as in the unsharded index."""
+        return combine_stats([part.keyword_stats(queries) for part in self.parts.values()], len(queries))
+
+    def keyword_search(self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None,
+                       stats: Sequence[KeywordStats]) -> list[SearchResults]:
+        per_shard = [part.keyword_search(queries, k, where, stats) for part in self.parts.values()]
         return [merge_results([res[i] for res in per_shard], k, q) for i, q in enumerate(queries)]
 
 
@@ -584,9 +586,13 @@ class OpenShard(OpenIndex):
         self.shard = shard
         self.opened = opened
 
-    def search_batch(
-        self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
-    ) -> list[SearchResults]:
-        if self.opened is None:
-            return [SearchResults(query=q) for q in queries]
-        return self.opened.search_batch(queries, k, where)
+    def colbert_search(self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None = None
+                       ) -> list[SearchResults]:
+        return self.opened.colbert_search(queries, k, where) if self.opened else [SearchResults(query=q) for q in queries]
+
+    def keyword_stats(self, queries: Sequence[str]) -> list[KeywordStats]:
+        return self.opened.keyword_stats(queries) if self.opened else combine_stats([], len(queries))
+
+    def keyword_search(self, queries: Sequence[str], k: int, where: Mapping[str, Any] | None,
+                       stats: Sequence[KeywordStats]) -> list[SearchResults]:
+        return self.opened.keyword_search(queries, k, where, stats) if self.opened else self.colbert_search(queries, k)

@@ -7,6 +7,7 @@ Layout of one index (``<index_root>/<name>/``)::
     generations/g000003/     a complete, immutable index:
         manifest.json        settings + source path -> content hash -> chunk ids
         chunks.jsonl         one Chunk per line, in engine (pid) order
+        keyword.sqlite       the chunks' BM25 index (SQLite FTS5; :mod:`.keyword`)
         engine/              what the engine wrote (exact embeddings or PLAID)
     generations/.g000004-*/  a build in progress (ignored; removed when stale)
 
@@ -18,7 +19,7 @@ publish, except the one just replaced (a reader may still be using it); the
 next writer also removes what a killed or failed writer left (builds,
 unpublished generations, ``.CURRENT.<pid>.tmp`` files).
 
-The manifest records a checksum of ``chunks.jsonl`` and of each engine file
+The manifest records a checksum of ``chunks.jsonl``, ``keyword.sqlite`` and of each engine file
 (``checksums``, absent in indexes made before it); a generation is checked
 against them before it is searched or built on
 (:meth:`Generation.verified_chunks`), so a damaged index raises
@@ -61,6 +62,7 @@ from .integrity import (
     top_problem,
     with_checksum,
 )
+from .keyword import KEYWORD_FILE, build_keyword_file
 from .names import (
     default_index_root,
     generation_name,
@@ -453,13 +455,17 @@ class IndexStore:
 
     def seal(self, build_dir: Path, manifest: Manifest, chunks: Iterable[Chunk] | None) -> Generation:
         """Finish a build in ``build_dir`` as generation ``manifest.generation``, unpublished: write
-        ``chunks.jsonl`` (None: a sharded index's top generation has none), checksums, the manifest."""
+        ``chunks.jsonl`` and ``keyword.sqlite`` (None: a sharded index's top generation has neither),
+        checksums, the manifest."""
         manifest.updated_at = now_iso()
         if chunks is not None:
+            texts = []
             with (build_dir / "chunks.jsonl").open("w", encoding="utf-8") as fh:
                 for chunk in chunks:
                     fh.write(chunk.model_dump_json())
                     fh.write("\n")
+                    texts.append(chunk.text)
+            build_keyword_file(build_dir / KEYWORD_FILE, texts)  # the BM25 index of the same chunks (keyword.py)
             manifest.checksums = generation_checksums(build_dir)
         _write_json_atomic(build_dir / "manifest.json", manifest.to_json())
         final = self.generation_path(generation_name(manifest.generation))

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigurationError, IndexNotFoundError, RemoteError
+from ..keyword import combine_stats
 from ..pipeline import UpdatePlan
 from ..progress import Progress, Stage
 from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
+from ..search import fuse, hybrid_depth
 from ..sharding import ShardAnswer, merge_results
 from ..store import Manifest
 from . import KINDS, ApplyFinished, ContainerStarted, gpu_setting
@@ -278,14 +280,16 @@ class RemoteSession:
         return self._shard_ids[name]
 
     def search_batch(
-        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
+        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
     ) -> list[SearchResults]:
         shard_ids = self.shard_ids(name)
         if shard_ids:
-            return self._search_shards(name, shard_ids, queries, k, where)
+            return self._search_shards(name, shard_ids, queries, k, where, mode, keyword_weight)
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
         searcher = self._handle("Searcher", cls=True, options=self.search_options)(index_name=name)
         results = self.call(
-            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where,
+            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where, **how,
             what=f"searching {name!r}",
         )
         return [SearchResults(r, query=q) for q, r in zip(queries, results, strict=True)]
@@ -303,37 +307,58 @@ class RemoteSession:
         ))
 
     def _search_shards(
-        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None
+        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None,
+        mode: str = "colbert", keyword_weight: float = 1.0,
     ) -> list[SearchResults]:
         """Every shard's Searcher (one warm container each) called at once; hits merged by score.
 
-        All shards must answer from one generation of the index (see :class:`FanOut`).
+        All shards must answer from one generation of the index (see :class:`FanOut`). Keyword and
+        hybrid modes ask twice: each shard's BM25 statistics, then its lists scored with their sum.
         """
+        try:
+            if mode == "colbert":
+                return self._fan_out(name, shard_ids, queries, k, where, "colbert")[1]
+            for _ in range(FanOut.ROUNDS):
+                generation, stats = self._fan_out(name, shard_ids, queries, k, where, "stats")
+                got, merged = self._fan_out(name, shard_ids, queries, k, where, mode, stats, generation)
+                if got == generation:
+                    return finish_parts(mode, merged, queries, k, keyword_weight)
+        except _Unsharded:
+            return self.search_batch(name, queries, k, where, mode=mode, keyword_weight=keyword_weight)
+        raise FanOut(name, shard_ids, None).gave_up()
+
+    def _fan_out(
+        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None, part: str,
+        stats: list[Any] | None = None, target: int | None = None,
+    ) -> tuple[int, Any]:
+        """Each shard's ``part`` (:func:`~colbert_modal.search.search_part`) from one generation: (it, the
+        parts combined by :func:`combine_parts`)."""
         from concurrent.futures import ThreadPoolExecutor
 
         searcher = self._handle("Searcher", cls=True, options=self.search_options)
-        fan = FanOut(name, shard_ids, self.written.get(name))
+        fan = FanOut(name, shard_ids, target or self.written.get(name))
+        how: dict[str, Any] = {"mode": part, "stats": stats} if part != "colbert" else {}
         for _ in range(FanOut.ROUNDS):
             if fan.stale:
                 fan.restart(self.shard_ids(name, fresh=True))
                 if not fan.shard_ids:  # rebuilt unsharded
-                    return self.search_batch(name, queries, k, where)
+                    raise _Unsharded
             todo, target = fan.todo(), fan.target
 
             def ask(sid: str, target: int | None = target) -> ShardAnswer:
                 return ShardAnswer(*self.call(
                     searcher(index_name=name, shard=sid).search_shard, queries, k=k, min_generation=target,
-                    where=where, what=f"searching shard {sid} of {name!r}",
+                    where=where, **how, what=f"searching shard {sid} of {name!r}",
                 ))
 
             try:
                 with ThreadPoolExecutor(max_workers=min(len(todo), 32), thread_name_prefix="shard-search") as pool:
-                    merged = fan.answered(todo, list(pool.map(ask, todo)), queries, k)
+                    merged = fan.answered(todo, list(pool.map(ask, todo)), queries, k, part)
             except IndexNotFoundError:
                 fan.lost()
                 continue
             if merged is not None:
-                return merged
+                return fan.generation, merged
         raise fan.gave_up()
 
     # --- awaitable variants (the ``.aio`` methods): modal's own async calls, on the caller's loop ----------
@@ -364,42 +389,56 @@ class RemoteSession:
         return self._shard_ids[name]
 
     async def search_batch_aio(
-        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None
+        self, name: str, queries: list[str], k: int, where: dict[str, Any] | None = None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
     ) -> list[SearchResults]:
         """:meth:`search_batch` awaited; a sharded index's shards asked at once (``asyncio.gather``)."""
         shard_ids = await self.shard_ids_aio(name)
         if shard_ids:
-            return await self._search_shards_aio(name, shard_ids, queries, k, where)
+            try:
+                if mode == "colbert":
+                    return (await self._fan_out_aio(name, shard_ids, queries, k, where, "colbert"))[1]
+                for _ in range(FanOut.ROUNDS):
+                    generation, stats = await self._fan_out_aio(name, shard_ids, queries, k, where, "stats")
+                    got, merged = await self._fan_out_aio(name, shard_ids, queries, k, where, mode, stats, generation)
+                    if got == generation:
+                        return finish_parts(mode, merged, queries, k, keyword_weight)
+                raise FanOut(name, shard_ids, None).gave_up()
+            except _Unsharded:
+                pass
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
         searcher = self._handle("Searcher", cls=True, options=self.search_options)(index_name=name)
         results = await self.call_aio(
-            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where,
+            searcher.search_batch, queries, k=k, min_generation=self.written.get(name), where=where, **how,
             what=f"searching {name!r}",
         )
         return [SearchResults(r, query=q) for q, r in zip(queries, results, strict=True)]
 
-    async def _search_shards_aio(
-        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None
-    ) -> list[SearchResults]:
-        """As :meth:`_search_shards` (one generation for all shards), the shards awaited together."""
+    async def _fan_out_aio(
+        self, name: str, shard_ids: list[str], queries: list[str], k: int, where: dict[str, Any] | None, part: str,
+        stats: list[Any] | None = None, target: int | None = None,
+    ) -> tuple[int, Any]:
+        """As :meth:`_fan_out` (one generation for all shards), the shards awaited together."""
         searcher = self._handle("Searcher", cls=True, options=self.search_options)
-        fan = FanOut(name, shard_ids, self.written.get(name))
+        fan = FanOut(name, shard_ids, target or self.written.get(name))
+        how: dict[str, Any] = {"mode": part, "stats": stats} if part != "colbert" else {}
         for _ in range(FanOut.ROUNDS):
             if fan.stale:
                 fan.restart(await self.shard_ids_aio(name, fresh=True))
                 if not fan.shard_ids:  # rebuilt unsharded
-                    return await self.search_batch_aio(name, queries, k, where)
+                    raise _Unsharded
             todo, target = fan.todo(), fan.target
             asks = [self.call_aio(
                 searcher(index_name=name, shard=sid).search_shard, queries, k=k, min_generation=target,
-                where=where, what=f"searching shard {sid} of {name!r}",
+                where=where, **how, what=f"searching shard {sid} of {name!r}",
             ) for sid in todo]
             try:
-                merged = fan.answered(todo, [ShardAnswer(*a) for a in await asyncio.gather(*asks)], queries, k)
+                merged = fan.answered(todo, [ShardAnswer(*a) for a in await asyncio.gather(*asks)], queries, k, part)
             except IndexNotFoundError:
                 fan.lost()
                 continue
             if merged is not None:
-                return merged
+                return fan.generation, merged
         raise fan.gave_up()
 
     def volume(self) -> VolumeFiles:
@@ -432,14 +471,17 @@ class FanOut:
         self.target = target
         self.answers: dict[str, ShardAnswer] = {}
         self.stale = False
+        #: the generation every shard answered from (once :meth:`answered` returned the results)
+        self.generation = 0
 
     def todo(self) -> list[str]:
         """The shards to ask this round: those not answered yet, or answered from before ``target``."""
         return [s for s in self.shard_ids if s not in self.answers or self.answers[s].generation < (self.target or 0)]
 
-    def answered(self, todo: list[str], replies: list[ShardAnswer], queries: list[str], k: int
-                 ) -> list[SearchResults] | None:
-        """Take this round's replies; the merged results once every shard answered from one generation."""
+    def answered(self, todo: list[str], replies: list[ShardAnswer], queries: list[str], k: int,
+                 part: str = "colbert") -> Any:
+        """Take this round's replies; the merged results (:func:`combine_parts`) once every shard
+        answered from one generation (then :attr:`generation`), else None."""
         self.answers.update(zip(todo, replies, strict=True))
         generations = {a.generation for a in self.answers.values()}
         if {a.shard_count for a in self.answers.values()} != {len(self.shard_ids)}:
@@ -447,8 +489,8 @@ class FanOut:
             self.target = max(generations)
             return None
         if len(generations) == 1:
-            return [merge_results([self.answers[s].results[i] for s in self.shard_ids], k, q)
-                    for i, q in enumerate(queries)]
+            self.generation = generations.pop()
+            return combine_parts(part, [self.answers[s].results for s in self.shard_ids], queries, k)
         self.target = max(generations)
         return None
 
@@ -463,6 +505,32 @@ class FanOut:
     def gave_up(self) -> RemoteError:
         return RemoteError(f"searching {self.name!r}: its shards kept answering from different generations "
                            "(it is being rewritten); try again")
+
+
+class _Unsharded(Exception):
+    """The index was rebuilt unsharded during a fan-out: search it whole."""
+
+
+def combine_parts(part: str, per_shard: list[list[Any]], queries: list[str], k: int) -> Any:
+    """The shards' answers for one ``part`` (:func:`~colbert_modal.search.search_part`), merged: ``"stats"``
+    summed; ``"colbert"``/``"keyword"`` lists merged to the best ``k``; ``"hybrid"``: (ColBERT lists,
+    BM25 lists), each merged to :func:`~colbert_modal.search.hybrid_depth`."""
+    n = len(queries)
+    if part == "stats":
+        return combine_stats(per_shard, n)
+    if part == "hybrid":
+        depth = hybrid_depth(k)
+        return ([merge_results([r[i] for r in per_shard], depth, q) for i, q in enumerate(queries)],
+                [merge_results([r[n + i] for r in per_shard], depth, q) for i, q in enumerate(queries)])
+    return [merge_results([r[i] for r in per_shard], k, q) for i, q in enumerate(queries)]
+
+
+def finish_parts(mode: str, merged: Any, queries: list[str], k: int, keyword_weight: float) -> list[SearchResults]:
+    """The final lists of a keyword or hybrid fan-out (hybrid: the merged rankings fused)."""
+    if mode == "hybrid":
+        colbert, keyword = merged
+        return [fuse(c, w, k, keyword_weight, q) for q, c, w in zip(queries, colbert, keyword, strict=True)]
+    return list(merged)
 
 
 def gpu_options(gpu: str | None, knows_app_settings: bool, role: str) -> dict[str, Any]:

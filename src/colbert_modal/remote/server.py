@@ -25,10 +25,11 @@ from typing import Any
 from ..chunking import Chunker, load_tokenizer
 from ..errors import IndexNotFoundError
 from ..filters import parse_where
+from ..keyword import check_mode
 from ..pipeline import Settings, UpdatePlan, plan_update
 from ..progress import Event, Progress, StageAdvanced, StageEnded, StageStarted
 from ..records import IndexInfo, IndexReport, RerankResult, SearchResults
-from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries
+from ..search import LiveIndex, OpenGeneration, OpenIndex, check_queries, search_part
 from ..sharding import (
     OpenShard,
     OpenShards,
@@ -470,28 +471,47 @@ class IndexServer:
 
     def search_batch(
         self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None,
-        where: Mapping[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None, mode: str = "colbert", keyword_weight: float = 1.0,
     ) -> list[SearchResults]:
         """One result list per query. ``min_generation``: a client that has just published
         that generation reads its own write (the refresh interval is skipped). ``where``:
-        rank only the matching chunks (the filter runs here, in the container)."""
-        return self.search(queries, k, min_generation=min_generation, where=where)[1]
+        rank only the matching chunks (the filter runs here, in the container). ``mode``,
+        ``keyword_weight``: as :meth:`ColbertIndexer.search <colbert_modal.ColbertIndexer.search>` takes them."""
+        return self.search(queries, k, min_generation=min_generation, where=where, mode=mode,
+                           keyword_weight=keyword_weight)[1]
 
     def search(
         self, queries: Sequence[str], k: int = 10, *, min_generation: int | None = None,
-        where: Mapping[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None, mode: str = "colbert", keyword_weight: float = 1.0,
     ) -> tuple[int, list[SearchResults]]:
         """:meth:`search_batch`, with the generation the results come from (a sharded index's
         client checks that every shard answered from the same one)."""
+        check_mode(mode, keyword_weight)
+        opened, queries = self._ready(queries, k, min_generation, where)
+        if not queries:
+            return opened.manifest.generation, []
+        return opened.manifest.generation, opened.search_batch(queries, k, where, mode=mode,
+                                                               keyword_weight=keyword_weight)
+
+    def search_part(
+        self, queries: Sequence[str], k: int, *, part: str, stats: Sequence[Any] | None = None,
+        min_generation: int | None = None, where: Mapping[str, Any] | None = None,
+    ) -> tuple[int, list[Any]]:
+        """One shard's ``part`` of a keyword or hybrid search (:func:`~colbert_modal.search.search_part`),
+        with the generation it comes from."""
+        opened, queries = self._ready(queries, k, min_generation, where)
+        return opened.manifest.generation, search_part(opened, queries, k, where, part, stats) if queries else []
+
+    def _ready(self, queries: Sequence[str], k: int, min_generation: int | None, where: Mapping[str, Any] | None,
+               ) -> tuple[OpenIndex, list[str]]:
+        """The generation to search (refreshed as :meth:`search` says) and the checked queries."""
         queries = check_queries(queries, k)
         parse_where(where)
         stale = min_generation is not None and (self.generation or 0) < min_generation
         self.refresh(force=stale, min_generation=min_generation if stale else None)
         opened = self._live.loaded
         assert opened is not None
-        if not queries:
-            return opened.manifest.generation, []
-        return opened.manifest.generation, opened.search_batch(queries, k, where)
+        return opened, queries
 
     def rerank(
         self, query: str, items: Sequence[Any], k: int | None = None, *, model: str | None = None,

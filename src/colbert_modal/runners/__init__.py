@@ -50,8 +50,11 @@ class Runner(Protocol):
         """Read the manifest, plan with it, apply the plan; ``must_exist``: IndexNotFoundError if no index."""
         ...
 
-    def search_batch(self, queries: Sequence[str], k: int, where: dict[str, Any] | None) -> list[SearchResults]:
-        """One result list per (checked) query."""
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: dict[str, Any] | None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
+    ) -> list[SearchResults]:
+        """One result list per (checked) query; ``mode``/``keyword_weight`` as :meth:`ColbertIndexer.search` takes them."""
         ...
 
     def info(self) -> IndexInfo:

@@ -70,8 +70,11 @@ class LocalRunner:
                 return None
             raise
 
-    def search_batch(self, queries: Sequence[str], k: int, where: dict[str, Any] | None) -> list[SearchResults]:
-        return list(self.live.current().search_batch(queries, k, where))
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: dict[str, Any] | None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
+    ) -> list[SearchResults]:
+        return list(self.live.current().search_batch(queries, k, where, mode=mode, keyword_weight=keyword_weight))
 
     def info(self) -> IndexInfo:
         return self.store.current().info()

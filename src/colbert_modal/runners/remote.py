@@ -69,10 +69,14 @@ class RemoteRunner:
         finally:
             progress.close()
 
-    def search_batch(self, queries: Sequence[str], k: int, where: dict[str, Any] | None) -> list[SearchResults]:
+    def search_batch(
+        self, queries: Sequence[str], k: int, where: dict[str, Any] | None, *, mode: str = "colbert",
+        keyword_weight: float = 1.0,
+    ) -> list[SearchResults]:
+        how: dict[str, Any] = {"mode": mode, "keyword_weight": keyword_weight} if mode != "colbert" else {}
         if bridged():  # an .aio call: modal's .remote.aio, awaited on the caller's loop
-            return await_(self.session.search_batch_aio(self.name, list(queries), k, where=where))
-        return list(self.session.search_batch(self.name, list(queries), k, where=where))
+            return await_(self.session.search_batch_aio(self.name, list(queries), k, where=where, **how))
+        return list(self.session.search_batch(self.name, list(queries), k, where=where, **how))
 
     def info(self) -> IndexInfo:
         if bridged():
