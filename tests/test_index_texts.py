@@ -243,6 +243,13 @@ def test_cli_index_texts_from_a_file_and_stdin(colbert_checkpoint: Path, tmp_pat
          code=4)  # nothing to index into a new index: NoDocumentsError, as `index`
     assert json.loads(_cli(["info", "cli", "--index-root", tmp_path / "root", "--json"]).stdout)["documents"] == 4
 
+    opened = _cli(["search", "meteor nebula", *base, "-k", "1", "--open"], code=2)  # a record is no file to open
+    assert "text record 'sky-1'" in opened.stderr
+    out = _cli(["delete", "cli", "--text-id", "sky-1", "--text-id", "nope", "--index-root", tmp_path / "root"]).stdout
+    assert "Removed 1 record from 'cli'" in out and "Not in the index: nope" in out
+    assert json.loads(_cli(["info", "cli", "--index-root", tmp_path / "root", "--json"]).stdout)["documents"] == 3
+    _cli(["delete", "cli", "x.pdf", "--text-id", "a", "--index-root", tmp_path / "root"], code=2)
+
 
 def test_a_record_over_max_chunks_is_skipped_and_its_old_version_kept(colbert_checkpoint: Path,
                                                                         tmp_path: Path) -> None:
@@ -256,3 +263,15 @@ def test_a_record_over_max_chunks_is_skipped_and_its_old_version_kept(colbert_ch
     assert idx.index_texts([{"id": "long", "text": long_text}]).chunks_written > 2
     with pytest.raises(ConfigurationError, match="max_chunks_per_file"):
         idx.index_texts(["x"], max_chunks_per_file=0)
+
+
+def test_records_are_found_by_keyword_and_hybrid_search(colbert_checkpoint: Path, tmp_path: Path) -> None:
+    """The keyword index of a generation holds records too, and their hits carry the record's id."""
+    idx = _indexer(tmp_path, colbert_checkpoint)
+    idx.index_texts([*RECORDS, {"id": "part", "text": "replace part PN/4471-B before flight", "metadata": {}}])
+    for mode in ("keyword", "hybrid"):
+        hits = idx.search("PN/4471-B", k=2, mode=mode)
+        assert hits[0].source == "part" and hits[0].pages == [], mode
+        assert [h.source for h in idx.search("meteor", k=3, mode=mode, where={"team": "north"})][0] == "sky-1"
+    idx.delete_texts(["part"])
+    assert all(h.source != "part" for h in idx.search("PN/4471-B", k=4, mode="keyword"))

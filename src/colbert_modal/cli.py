@@ -427,6 +427,8 @@ def search(
     how: dict[str, Any] = {"mode": "hybrid" if hybrid else mode or "colbert", "keyword_weight": keyword_weight}
     with _indexer(name, index_root=index_root, remote=remote) as indexer:
         results = indexer.search(query, k=k, where=where, **how)
+    if open_best and results and not results[0].pages and not os.path.isfile(results[0].source):
+        raise click.UsageError(f"--open: the best hit is text record {results[0].source!r}, not a file")
     if open_best and results:
         from .view import open_file
 
@@ -541,18 +543,35 @@ def info(name: str, index_root: Path | None, remote: bool, as_json: bool) -> Non
 @click.argument("name")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before deleting a whole index.")
+@click.option("--text-id", "text_ids", multiple=True, metavar="ID",
+              help="Delete the text record ID (see index-texts); repeat for several.")
 @index_root_option
 @remote_option
 @json_option
 def delete(
-    name: str, paths: tuple[Path, ...], yes: bool, index_root: Path | None, remote: bool, as_json: bool
+    name: str, paths: tuple[Path, ...], yes: bool, text_ids: tuple[str, ...], index_root: Path | None, remote: bool,
+    as_json: bool,
 ) -> None:
-    """Delete index NAME, or only the files PATHS from it.
+    """Delete index NAME, or only the files PATHS (or text records) from it.
 
     \b
     colbert-modal delete papers              delete the whole index (asks first)
     colbert-modal delete papers old.pdf dir/ drop these files' chunks
+    colbert-modal delete faq --text-id faq-13 drop a record given to index-texts
     """
+    if text_ids and paths:
+        raise click.UsageError("give either PATHS or --text-id, not both")
+    if text_ids:
+        with _indexer(name, index_root=index_root, remote=remote) as indexer:
+            report = indexer.delete_texts(list(text_ids))
+        if as_json:
+            _echo_json(report.model_dump(mode="json"))
+            return
+        click.echo(f"Removed {_plural(len(report.removed), 'record')} from {name!r}; "
+                   f"{_plural(report.chunks_total, 'chunk')} left.")
+        for skipped in report.skipped:
+            click.echo(f"Not in the index: {skipped.path}")
+        return
     if not paths:
         if remote:
             raise click.UsageError("--remote deletes files from an index; give the PATHS to delete")
