@@ -420,3 +420,39 @@ def test_blank_pages_do_not_run_the_engine(tmp_path: Path, calls: list[int]) -> 
     with pytest.raises(NoTextLayerError, match="OCR found no text on them either"):
         load_file(make_blank_pdf(tmp_path / "blank.pdf", 2), ocr=_settings(tmp_path))
     assert calls == []  # a page of one flat colour costs no OCR
+
+
+def test_loader_processes_are_bounded_by_memory_where_they_may_ocr(
+    tmp_path: Path, colbert_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One loader process per core by default, but no more than one per GiB of available memory when pages may be
+    OCR'd here (each may hold ~1 GB): a many-core machine with little free memory loads fewer files at once."""
+    from colbert_modal import loadpool, pipeline
+
+    settings = OcrSettings(mode="auto", engine=ocr.engine_id("1.4.4"))
+    monkeypatch.setattr(ocr, "available_memory", lambda: 3 * ocr.OCR_WORKER_BYTES + 5)
+    assert ocr.bounded_workers(8, settings) == 3
+    assert ocr.bounded_workers(2, settings) == 2
+    assert ocr.bounded_workers(8, OcrSettings(mode="off", engine=settings.engine)) == 8
+    assert ocr.bounded_workers(8, OcrSettings(mode="auto", engine=settings.engine, remote=True)) == 8  # Modal OCRs
+    monkeypatch.setattr(ocr, "available_memory", lambda: 0)  # unknown: no bound
+    assert ocr.bounded_workers(8, settings) == 8
+
+    used: list[int] = []
+    real = pipeline.load_batch
+
+    def spy(*args, workers, **kwargs):  # type: ignore[no-untyped-def]
+        used.append(workers)
+        return real(*args, workers=workers, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_batch", spy)
+    monkeypatch.setattr(loadpool, "usable_cores", lambda: 4)
+    monkeypatch.setattr(loadpool, "PARALLEL_MIN_FILES", 2)
+    monkeypatch.delenv(loadpool.ENV_WORKERS, raising=False)
+    pdfs = [make_scan(tmp_path / f"f{i}.pdf", [_lines(key)], scanned=set()) for i, key in enumerate(PAGE_WORDS)]
+    pdfs.append(make_scan(tmp_path / "f3.pdf", [_lines("penguin")], scanned=set()))
+    monkeypatch.setattr(ocr, "available_memory", lambda: 2 * ocr.OCR_WORKER_BYTES + 5)
+    _indexer(tmp_path / "root", colbert_checkpoint).index(pdfs)
+    assert used == [2]  # 4 cores, 2 GiB free
+    _indexer(tmp_path / "root2", colbert_checkpoint).index(pdfs, ocr="off")
+    assert used == [2, 4]

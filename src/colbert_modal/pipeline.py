@@ -29,8 +29,8 @@ from .errors import (
 )
 from .filters import check_metadata, glob_path
 from .loaders import LOADER_KEYS, Passwords, discover, hash_file, iter_documents
-from .loadpool import load_batch, worker_count
-from .ocr import OcrCache, OcrJob, OcrSettings, PendingOcr
+from .loadpool import ENV_WORKERS, load_batch, worker_count
+from .ocr import OcrCache, OcrJob, OcrSettings, PendingOcr, bounded_workers
 from .progress import Progress, Stage
 from .records import Chunk, Document, FileWarning, IndexReport, SkippedFile, is_text_key
 from .store import FileEntry, Manifest
@@ -273,6 +273,8 @@ def _load_and_chunk(
     records (a file changed while it was read is read again by the next update).
     """
     n_workers = 1 if isinstance(chunker, Chunker) else worker_count(len(to_load), workers)
+    if workers is None and not os.environ.get(ENV_WORKERS):  # the default, one per core: bounded where they OCR
+        n_workers = bounded_workers(n_workers, ocr)
     made: dict[str, list[Chunk]] | None = None
     items: Iterable[Any]
     stage = None
