@@ -258,7 +258,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
             "cpu_s_per_page": sum(r["cpu_s"] for r in rows) / n, "render_cpu_s_per_page": sum(r["render_cpu_s"] for r in rows) / n}
 
 
-def rescore(R: dict[str, Any], refs: list[dict[str, Any]], dpis: list[int]) -> None:
+def rescore(R: dict[str, Any], refs: list[dict[str, Any]]) -> None:
     """Score the OCR texts saved in ``R`` again (after a change of the metrics), and print the tables."""
     by_stem = {r["stem"]: r for r in refs}
     print("| engine | lang | dpi | CER | CER w/o spaces | WER | missed words | CPU s/page/core | peak RSS MB |")
@@ -267,6 +267,7 @@ def rescore(R: dict[str, Any], refs: list[dict[str, Any]], dpis: list[int]) -> N
         if engine.startswith("_") or "pages" not in res:
             continue
         rows = [{**p, **page_scores(by_stem[p["stem"]]["text"], p["text"])} for p in res["pages"]]
+        dpis = sorted({r["dpi"] for r in rows})
         res["pages"] = rows
         res["groups"] = {f"{lang}-{dpi}": summarise([r for r in rows if r["lang"] == lang and r["dpi"] == dpi])
                          for dpi in dpis for lang in ("en", "de")}
@@ -299,7 +300,7 @@ def main() -> None:
     R: dict[str, Any] = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
     R["_meta"] = {"threads": a.threads, "cpus": os.cpu_count(), "pages": len(refs), "dpi": a.dpi}
     if a.rescore:
-        rescore(R, refs, a.dpi)
+        rescore(R, refs)
         out.write_text(json.dumps(R, ensure_ascii=False, indent=1), encoding="utf-8")
         return
     for engine in a.engines:
@@ -319,8 +320,12 @@ def main() -> None:
         for p, o in zip(pages, res["pages"], strict=True):
             rows.append({**o, **page_scores(refs[p["ref"]]["text"], o["text"]), "dpi": p["dpi"], "lang": p["lang"],
                          "stem": refs[p["ref"]]["stem"]})
+        by_stem = {r["stem"]: r for r in refs}
+        rows += [{**r, **page_scores(by_stem[r["stem"]]["text"], r["text"])}  # other dpis' runs, scored anew
+                 for r in (R.get(engine) or {}).get("pages", []) if r["dpi"] not in a.dpi]
+        dpis = sorted({r["dpi"] for r in rows})
         groups = {f"{lang}-{dpi}": summarise([r for r in rows if r["lang"] == lang and r["dpi"] == dpi])
-                  for dpi in a.dpi for lang in ("en", "de")}
+                  for dpi in dpis for lang in ("en", "de")}
         R[engine] = {"version": res["version"], "python": py, "load_before": load_before, "peak_rss_mb": res["peak_rss_mb"],
                      "tesseract_peak_rss_mb": res["children_peak_rss_mb"], "load_cpu_s": res["load_cpu_s"],
                      "groups": groups, "wall_s": time.perf_counter() - t0, "load_after": os.getloadavg(),
@@ -328,8 +333,11 @@ def main() -> None:
         print(f"{engine} {res['version']}: peak RSS {res['peak_rss_mb']:.0f} MB (tesseract process {res['children_peak_rss_mb']:.0f} MB),"
               f" model load {res['load_cpu_s']:.1f} s CPU", flush=True)
         for g, s in groups.items():
+            if int(g.rsplit("-", 1)[1]) not in a.dpi:
+                continue
             print(f"  {g}: CER {100 * s['cer']:.1f}%  WER {100 * s['wer']:.1f}%  missed words {100 * s['missed_words']:.1f}%"
                   f"  {s['cpu_s_per_page']:.2f} s/page/core (render {s['render_cpu_s_per_page']:.2f})", flush=True)
+        out.write_text(json.dumps(R, ensure_ascii=False, indent=1), encoding="utf-8")  # after each engine
     out.write_text(json.dumps(R, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"wrote {out}")
 
