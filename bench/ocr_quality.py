@@ -60,7 +60,7 @@ from make_scans import OUT as SCANS
 
 SCRIPT = Path(__file__).resolve()
 RESULTS = REPO / "bench" / "results" / "ocr"
-ENGINES = ["rapidocr-onnxruntime", "rapidocr3", "tesseract", "none"]
+ENGINES = ["rapidocr-onnxruntime", "colbert-modal", "rapidocr3", "tesseract", "none"]
 TESS_LANG = {"en": "eng", "de": "deu"}
 #: the pages (file stems) set in two or three columns
 MULTI_COLUMN = ("federal-register", "multicolumn")
@@ -135,11 +135,21 @@ def _tesseract(threads: int) -> tuple[Any, str]:
 TESS_PEAK = [0.0]  # MB, the largest VmHWM seen of a tesseract process
 
 
+def _library(threads: int) -> tuple[Any, str]:
+    """What the library indexes: ``colbert_modal.ocr.ocr_image`` (rapidocr-onnxruntime, spaces put back, lines ordered)."""
+    from colbert_modal import ocr
+
+    def run(img: Any, lang: str) -> str:
+        return str(ocr.ocr_image(img, scale=img.size[0] / 612, page_height=img.size[1] * 612 / img.size[0])["text"])
+
+    return run, f"{ocr.engine_version()} (colbert_modal.ocr)"
+
+
 def _none(threads: int) -> tuple[Any, str]:
     return (lambda img, lang: ""), "-"
 
 
-LOADERS = {"rapidocr-onnxruntime": _rapidocr14, "rapidocr3": _rapidocr3, "tesseract": _tesseract, "none": _none}
+LOADERS = {"rapidocr-onnxruntime": _rapidocr14, "colbert-modal": _library, "rapidocr3": _rapidocr3, "tesseract": _tesseract, "none": _none}
 
 
 def w_ocr(engine: str, pages: list[dict[str, Any]], threads: int) -> dict[str, Any]:
@@ -220,7 +230,7 @@ def python_for(engine: str) -> tuple[str | None, str]:
         langs = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split()
         missing = [v for v in TESS_LANG.values() if v not in langs]
         return (sys.executable, "") if not missing else (None, f"tesseract has no {missing} traineddata")
-    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
+    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "colbert-modal": "rapidocr_onnxruntime", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
     candidates = [sys.executable]
     if engine == "rapidocr3":
         candidates.insert(0, os.environ.get("OCR_BENCH_RAPIDOCR3_PYTHON", "/tmp/ocrbench-venv/bin/python"))
