@@ -61,7 +61,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLBERT_MODAL_INDEX_ROOT", str(tmp_path / "default-index-root"))
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
-    monkeypatch.setenv("COLBERT_MODAL_OCR_CACHE", str(tmp_path / "ocr-cache"))
+    # beside tmp_path, not in it: tests that chdir there check that nothing else is written to the working directory
+    monkeypatch.setenv("COLBERT_MODAL_OCR_CACHE", str(tmp_path.parent / f"{tmp_path.name}-ocr-cache"))
 
 
 @pytest.fixture

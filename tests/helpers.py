@@ -66,7 +66,7 @@ def assert_same_results(a: list[list[Any]], b: list[list[Any]]) -> None:
         )
 
 
-def read_or_die(path: Path, password: str | None) -> list:
+def read_or_die(path: Path, password: str | None, **kwargs: Any) -> list:
     """A loader-process reader (``colbert_modal.loadpool.READER``) that ends its process on files named ``die-*``.
 
     ``die-exit*``: ``os._exit(3)``; ``die-kill*``: SIGKILL, as the kernel's OOM
@@ -81,10 +81,10 @@ def read_or_die(path: Path, password: str | None) -> list:
         os._exit(3)
     if path.name.startswith("die-kill"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return read_file(path, password)
+    return read_file(path, password, **kwargs)
 
 
-def read_or_hang(path: Path, password: str | None) -> list:
+def read_or_hang(path: Path, password: str | None, **kwargs: Any) -> list:
     """A loader-process reader that never returns on files named ``hang*``, as a parser stuck in a loop would.
 
     Before it hangs it writes its pid to ``$LOADER_TEST_MARKERS/<pid>`` (when
@@ -100,7 +100,7 @@ def read_or_hang(path: Path, password: str | None) -> list:
         if markers:
             Path(markers, str(os.getpid())).write_text(str(path), encoding="utf-8")
         time.sleep(300)
-    return read_file(path, password)
+    return read_file(path, password, **kwargs)
 
 
 def change_after_reading(path: Path) -> None:
@@ -113,10 +113,10 @@ def change_after_reading(path: Path) -> None:
         path.unlink()
 
 
-def read_then_change(path: Path, password: str | None) -> list:
+def read_then_change(path: Path, password: str | None, **kwargs: Any) -> list:
     """A loader-process reader that reads a file, then changes it (:func:`change_after_reading`)."""
     from colbert_modal.loadpool import read_file
 
-    items = read_file(path, password)
+    items = read_file(path, password, **kwargs)
     change_after_reading(path)
     return items

@@ -157,7 +157,9 @@ class BuildLog:
     def summary(self) -> str:
         """What was built, in a few words (the stage's last note)."""
         with self._lock:
-            built = [b for b in self.builds if b.seconds is not None]
+            done = [b for b in self.builds if b.seconds is not None]
+        # a layer two images share (the slim base) is one build whose log may stream to each: count it once
+        built = list({b.image_id or str(i): b for i, b in enumerate(done)}.values())
         if not built:
             return "images already built"
         counts = Counter(b.label for b in built)

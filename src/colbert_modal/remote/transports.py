@@ -138,10 +138,11 @@ APP_RUN = SharedAppRun()
 
 
 def _image_labels() -> list[tuple[str, tuple[str, ...]]]:
-    """How the app's two images show in their build steps: the lock each installs, their bases."""
+    """How the app's images show in their build steps: the lock each installs, their bases (first match wins)."""
     from .. import modal_app
 
     return [
+        ("OCR image", (modal_app.OCR_IMAGE_LOCK.name,)),
         ("client image", (modal_app.CLIENT_IMAGE_LOCK.name, "-slim-")),
         ("GPU image", (modal_app.IMAGE_LOCK.name, "nvidia/cuda", "apt-get", "ENTRYPOINT", "TORCH_CUDA_ARCH_LIST")),
     ]
