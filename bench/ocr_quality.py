@@ -136,7 +136,7 @@ TESS_PEAK = [0.0]  # MB, the largest VmHWM seen of a tesseract process
 
 
 def _library(threads: int) -> tuple[Any, str]:
-    """What the library indexes: ``colbert_modal.ocr.ocr_image`` (rapidocr-onnxruntime, spaces put back, lines ordered)."""
+    """What the library indexes: ``colbert_modal.ocr.ocr_image`` (its engine, lines in its order)."""
     from colbert_modal import ocr
 
     def run(img: Any, lang: str) -> str:
@@ -230,7 +230,7 @@ def python_for(engine: str) -> tuple[str | None, str]:
         langs = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split()
         missing = [v for v in TESS_LANG.values() if v not in langs]
         return (sys.executable, "") if not missing else (None, f"tesseract has no {missing} traineddata")
-    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "colbert-modal": "rapidocr_onnxruntime", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
+    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "colbert-modal": "rapidocr", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
     candidates = [sys.executable]
     if engine == "rapidocr3":
         candidates.insert(0, os.environ.get("OCR_BENCH_RAPIDOCR3_PYTHON", "/tmp/ocrbench-venv/bin/python"))
