@@ -20,6 +20,8 @@ Engines (one is skipped, with the reason, when it is not installed):
   models in the wheel; run by ``$OCR_BENCH_RAPIDOCR3_PYTHON`` (default
   ``/tmp/ocrbench-venv/bin/python``, a venv that sees the project venv's
   packages and adds ``rapidocr`` with omegaconf and colorlog) or this interpreter if it has it;
+- ``colbert-modal``: what the library indexes, ``colbert_modal.ocr.ocr_image`` (its engine, rapidocr 3
+  since the switch; the page as rendered here, padded, its lines in the engine's order);
 - ``tesseract``: the system binary (``apt-get install tesseract-ocr tesseract-ocr-deu``),
   called per page as ``tesseract page.png - -l eng|deu`` (the page's language given);
 - ``none``: render only, the baseline of the worker's memory and the rendering cost.

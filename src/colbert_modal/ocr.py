@@ -161,8 +161,9 @@ class OcrSettings:
         return self.mode in ("auto", "force")
 
 
-#: What one loader process that OCRs may hold at its peak (measured: 730-950 MB RSS at 200 dpi; BENCHMARKS "OCR").
-OCR_WORKER_BYTES = 1 << 30
+#: What one loader process that OCRs may hold at its peak (measured: 1,520 MB RSS with rapidocr 3 at 200 and
+#: 300 dpi; BENCHMARKS "OCR").
+OCR_WORKER_BYTES = 3 << 29
 
 
 def available_memory() -> int:
@@ -178,7 +179,7 @@ def available_memory() -> int:
 def bounded_workers(n_workers: int, settings: OcrSettings | None) -> int:
     """At most one loader process per :data:`OCR_WORKER_BYTES` of available memory, where they may OCR here.
 
-    The default is one process per core; a scanned page costs each up to ~1 GB, so a many-core machine with
+    The default is one process per core; a scanned page costs each up to ~1.5 GB, so a many-core machine with
     little free memory would swap or be killed. Born-digital files load in the same, fewer processes.
     """
     if settings is None or not settings.on or settings.remote or not settings.engine or n_workers <= 1:
