@@ -20,6 +20,8 @@ Engines (one is skipped, with the reason, when it is not installed):
   models in the wheel; run by ``$OCR_BENCH_RAPIDOCR3_PYTHON`` (default
   ``/tmp/ocrbench-venv/bin/python``, a venv that sees the project venv's
   packages and adds ``rapidocr`` with omegaconf and colorlog) or this interpreter if it has it;
+- ``colbert-modal``: what the library indexes, ``colbert_modal.ocr.ocr_image`` (its engine, rapidocr 3
+  since the switch; the page as rendered here, padded, its lines in the engine's order);
 - ``tesseract``: the system binary (``apt-get install tesseract-ocr tesseract-ocr-deu``),
   called per page as ``tesseract page.png - -l eng|deu`` (the page's language given);
 - ``none``: render only, the baseline of the worker's memory and the rendering cost.
@@ -136,7 +138,7 @@ TESS_PEAK = [0.0]  # MB, the largest VmHWM seen of a tesseract process
 
 
 def _library(threads: int) -> tuple[Any, str]:
-    """What the library indexes: ``colbert_modal.ocr.ocr_image`` (rapidocr-onnxruntime, spaces put back, lines ordered)."""
+    """What the library indexes: ``colbert_modal.ocr.ocr_image`` (its engine, lines in its order)."""
     from colbert_modal import ocr
 
     def run(img: Any, lang: str) -> str:
@@ -230,7 +232,7 @@ def python_for(engine: str) -> tuple[str | None, str]:
         langs = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True).stdout.split()
         missing = [v for v in TESS_LANG.values() if v not in langs]
         return (sys.executable, "") if not missing else (None, f"tesseract has no {missing} traineddata")
-    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "colbert-modal": "rapidocr_onnxruntime", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
+    module = {"rapidocr-onnxruntime": "rapidocr_onnxruntime", "colbert-modal": "rapidocr", "rapidocr3": "rapidocr", "none": "pypdfium2"}[engine]
     candidates = [sys.executable]
     if engine == "rapidocr3":
         candidates.insert(0, os.environ.get("OCR_BENCH_RAPIDOCR3_PYTHON", "/tmp/ocrbench-venv/bin/python"))

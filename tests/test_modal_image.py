@@ -74,7 +74,9 @@ def test_ocr_lock_satisfies_core_and_ocr_extra_without_torch() -> None:
     # the version the manifest records for remote OCR is the lock's
     from colbert_modal import ocr
 
-    assert ocr.lock_version() == pins["rapidocr-onnxruntime"]
+    assert ocr.lock_version() == pins["rapidocr"]
+    # opencv-python-headless (needs no libGL, no apt install), not opencv-python
+    assert "opencv-python-headless" in pins and "opencv-python" not in pins
 
 
 def test_client_lock_satisfies_core_without_torch() -> None:

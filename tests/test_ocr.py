@@ -23,7 +23,7 @@ from colbert_modal.ocr import OcrSettings, needs_ocr
 from colbert_modal.records import FileWarning
 
 pypdfium2 = pytest.importorskip("pypdfium2")
-pytest.importorskip("rapidocr_onnxruntime")
+pytest.importorskip("rapidocr")
 from pypdf import PdfReader, PdfWriter  # noqa: E402
 from pypdf.generic import RectangleObject  # noqa: E402
 
@@ -38,8 +38,8 @@ PAGE_WORDS = {
 
 
 def _text_pdf(path: Path, pages: list[list[str]]) -> Path:
-    """A PDF with a Helvetica 11 pt text layer, lines from the top of each page."""
-    objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    """A PDF with a Helvetica 11 pt text layer (latin-1 text), lines from the top of each page."""
+    objects: list[bytes] = [b"", b"", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"]
     kids = []
     for lines in pages:
         body = "BT /F1 11 Tf 15 TL 40 760 Td " + " ".join(f"({line}) Tj T*" for line in lines) + " ET"
@@ -151,6 +151,24 @@ def test_a_scan_under_a_thin_text_layer_is_ocrd(tmp_path: Path) -> None:
     assert "penguin quartz rhubarb" in doc.pages[0].text and doc.metadata["ocr_pages"] == [1]
 
 
+def test_ocr_keeps_word_boundaries_and_umlauts(tmp_path: Path) -> None:
+    """English words stay apart (the 1.4 engine read "umbrellavolcanowalrus") and German keeps umlauts and ß;
+    every character has its box, a space the gap between its words, all on the strip's first lines."""
+    pdf = make_scan(tmp_path / "scan.pdf", [["umbrella volcano walrus", "Übungen über Größe und Weiß"]], scanned={1})
+    page = load_file(pdf, ocr=_settings(tmp_path)).pages[0]
+    lines = page.text.splitlines()
+    assert lines[0].split() == ["umbrella", "volcano", "walrus"]
+    assert lines[1].split() == ["Übungen", "über", "Größe", "und", "Weiß"]
+    (cached,) = (tmp_path / "cache").rglob("*.json")
+    (entry,) = json.loads(cached.read_text(encoding="utf-8"))["pages"].values()
+    chars, boxes = entry["chars"], entry["boxes"]
+    assert chars == "umbrella volcano walrus\nÜbungen über Größe und Weiß" and len(boxes) == len(chars)
+    first = boxes[: len("umbrella volcano walrus")]
+    assert all(left < right and bottom < top for left, bottom, right, top in first)
+    lefts = [b[0] for b in first]
+    assert lefts == sorted(lefts) and 30 < lefts[0] < 50 and first[8][0] >= first[7][2] - 1  # the space: a gap
+
+
 def test_ocr_setting_is_checked(tmp_path: Path) -> None:
     from colbert_modal.errors import ConfigurationError
 
@@ -163,10 +181,10 @@ def test_mixed_file_ocrs_only_the_scanned_page(tmp_path: Path, colbert_checkpoin
     idx = _indexer(tmp_path / "root", colbert_checkpoint)
     report = idx.index(pdf)
     assert report.ocr_pages == {str(pdf): [2]} and len(calls) == 1
-    assert any(w.message.startswith("OCR'd page(s) 2 (rapidocr-onnxruntime") for w in report.warnings)
+    assert any(w.message.startswith("OCR'd page(s) 2 (rapidocr ") for w in report.warnings)
     by_page = _texts_by_pages(idx)
     assert "penguin quartz rhubarb" in by_page[(2,)] and "aardvark" in by_page[(1,)] and "umbrella" in by_page[(3,)]
-    assert idx.store.current().manifest.ocr.startswith(f"rapidocr-onnxruntime {ocr.engine_version()}")
+    assert idx.store.current().manifest.ocr.startswith(f"rapidocr {ocr.engine_version()} ")
 
 
 def test_scanned_file_found_with_its_pages_and_highlighted(
@@ -206,7 +224,7 @@ def test_cache_no_second_ocr(tmp_path: Path, colbert_checkpoint: Path, calls: li
     warned = idx.index(pdf)
     assert any("rebuild=True OCRs them all again" in w.message for w in warned.warnings) and len(calls) == 1
     idx.index(pdf, rebuild=True)
-    assert len(calls) == 2 and idx.store.current().manifest.ocr.startswith("rapidocr-onnxruntime 0.0.1")
+    assert len(calls) == 2 and idx.store.current().manifest.ocr.startswith("rapidocr 0.0.1 ")
 
 
 def test_off_and_force(tmp_path: Path, colbert_checkpoint: Path, calls: list[int]) -> None:
@@ -222,7 +240,7 @@ def test_off_and_force(tmp_path: Path, colbert_checkpoint: Path, calls: list[int
 
 
 def test_without_the_extra(tmp_path: Path, colbert_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import fails, as where it is not installed
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # import fails, as where it is not installed
     mixed = make_scan(tmp_path / "mixed.pdf", [_lines("aardvark"), _lines("penguin")], scanned={2})
     scan = make_scan(tmp_path / "scan.pdf", [_lines("umbrella")], scanned={1})
     idx = _indexer(tmp_path / "root", colbert_checkpoint)

@@ -171,11 +171,10 @@ client_image = (
 )
 
 #: For OCR of scanned pages in remote mode (``ocr_page``): the client's dependencies and the ``ocr``
-#: extra (RapidOCR, its models in the wheel; pypdfium2), no torch. opencv-python, which
-#: rapidocr-onnxruntime requires by that name, loads libGL and libglib even headless: apt installs them.
+#: extra (RapidOCR 3 with onnxruntime, its models in the wheel; pypdfium2), no torch. rapidocr 3
+#: requires opencv-python-headless, which needs neither libGL nor libglib: nothing to apt install.
 ocr_image = (
     modal.Image.debian_slim(python_version="3.11")
-    .apt_install("libgl1", "libglib2.0-0")
     .uv_pip_install(requirements=[str(OCR_IMAGE_LOCK)], uv_version=UV_VERSION)
     .env({"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
     .add_local_python_source("colbert_modal")

@@ -1,8 +1,9 @@
 """OCR for PDF pages without a text layer: which pages, the engine, the cache, and remote jobs.
 
 The ``ocr`` extra (``pip install 'colbert-modal[ocr]'``) brings RapidOCR
-(``rapidocr-onnxruntime``: PP-OCR models inside the wheel, run by
-onnxruntime on the CPU; no system binary, nothing downloaded at run time).
+(``rapidocr`` 3 with ``onnxruntime``: multilingual PP-OCRv6 models inside the
+wheel, run on the CPU; opencv-python-headless, so no libGL; no system binary,
+nothing downloaded at run time).
 Pages are rendered with pypdfium2.
 
 Which pages: with ``ocr="auto"`` a page is OCR'd when its text layer is
@@ -74,9 +75,12 @@ MODES = ("auto", "off", "force")
 #: What to install for OCR.
 OCR_HINT = "pip install 'colbert-modal[ocr]'"
 #: The engine's distribution (its version is part of :func:`engine_id`).
-ENGINE = "rapidocr-onnxruntime"
-#: Pages are rendered at this resolution for OCR (``$COLBERT_MODAL_OCR_DPI``).
-DEFAULT_DPI = 200
+ENGINE = "rapidocr"
+#: Pages are rendered at this resolution for OCR (``$COLBERT_MODAL_OCR_DPI``). At 300 dpi rapidocr 3 misses
+#: 4.1% of German words against 7.1% at 200 (English: the same), for the same CPU per page (its detector
+#: scales a page to 2,000 px; the recogniser reads the lines from the full render): BENCHMARKS "OCR".
+#: A Letter page is 8.4 MP at 300 dpi (~25 MB as RGB), well under :data:`MAX_PAGE_PIXELS`.
+DEFAULT_DPI = 300
 #: A page is never rendered below this resolution: where the pixel cap would need less, it is skipped.
 MIN_DPI = 100
 #: The most pixels a page is rendered to, and the most an embedded image may have (``$COLBERT_MODAL_OCR_MAX_PIXELS``).
@@ -157,8 +161,9 @@ class OcrSettings:
         return self.mode in ("auto", "force")
 
 
-#: What one loader process that OCRs may hold at its peak (measured: 730-950 MB RSS at 200 dpi; BENCHMARKS "OCR").
-OCR_WORKER_BYTES = 1 << 30
+#: What one loader process that OCRs may hold at its peak (measured: 1,520 MB RSS with rapidocr 3 at 200 and
+#: 300 dpi; BENCHMARKS "OCR").
+OCR_WORKER_BYTES = 3 << 29
 
 
 def available_memory() -> int:
@@ -174,7 +179,7 @@ def available_memory() -> int:
 def bounded_workers(n_workers: int, settings: OcrSettings | None) -> int:
     """At most one loader process per :data:`OCR_WORKER_BYTES` of available memory, where they may OCR here.
 
-    The default is one process per core; a scanned page costs each up to ~1 GB, so a many-core machine with
+    The default is one process per core; a scanned page costs each up to ~1.5 GB, so a many-core machine with
     little free memory would swap or be killed. Born-digital files load in the same, fewer processes.
     """
     if settings is None or not settings.on or settings.remote or not settings.engine or n_workers <= 1:
@@ -186,8 +191,9 @@ def bounded_workers(n_workers: int, settings: OcrSettings | None) -> int:
 def engine_version() -> str | None:
     """The installed engine's version, or None where the ``ocr`` extra is not installed (or not importable)."""
     try:
+        import onnxruntime  # noqa: F401
         import pypdfium2  # noqa: F401
-        import rapidocr_onnxruntime  # noqa: F401
+        import rapidocr  # noqa: F401
     except Exception:  # ImportError, or a broken install (e.g. opencv without libGL)
         return None
     from importlib.metadata import PackageNotFoundError, version
@@ -199,7 +205,7 @@ def engine_version() -> str | None:
 
 
 def engine_id(version: str, dpi: int = DEFAULT_DPI) -> str:
-    """What the manifest and the cache record: engine, version and rendering, e.g. ``rapidocr-onnxruntime 1.4.4 @200dpi``."""
+    """What the manifest and the cache record: engine, version and rendering, e.g. ``rapidocr 3.10.0 @300dpi``."""
     return f"{ENGINE} {version} @{dpi}dpi"
 
 
@@ -323,9 +329,10 @@ def _engine() -> Any:
     global _ENGINE
     with _ENGINE_LOCK:
         if _ENGINE is None:
-            from rapidocr_onnxruntime import RapidOCR
+            from rapidocr import RapidOCR
 
-            _ENGINE = RapidOCR()
+            # its default models (PP-OCRv6 small detector and recogniser, multilingual) are in its wheel
+            _ENGINE = RapidOCR(params={"Global.log_level": "warning"})
         return _ENGINE
 
 
@@ -340,25 +347,28 @@ def ocr_image(image: Any, *, scale: float, page_height: float) -> dict[str, Any]
 
     # a white margin: the detector misses lines that touch the image's edge (a cropped scan)
     padded = ImageOps.expand(image.convert("RGB"), border=_PAD, fill="white")
-    result, _ = _engine()(np.asarray(padded), return_word_box=True)
+    out = _engine()(np.asarray(padded), return_word_box=True, return_single_char_box=True)
+    texts = list(out.txts or [])
+    quads = [] if out.boxes is None else [q.tolist() for q in out.boxes]
+    words = list(out.word_results or [])
     chars: list[str] = []
     boxes: list[list[float]] = []
     lines: list[str] = []
-    for line in result or []:
-        quad, text = line[0], str(line[1])
-        if not text.strip():
+    for quad, raw in zip(quads, texts, strict=False):
+        text = str(raw).strip()
+        if not text:
             continue
-        per_char = line[3] if len(line) > 4 else []
-        letters = line[4] if len(line) > 4 else []
-        if len(letters) != len(per_char) or "".join(letters) != text:
-            letters, per_char = list(text), _spread(quad, len(text))
-        else:
-            letters, per_char = _spaced(list(letters), list(per_char))
-            text = "".join(letters)
+        # the engine drops a line's character boxes where it found none (the rest shift up): match by content
+        found = words[0] if words and "".join(str(w[0]) for w in words[0]) == "".join(text.split()) else None
+        if found is not None:
+            words.pop(0)
+        per_char = _aligned(text, found) if found is not None else None
+        if per_char is None:
+            per_char = _spread(quad, len(text))
         if chars:
             chars.append("\n")
             boxes.append([0.0, 0.0, 0.0, 0.0])
-        for ch, q in zip(letters, per_char, strict=True):
+        for ch, q in zip(text, per_char, strict=True):
             xs, ys = [p[0] - _PAD for p in q], [p[1] - _PAD for p in q]
             chars.append(ch)
             boxes.append([round(min(xs) / scale, 1), round(page_height - max(ys) / scale, 1),
@@ -367,31 +377,22 @@ def ocr_image(image: Any, *, scale: float, page_height: float) -> dict[str, Any]
     return {"text": "\n".join(lines), "chars": "".join(chars), "boxes": boxes}
 
 
-#: A gap between two characters wider than this share of the line's height is a space.
-_SPACE_GAP = 0.3
-
-
-def _spaced(letters: list[str], boxes: list[Any]) -> tuple[list[str], list[Any]]:
-    """A line's characters with the spaces the recogniser dropped put back where the boxes leave a gap.
-
-    RapidOCR's default (Chinese and English) model often reads "two words" as "twowords"; the
-    characters' boxes still show the gap (about 0.4 of the line height between words, under
-    0.25 inside one).
-    """
-    if len(letters) < 2:
-        return letters, boxes
-    height = sorted(max(p[1] for p in q) - min(p[1] for p in q) for q in boxes)[len(boxes) // 2]
-    out_l, out_b = [letters[0]], [boxes[0]]
-    for ch, q in zip(letters[1:], boxes[1:], strict=True):
-        gap = min(p[0] for p in q) - max(p[0] for p in out_b[-1])
-        if gap > _SPACE_GAP * height and not ch.isspace() and not out_l[-1].isspace():
-            right, left = max(p[0] for p in out_b[-1]), min(p[0] for p in q)
-            top, bottom = min(p[1] for p in q), max(p[1] for p in q)
-            out_l.append(" ")
-            out_b.append([[right, top], [left, top], [left, bottom], [right, bottom]])
-        out_l.append(ch)
-        out_b.append(q)
-    return out_l, out_b
+def _aligned(text: str, found: Sequence[Any]) -> list[Any] | None:
+    """One box per character of ``text`` from the engine's boxes of its non-space characters; a space gets
+    the gap between its neighbours. None where they do not line up (one box per character)."""
+    glyphs = [(str(w[0]), w[2]) for w in found]
+    if any(len(g) != 1 for g, _ in glyphs):
+        return None
+    solid = iter(q for _, q in glyphs)
+    out: list[Any] = [None if ch.isspace() else next(solid) for ch in text]
+    for i, q in enumerate(out):
+        if q is None:  # a space: from the right of the box before to the left of the box after
+            before, after = out[i - 1], next(b for b in out[i + 1:] if b is not None)
+            right, left = max(p[0] for p in before), min(p[0] for p in after)
+            top = min(p[1] for p in before + after)
+            bottom = max(p[1] for p in before + after)
+            out[i] = [[right, top], [max(right, left), top], [max(right, left), bottom], [right, bottom]]
+    return out
 
 
 def _spread(quad: Sequence[Sequence[float]], n: int) -> list[list[list[float]]]:
