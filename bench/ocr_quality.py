@@ -236,6 +236,8 @@ def python_for(engine: str) -> tuple[str | None, str]:
     candidates = [sys.executable]
     if engine == "rapidocr3":
         candidates.insert(0, os.environ.get("OCR_BENCH_RAPIDOCR3_PYTHON", "/tmp/ocrbench-venv/bin/python"))
+    if engine == "rapidocr-onnxruntime":  # requires opencv-python, which clashes with the extra's headless build
+        candidates.insert(0, os.environ.get("OCR_BENCH_RAPIDOCR14_PYTHON", "/tmp/ocr14/bin/python"))
     for py in candidates:
         if Path(py).exists() and subprocess.run([py, "-c", f"import {module}"], capture_output=True).returncode == 0:
             return py, ""
