@@ -25,6 +25,11 @@ def make_text_pdf(path: Path, pages: list[str]) -> Path:
             f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    return write_pdf(path, objects)
+
+
+def write_pdf(path: Path, objects: list[bytes]) -> Path:
+    """Write ``objects`` (object 1 the catalog) as a PDF file with its cross-reference table; returns ``path``."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for num, body in enumerate(objects, start=1):
@@ -32,11 +37,28 @@ def make_text_pdf(path: Path, pages: list[str]) -> Path:
         out += b"%d 0 obj\n" % num + body + b"\nendobj\n"
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
+    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     path.write_bytes(bytes(out))
     return path
+
+
+def kill_when_reached(proc: Any, marker: Path, what: str, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as it writes ``marker`` (it reached ``what``); fails if it exits or times out first."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"the process exited before {what}"
+            assert time.monotonic() < deadline, f"the process never reached {what}"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def make_blank_pdf(path: Path, pages: int = 2) -> Path:

@@ -19,7 +19,8 @@ SRC = ROOT / "src" / "colbert_modal"
 #: Bottom first. A module may import only modules of a lower layer.
 LAYERS: list[list[str]] = [
     ["errors"],
-    ["display", "progress", "dispatch", "runners"],  # pure: how hits look, progress, .local/.remote, the Runner protocol
+    ["display", "progress", "dispatch", "runners", "paths"],  # pure: how hits look, progress, .local/.remote, the
+    # Runner protocol, per-user directories
     ["ocr"],  # OCR of scanned pages: which pages, the engine (lazily), the cache, remote jobs
     ["view"],  # page images (pypdfium2, lazily) and opening files
     ["records", "colbert_modal"],  # the package __init__ imports errors eagerly, the rest lazily

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from colbert_modal import ColbertIndexer
 from colbert_modal.errors import ConfigurationError, IndexStorageError
 from colbert_modal.keyword import KEYWORD_FILE, KeywordIndex, query_terms
 from colbert_modal.store import IndexStore
+from helpers import kill_when_reached
 
 #: The target's docket number; the distractor holds the same characters in another order, which the
 #: tiny checkpoint (it reads unknown words as word pieces of one character) scores the same, as a model whose
@@ -238,17 +237,7 @@ def test_kill_9_while_the_keyword_file_is_written_leaves_the_published_one(
     marker = tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_MID_KEYWORD_BUILD, built.model, str(built.index_root),
                              str(marker), str(docs)])
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, "the writer exited early"
-            assert time.monotonic() < deadline, "the writer never reached the keyword file"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_reached(proc, marker, "the keyword file")
     store = IndexStore(built.index_root, "hyb")
     assert [p for p in (store.path / "generations").glob(".g*/" + KEYWORD_FILE)]  # the half-written file
     reopened = ColbertIndexer("hyb", index_root=built.index_root)

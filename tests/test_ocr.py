@@ -21,6 +21,7 @@ from colbert_modal import ColbertIndexer, DependencyMissingError, ocr
 from colbert_modal.loaders import load_file
 from colbert_modal.ocr import OcrSettings, needs_ocr
 from colbert_modal.records import FileWarning
+from helpers import write_pdf
 
 pypdfium2 = pytest.importorskip("pypdfium2")
 pytest.importorskip("rapidocr")
@@ -50,17 +51,7 @@ def _text_pdf(path: Path, pages: list[list[str]]) -> Path:
         kids.append(len(objects))
     objects[0] = b"<< /Type /Catalog /Pages 2 0 R >>"
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for num, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % num + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    path.write_bytes(bytes(out))
-    return path
+    return write_pdf(path, objects)
 
 
 def make_scan(path: Path, pages: list[list[str]], scanned: set[int], strip: tuple[int, ...] = STRIP) -> Path:
@@ -271,17 +262,7 @@ def _image_page_pdf(path: Path, width: int, height: int, data: bytes, *, filt: s
                                            f"/Filter {filt}".encode() if filt else b"", len(data)))
         + data + b"\nendstream",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for num, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % num + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    path.write_bytes(bytes(out))
-    return path
+    return write_pdf(path, objects)
 
 
 def _with_pages(path: Path, *parts: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from colbert_modal import (
     SettingsMismatchError,
 )
 from colbert_modal.store import IndexStore
-from helpers import make_text_pdf
+from helpers import kill_when_reached, make_text_pdf
 
 pytestmark = pytest.mark.slow
 
@@ -223,17 +222,7 @@ def test_killed_build_leaves_the_published_index_intact(indexer: ColbertIndexer,
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_MID_BUILD, indexer.model, str(indexer.index_root), str(marker), str(folder)]
     )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, "the builder exited early"
-            assert time.monotonic() < deadline, "the builder never reached the build"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_reached(proc, marker, "the build")
     store = IndexStore(indexer.index_root, "inc")
     assert [p.name for p in (store.path / "generations").glob(".g*")]  # the half-built generation
     reopened = ColbertIndexer("inc", index_root=indexer.index_root)

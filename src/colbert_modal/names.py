@@ -8,11 +8,11 @@ root (:func:`default_index_root`); its generations are folders named
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from .errors import InvalidIndexNameError
+from .paths import user_dir
 
 __all__ = [
     "default_index_root",
@@ -57,17 +57,7 @@ def default_index_root() -> Path:
     macOS: ``~/Library/Application Support/colbert-modal``;
     Windows: ``%LOCALAPPDATA%\\colbert-modal``. Never the working directory.
     """
-    env = os.environ.get("COLBERT_MODAL_INDEX_ROOT")
-    if env:
-        return Path(env).expanduser().absolute()
-    home = Path.home()
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif os.uname().sysname == "Darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return (base / "colbert-modal").absolute()
+    return user_dir("data", "colbert-modal", env="COLBERT_MODAL_INDEX_ROOT")
 
 
 def generation_name(number: int) -> str:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ColbertModalError
+from .paths import user_dir
 
 __all__ = [
     "DEFAULT_DPI",
@@ -239,17 +240,7 @@ def default_cache_dir() -> Path:
     Windows: ``%LOCALAPPDATA%``. On this machine in both modes: remote mode
     plans here, and ``hit.page_image()`` reads the boxes here.
     """
-    env = os.environ.get("COLBERT_MODAL_OCR_CACHE")
-    if env:
-        return Path(env).expanduser().absolute()
-    home = Path.home()
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif os.uname().sysname == "Darwin":
-        base = home / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
-    return (base / "colbert-modal" / "ocr").absolute()
+    return user_dir("cache", "colbert-modal", "ocr", env="COLBERT_MODAL_OCR_CACHE")
 
 
 # --- which pages -----------------------------------------------------------------------------
