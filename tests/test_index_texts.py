@@ -275,3 +275,14 @@ def test_records_are_found_by_keyword_and_hybrid_search(colbert_checkpoint: Path
         assert [h.source for h in idx.search("meteor", k=3, mode=mode, where={"team": "north"})][0] == "sky-1"
     idx.delete_texts(["part"])
     assert all(h.source != "part" for h in idx.search("PN/4471-B", k=4, mode="keyword"))
+
+
+def test_other_settings_on_an_existing_index_say_what_index_texts_can_do(colbert_checkpoint: Path,
+                                                                          tmp_path: Path) -> None:
+    from colbert_modal import SettingsMismatchError
+
+    _indexer(tmp_path, colbert_checkpoint).index_texts(RECORDS[:1])
+    other = _indexer(tmp_path, colbert_checkpoint, max_tokens=64)
+    with pytest.raises(SettingsMismatchError, match=r"max_tokens.*index_texts adds to the index as it is built") as err:
+        other.index_texts(RECORDS[1:2])
+    assert "Pass rebuild=True" not in str(err.value)  # index_texts takes no rebuild=
