@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 
-def _best(fn, reps: int, *, warm: bool = True) -> float:
+def _times(fn, reps: int, *, warm: bool = True) -> list[float]:
+    """Wall seconds of ``reps`` calls of ``fn`` (after one untimed call where ``warm``)."""
     if warm:
         fn()
     times = []
@@ -40,17 +41,15 @@ def _best(fn, reps: int, *, warm: bool = True) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
+
+
+def _best(fn, reps: int, *, warm: bool = True) -> float:
+    return min(_times(fn, reps, warm=warm))
 
 
 def _median(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_times(fn, reps))
 
 
 class _Engine:

@@ -61,6 +61,14 @@ def kill_when_reached(proc: Any, marker: Path, what: str, timeout: float = 240) 
             proc.kill()
 
 
+def write_texts(folder: Path, texts: dict[str, str]) -> Path:
+    """Write each ``name: text`` of ``texts`` as a UTF-8 file (text plus a newline) in ``folder``; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
 def make_blank_pdf(path: Path, pages: int = 2) -> Path:
     """A PDF whose pages have no text layer at all (like a scan without OCR)."""
     from pypdf import PdfWriter

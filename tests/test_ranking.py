@@ -15,6 +15,7 @@ from colbert_modal import ColbertIndexer
 from colbert_modal.records import SearchResult
 from colbert_modal.search import result_key
 from colbert_modal.sharding import merge_results
+from helpers import write_texts
 
 #: (file name, text): the same texts in several files, named so that neither build order nor shard order is theirs
 #: The texts differ (an index keeps one copy of identical files) but hold the same words, so score the same.
@@ -34,11 +35,7 @@ QUERIES = ["penguin walrus", "penguin", "meteor nebula", "glacier penguin umbrel
 
 @pytest.fixture
 def tied_docs(tmp_path: Path) -> Path:
-    docs = tmp_path / "tied"
-    docs.mkdir()
-    for name, text in TIED.items():
-        (docs / name).write_text(text + "\n", encoding="utf-8")
-    return docs
+    return write_texts(tmp_path / "tied", TIED)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import colbert_modal
 from colbert_modal import ColbertIndexer, ConfigurationError
 from colbert_modal.cli import cli
 from colbert_modal.records import RerankResult
+from helpers import write_texts
 
 TEXTS = {
     "a.txt": "penguin walrus umbrella",
@@ -25,11 +26,7 @@ QUERIES = ["penguin walrus", "meteor glacier", "umbrella"]
 
 @pytest.fixture
 def docs(tmp_path: Path) -> Path:
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name, text in TEXTS.items():
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    return folder
+    return write_texts(tmp_path / "docs", TEXTS)
 
 
 @pytest.fixture

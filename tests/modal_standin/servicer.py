@@ -1026,13 +1026,17 @@ class Servicer(ModalClientBase):
             )
         return entries
 
-    async def VolumeListFiles2(self, stream: Any) -> None:
+    async def _send_listing(self, stream: Any, response: Any) -> None:
+        """A listing streamed as Modal's server does: 100 entries a message, one empty message for none."""
         req = await self._recv(stream)
         entries = self._list_entries(req.volume_id, req.path, req.recursive)
         for i in range(0, len(entries), 100):
-            await stream.send_message(api_pb2.VolumeListFiles2Response(entries=entries[i : i + 100]))
+            await stream.send_message(response(entries=entries[i : i + 100]))
         if not entries:
-            await stream.send_message(api_pb2.VolumeListFiles2Response())
+            await stream.send_message(response())
+
+    async def VolumeListFiles2(self, stream: Any) -> None:
+        await self._send_listing(stream, api_pb2.VolumeListFiles2Response)
 
     @staticmethod
     def _write_file(target: Path, data: bytes, mode: int) -> None:
@@ -1127,12 +1131,7 @@ class Servicer(ModalClientBase):
     # --- Volume v1 (VolumeGetOrCreate answers StandIn.volume_version) ----------------------
 
     async def VolumeListFiles(self, stream: Any) -> None:
-        req = await self._recv(stream)
-        entries = self._list_entries(req.volume_id, req.path, req.recursive)
-        for i in range(0, len(entries), 100):
-            await stream.send_message(api_pb2.VolumeListFilesResponse(entries=entries[i : i + 100]))
-        if not entries:
-            await stream.send_message(api_pb2.VolumeListFilesResponse())
+        await self._send_listing(stream, api_pb2.VolumeListFilesResponse)
 
     async def VolumePutFiles(self, stream: Any) -> None:
         req = await self._recv(stream)
