@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .chunking import DEFAULT_MAX_TOKENS, Chunker, check_max_tokens, default_overlap, load_tokenizer
 from .dispatch import Mode, await_, bridged, dispatchable, mode_of
 from .engine import BACKENDS, check_precision
-from .errors import ConfigurationError, SettingsMismatchError
+from .errors import ConfigurationError
 from .filters import parse_where
 from .hub import DEFAULT_MODEL
 from .keyword import check_mode
@@ -312,14 +312,7 @@ class ColbertIndexer:
                 made.settings = dataclasses.replace(settings, shard_count=default_shards(len(made.new_chunks)))
             return made
 
-        try:
-            return public_report(runner.update(plan, rebuild=False, must_exist=False, progress=self._progress()))
-        except SettingsMismatchError as exc:  # its advice (rebuild=True) is index()'s, which index_texts does not take
-            raise SettingsMismatchError(
-                str(exc).split(" Pass rebuild=True")[0] + " index_texts adds to the index as it is built: use its "
-                "settings (leave model, max_tokens, overlap unset), another index name, or rebuild it first with "
-                "index(paths, rebuild=True)."
-            ) from None
+        return public_report(runner.update(plan, rebuild=False, must_exist=False, progress=self._progress()))
 
     @dispatchable
     def delete_texts(self, ids: str | Iterable[str]) -> IndexReport:

@@ -74,7 +74,13 @@ def shard_count(manifest: Manifest | None) -> int:
     return manifest.shard_count if manifest is not None else 1
 
 
-def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bool) -> None:
+#: What a settings mismatch advises by default (``index()``, which takes ``rebuild=``).
+REBUILD_ADVICE = "Pass rebuild=True (CLI: --rebuild) to re-index everything with the new settings, or use another index name."
+
+
+def check_settings(
+    manifest: Manifest | None, settings: Settings, *, rebuild: bool, advice: str = REBUILD_ADVICE
+) -> None:
     if manifest is None or rebuild:
         return
     diffs = [
@@ -87,9 +93,7 @@ def check_settings(manifest: Manifest | None, settings: Settings, *, rebuild: bo
         diffs.append(f"shards: index has {shard_count(manifest)}, asked for {wanted}")
     if diffs:
         raise SettingsMismatchError(
-            f"index {manifest.name!r} was built with other settings ({'; '.join(diffs)}). "
-            "Pass rebuild=True (CLI: --rebuild) to re-index everything with the new settings, "
-            "or use another index name."
+            f"index {manifest.name!r} was built with other settings ({'; '.join(diffs)}). {advice}"
         )
 
 

@@ -155,7 +155,9 @@ def plan_texts(
     A record that would make more than ``max_chunks`` chunks is skipped (with
     the reason; an older version of it is kept, with a warning).
     """
-    check_settings(manifest, settings, rebuild=False)
+    check_settings(manifest, settings, rebuild=False, advice=(
+        "index_texts adds to the index as it is built: use its settings (leave model, max_tokens, overlap unset), "
+        "another index name, or rebuild it first with index(paths, rebuild=True)."))
     plan = UpdatePlan(name=name, settings=settings, base_generation=manifest.generation if manifest else 0)
     old = dict(manifest.files) if manifest is not None else {}
     made: Chunker | None = None
